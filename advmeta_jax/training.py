@@ -1,0 +1,418 @@
+"""Meta-training: the train state, the jitted train step, and the loop.
+
+    dataset → episodes (on device) → learner's outer loss, vmapped over tasks
+            → one jitted, donated train step → metrics (JSON lines) + checkpoints
+
+`make_train_step` returns the pure function `(state, tasks, key) -> (state,
+metrics)`; it is left un-jitted so callers can compose it (`train` jits it once
+with the state donated). `train` runs the loop: it resumes from the latest
+checkpoint in the workdir, derives every step's randomness from
+`fold_in(seed, step)` (so a resumed run is bitwise the same run), saves a
+checkpoint every `checkpoint_every` steps, on interruption and at the end, and
+stops with a clear message at the first non-finite loss, keeping the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from advmeta_jax import datasets
+from advmeta_jax import episodes
+from advmeta_jax import learners
+from advmeta_jax import models
+from advmeta_jax.errors import ConfigError, NonFiniteLossError
+
+Array = jax.Array
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a meta-training run (saved as config.json).
+
+  The defaults are the quickstart: MAML, 5-way 1-shot on the offline `digits`.
+  """
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  image_size: Optional[int] = None      # None: the dataset's default
+  learner: str = "maml"
+  n_way: int = 5
+  k_shot: int = 1
+  q_query: int = 15
+  task_batch_size: int = 4
+  inner_lr: float = 0.01
+  inner_steps: int = 5
+  first_order: bool = False
+  meta_lr: float = 1e-3
+  filters: int = 32
+  conv_impl: str = "matmul"
+  num_steps: int = 1000
+  seed: int = 0
+  log_every: int = 50
+  checkpoint_every: int = 500
+  # Meta-test at the end of training (0 disables it) and at evaluate time.
+  eval_episodes: int = 600
+  eval_inner_steps: int = 10
+  eval_batch_size: int = 20
+
+  # Fields that may change when a run is resumed (they do not change the result
+  # of the steps already taken).
+  RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
+                       "eval_episodes", "eval_inner_steps", "eval_batch_size",
+                       "data_dir")
+
+  def validate(self) -> "TrainConfig":
+    """Checks every field; raises `ConfigError` naming the field and the value."""
+    if self.dataset not in datasets.names():
+      raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
+                        f"{', '.join(datasets.names())}.")
+    learners.get(self.learner)
+    positive_ints = ("n_way", "k_shot", "q_query", "task_batch_size",
+                     "inner_steps", "filters", "num_steps", "log_every",
+                     "checkpoint_every", "eval_inner_steps", "eval_batch_size")
+    for name in positive_ints:
+      value = getattr(self, name)
+      if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if self.n_way < 2:
+      raise ConfigError(f"n_way must be at least 2, got {self.n_way}.")
+    if self.eval_episodes < 0:
+      raise ConfigError(
+          f"eval_episodes must be >= 0 (0 skips the meta-test), got "
+          f"{self.eval_episodes}.")
+    for name in ("inner_lr", "meta_lr"):
+      value = getattr(self, name)
+      if not (np.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value}.")
+    if self.image_size is not None:
+      if models.feature_map_size(self.image_size) < 1:
+        raise ConfigError(f"image_size must be at least 16 (conv4 pools four "
+                          f"times by 2), got {self.image_size}.")
+    if self.conv_impl not in models.CONV_IMPLS:
+      raise ConfigError(f"unknown conv_impl {self.conv_impl!r}; choose one of "
+                        f"{', '.join(models.CONV_IMPLS)}.")
+    return self
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ConfigError(f"unknown config fields {unknown}; known: {sorted(known)}.")
+    return cls(**d)
+
+
+class TrainState(NamedTuple):
+  """The whole state of meta-training (a pytree, checkpointed as is)."""
+  step: Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(meta_lr: float) -> optax.GradientTransformation:
+  """The meta-optimizer: Adam with step size β (MAML and ADML use 1e-3)."""
+  return optax.adam(meta_lr)
+
+
+def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
+def batch_outer_loss(outer_loss: learners.OuterLoss,
+                     config: learners.LearnerConfig):
+  """`(params, tasks, key) -> (mean loss, mean aux)` over a batch of tasks."""
+  def fn(params, tasks: episodes.Task, key: Array):
+    keys = jax.random.split(key, tasks.query_labels.shape[0])
+    losses, aux = jax.vmap(lambda t, k: outer_loss(params, t, k, config))(
+        tasks, keys)
+    return losses.mean(), jax.tree.map(jnp.mean, aux)
+  return fn
+
+
+def make_train_step(outer_loss: learners.OuterLoss,
+                    config: learners.LearnerConfig,
+                    optimizer: optax.GradientTransformation):
+  """The meta-train step `(state, tasks, key) -> (state, metrics)`.
+
+  Pure and un-jitted. The meta-gradient is the gradient of the mean outer loss
+  over the task batch (second-order through the inner loop unless
+  `config.first_order`); one optimizer update per step.
+  """
+  loss_fn = batch_outer_loss(outer_loss, config)
+
+  def train_step(state: TrainState, tasks: episodes.Task, key: Array):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, tasks, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds: the model, its functions and the data source."""
+  config: TrainConfig
+  model: models.Conv4
+  apply_fn: Callable
+  learner_config: learners.LearnerConfig
+  image_shape: Tuple[int, int, int]
+
+
+def build(config: TrainConfig) -> Experiment:
+  """Builds model and learner config from a validated `TrainConfig`."""
+  info = datasets.info(config.dataset)
+  size = config.image_size or info.default_image_size
+  model = models.make_conv4(num_classes=config.n_way, filters=config.filters,
+                            conv_impl=config.conv_impl, image_size=size)
+  apply_fn = models.make_apply_fn(model)
+  learner_config = learners.LearnerConfig(
+      apply_fn=apply_fn, inner_lr=config.inner_lr,
+      inner_steps=config.inner_steps, first_order=config.first_order)
+  return Experiment(config, model, apply_fn, learner_config,
+                    (size, size, info.channels))
+
+
+def load_split(config: TrainConfig, split: str) -> datasets.ClassSplit:
+  """Loads a split and checks it can give the configured episodes."""
+  data = datasets.load(config.dataset, split, data_dir=config.data_dir,
+                       image_size=config.image_size)
+  episodes.check_episode_shape(data, n_way=config.n_way, k_shot=config.k_shot,
+                               q_query=config.q_query)
+  return data
+
+
+# --- checkpoints ------------------------------------------------------------
+
+def checkpoint_manager(workdir: str, *, save_every: int = 1, max_to_keep=3):
+  import orbax.checkpoint as ocp  # local: orbax imports are slow
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           create=True))
+
+
+def save_checkpoint(manager, state: TrainState) -> None:
+  import orbax.checkpoint as ocp
+  step = int(state.step)
+  if manager.latest_step() == step:
+    return
+  manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  manager.wait_until_finished()
+
+
+def restore_checkpoint(manager, target: TrainState,
+                       step: Optional[int] = None) -> Optional[TrainState]:
+  """The checkpoint at `step` (default: latest), or None when there is none."""
+  import orbax.checkpoint as ocp
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_config(workdir: str) -> TrainConfig:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ConfigError(f"no {CONFIG_FILE} in workdir {workdir!r}: is it the "
+                      "--workdir of a training run?")
+  with open(path) as f:
+    return TrainConfig.from_dict(json.load(f))
+
+
+def _write_config(workdir: str, config: TrainConfig) -> None:
+  """Writes config.json, or checks a resumed run uses a compatible config."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    old = load_config(workdir)
+    diffs = [f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}"
+             for k in config.to_dict()
+             if getattr(old, k) != getattr(config, k)
+             and k not in TrainConfig.RESUMABLE_CHANGES]
+    if diffs:
+      raise ConfigError(
+          f"workdir {workdir!r} holds a run with a different config ("
+          + "; ".join(diffs) + "). Resume with the same flags, or use a new "
+          "--workdir.")
+  with open(path, "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+  """Drops metric lines past `last_step` (written before an interruption)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def _to_python(metrics: Dict[str, Array]) -> Dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# --- the loop ---------------------------------------------------------------
+
+def train(config: TrainConfig, workdir: str, *,
+          train_split: Optional[datasets.ClassSplit] = None,
+          progress: bool = True,
+          step_callback: Optional[Callable[[int, Dict[str, float]], None]] = None
+          ) -> TrainState:
+  """Meta-trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: the run's config (validated here).
+    workdir: directory for config.json, metrics.jsonl and checkpoints/.
+    train_split: the meta-train `ClassSplit` (loaded from the config if None).
+    progress: show a progress bar.
+    step_callback: called as `fn(step, metrics)` after each logged step (used by
+      tests to interrupt a run).
+
+  Returns:
+    The final `TrainState`.
+
+  Raises:
+    ConfigError, DataError: bad config or data, before any compilation.
+    NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
+  """
+  config.validate()
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(workdir, config)
+  exp = build(config)
+  if train_split is None:
+    train_split = load_split(config, "train")
+  else:
+    episodes.check_episode_shape(train_split, n_way=config.n_way,
+                                 k_shot=config.k_shot, q_query=config.q_query)
+  if tuple(train_split.image_shape) != exp.image_shape:
+    raise ConfigError(f"the data's images are {train_split.image_shape}, the "
+                      f"model expects {exp.image_shape}.")
+  logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
+
+  optimizer = make_optimizer(config.meta_lr)
+  key = jax.random.key(config.seed)
+  init_key, loop_key = jax.random.split(key)
+  state = init_state(models.init_params(exp.model, init_key, exp.image_shape),
+                     optimizer)
+  manager = checkpoint_manager(workdir)
+  restored = restore_checkpoint(manager, state)
+  if restored is not None:
+    state = restored
+    logging.info("resumed from the checkpoint at step %d", int(state.step))
+  start = int(state.step)
+  metrics_path = os.path.join(workdir, METRICS_FILE)
+  _truncate_metrics(metrics_path, start)
+  logging.info("conv4: %d parameters; meta-training steps %d..%d",
+               models.num_params(state.params), start, config.num_steps)
+
+  source = episodes.make_source(train_split)
+  sample = episodes.make_sampler(
+      source, batch_size=config.task_batch_size, n_way=config.n_way,
+      k_shot=config.k_shot, q_query=config.q_query)
+  step_fn = jax.jit(
+      make_train_step(learners.get(config.learner), exp.learner_config,
+                      optimizer), donate_argnums=0)
+
+  bar = None
+  if progress and start < config.num_steps:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=config.num_steps, initial=start, unit="step",
+                    dynamic_ncols=True,
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
+  last_good = start if restored is not None else None
+  t_last, n_since = time.perf_counter(), 0
+  try:
+    with open(metrics_path, "a") as metrics_file:
+      for step in range(start, config.num_steps):
+        sample_key, step_key = jax.random.split(jax.random.fold_in(loop_key,
+                                                                   step))
+        tasks = sample(sample_key)
+        new_state, metrics = step_fn(state, tasks, step_key)
+        metrics = _to_python(metrics)   # one small host sync per step
+        if not np.isfinite(metrics["loss"]):
+          kept = (f"The last good checkpoint (step {last_good}) is kept in "
+                  f"{os.path.join(workdir, CHECKPOINT_DIR)}."
+                  if last_good is not None else "No checkpoint was saved yet.")
+          raise NonFiniteLossError(
+              f"the meta-training loss became {metrics['loss']} at step "
+              f"{step + 1}. {kept} Try a smaller --meta_lr (now "
+              f"{config.meta_lr}) or --inner_lr (now {config.inner_lr}).")
+        state = new_state
+        n_since += 1
+        done = step + 1
+        if bar is not None:
+          bar.update(1)
+        if done % config.log_every == 0 or done == config.num_steps:
+          now = time.perf_counter()
+          metrics["steps_per_sec"] = n_since / (now - t_last)
+          metrics["step"] = done
+          t_last, n_since = now, 0
+          metrics_file.write(json.dumps(metrics) + "\n")
+          metrics_file.flush()
+          if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                            acc=f"{metrics['query_accuracy']:.3f}",
+                            refresh=False)
+          else:
+            logging.info("step %d: %s", done, metrics)
+          if step_callback is not None:
+            step_callback(done, metrics)
+        if done % config.checkpoint_every == 0 or done == config.num_steps:
+          save_checkpoint(manager, state)
+          last_good = done
+  except KeyboardInterrupt:
+    # `state` is the last completed step unless the interruption hit while its
+    # buffers were donated to a step in flight; then the last checkpoint stands.
+    if not any(x.is_deleted() for x in jax.tree.leaves(state)):
+      logging.warning("interrupted: saving a checkpoint at step %d",
+                      int(state.step))
+      save_checkpoint(manager, state)
+    raise
+  finally:
+    if bar is not None:
+      bar.close()
+    manager.close()
+  return state
+
+
+def restore_run(workdir: str, config: TrainConfig,
+                step: Optional[int] = None) -> TrainState:
+  """The train state of a finished or interrupted run in `workdir`."""
+  exp = build(config.validate())
+  optimizer = make_optimizer(config.meta_lr)
+  target = init_state(models.init_params(exp.model, jax.random.key(0),
+                                         exp.image_shape), optimizer)
+  manager = checkpoint_manager(workdir)
+  try:
+    available = list(manager.all_steps())
+    if not available:
+      raise ConfigError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}"
+                        ": train first (python -m launch.train --workdir=...).")
+    if step is not None and step not in available:
+      raise ConfigError(f"no checkpoint at step {step} in {workdir!r}; "
+                        f"available: {sorted(available)}.")
+    return restore_checkpoint(manager, target, step)
+  finally:
+    manager.close()

@@ -1,0 +1,107 @@
+"""Flags shared by the launch scripts, and the error handling they all use.
+
+Every field of `advmeta_jax.training.TrainConfig` is a flag of the same name;
+choices (datasets, learners, conv formulations) are enum flags, so `--helpfull`
+lists them and absl rejects an unknown value with the allowed ones.
+"""
+
+import dataclasses
+import functools
+import logging as py_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from advmeta_jax import datasets
+from advmeta_jax import learners
+from advmeta_jax import models
+from advmeta_jax.errors import AdvMetaError
+from advmeta_jax.training import TrainConfig
+
+_HELP = {
+    "dataset": "Few-shot dataset: " + "; ".join(
+        f"{n}: {datasets.info(n).description}" for n in datasets.names()),
+    "data_dir": "Directory of the data (mini_imagenet, image_folder) or the "
+                "tensorflow-datasets data_dir (cifar_fs, omniglot).",
+    "image_size": "Resize images to this side (default: the dataset's own).",
+    "learner": "Meta-learner (outer loss).",
+    "n_way": "N: classes per task.",
+    "k_shot": "K: support images per class.",
+    "q_query": "Q: query images per class.",
+    "task_batch_size": "B: tasks per meta-update.",
+    "inner_lr": "alpha: inner-loop SGD step size.",
+    "inner_steps": "Inner steps in meta-training.",
+    "first_order": "First-order MAML (no gradient through inner gradients).",
+    "meta_lr": "beta: Adam step size of the meta-update.",
+    "filters": "F: filters per conv4 convolution (32 MiniImageNet/CIFAR-FS, "
+               "64 Omniglot).",
+    "conv_impl": "Convolution formulation (same function): matmul is fastest "
+                 "on CPU; xla is lax.conv.",
+    "num_steps": "Meta-training steps (meta-updates).",
+    "seed": "Seed of initialisation and episodes.",
+    "log_every": "Write metrics every this many steps.",
+    "checkpoint_every": "Save a checkpoint every this many steps.",
+    "eval_episodes": "Meta-test episodes (0: no meta-test after training).",
+    "eval_inner_steps": "Inner steps at meta-test time.",
+    "eval_batch_size": "Meta-test tasks adapted in parallel (memory knob).",
+}
+_ENUMS = {"dataset": datasets.names, "learner": learners.names,
+          "conv_impl": lambda: models.CONV_IMPLS}
+
+
+def define_config_flags(only=None):
+  """Defines one flag per `TrainConfig` field (or the fields in `only`)."""
+  defaults = TrainConfig()
+  for field in dataclasses.fields(TrainConfig):
+    name = field.name
+    if only is not None and name not in only:
+      continue
+    default = getattr(defaults, name)
+    help_ = _HELP[name]
+    if name in _ENUMS:
+      flags.DEFINE_enum(name, default, list(_ENUMS[name]()), help_)
+    elif isinstance(default, bool):
+      flags.DEFINE_bool(name, default, help_)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(name, default, help_)
+    elif isinstance(default, float):
+      flags.DEFINE_float(name, default, help_)
+    elif name == "image_size":
+      flags.DEFINE_integer(name, None, help_)
+    else:
+      flags.DEFINE_string(name, default, help_)
+
+
+def config_from_flags() -> TrainConfig:
+  values = {f.name: flags.FLAGS[f.name].value
+            for f in dataclasses.fields(TrainConfig)}
+  return TrainConfig(**values).validate()
+
+
+def quiet_library_logs():
+  """Drops orbax's per-save INFO chatter from the absl log; keeps its warnings."""
+  class _Filter(py_logging.Filter):
+
+    def filter(self, record):
+      return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+
+  logging.get_absl_handler().addFilter(_Filter())
+
+
+def user_errors_exit(main):
+  """Runs `main`, turning a user error into one line on stderr and exit 2."""
+  @functools.wraps(main)
+  def wrapped(argv):
+    quiet_library_logs()
+    try:
+      return main(argv)
+    except AdvMetaError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return wrapped
+
+
+def run(main):
+  app.run(user_errors_exit(main))

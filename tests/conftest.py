@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny configs that compile in seconds on a 2-core CPU."""
+
+import os
+
+# Tests run on the CPU with no accelerator; keep TF (if present) off GPUs too.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
+from advmeta_jax import training  # pylint: disable=g-import-not-at-top
+
+
+def tiny_config(**overrides) -> training.TrainConfig:
+  """MAML on digits with a small model: compiles in a few seconds."""
+  base = dict(dataset="digits", n_way=5, k_shot=1, q_query=3,
+              task_batch_size=2, inner_steps=1, filters=8, num_steps=4,
+              log_every=1, checkpoint_every=2, eval_episodes=10,
+              eval_inner_steps=2, eval_batch_size=5)
+  base.update(overrides)
+  return training.TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def digits_train():
+  return datasets.load("digits", "train")
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+  return datasets.load("digits", "test")

@@ -1,0 +1,83 @@
+"""conv4: shapes, parameter count, the two convolution formulations, BatchNorm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advmeta_jax import models
+from advmeta_jax.errors import ConfigError
+
+
+@pytest.mark.parametrize("size,channels,filters,side", [
+    (84, 3, 32, 5), (32, 3, 32, 2), (28, 1, 64, 1), (16, 1, 8, 1)])
+def test_output_shape_and_parameter_count(size, channels, filters, side):
+  model = models.make_conv4(num_classes=5, filters=filters, image_size=size)
+  params = models.init_params(model, jax.random.key(0), (size, size, channels))
+  # Hand count: 3x3 convs without bias, BN scale+offset, linear head.
+  expected = (9 * channels * filters + 3 * 9 * filters * filters
+              + 4 * 2 * filters + side * side * filters * 5 + 5)
+  assert models.num_params(params) == expected
+  assert models.conv4_num_params(num_classes=5, filters=filters,
+                                 channels=channels, image_size=size) == expected
+  assert params["head"]["kernel"].shape == (side * side * filters, 5)
+  logits = models.make_apply_fn(model)(params, jnp.zeros((7, size, size,
+                                                         channels)))
+  assert logits.shape == (7, 5)
+
+
+def test_matmul_and_xla_convolutions_compute_the_same_function():
+  x = jax.random.uniform(jax.random.key(1), (6, 20, 20, 3))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 8))
+  np.testing.assert_allclose(models.conv3x3_matmul(x, kernel),
+                             models.conv3x3_xla(x, kernel), atol=1e-5)
+  fast = models.make_conv4(num_classes=5, filters=8, conv_impl="matmul")
+  ref = models.make_conv4(num_classes=5, filters=8, conv_impl="xla")
+  params = models.init_params(fast, jax.random.key(0), (20, 20, 3))
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(models.make_apply_fn(m)(p, x)))
+  np.testing.assert_allclose(loss(fast)(params), loss(ref)(params), atol=1e-4)
+  g_fast, g_ref = jax.grad(loss(fast))(params), jax.grad(loss(ref))(params)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_max_pool_matches_reduce_window_and_drops_odd_edges():
+  x = jax.random.normal(jax.random.key(3), (2, 5, 7, 3))
+  ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                              (1, 2, 2, 1), "VALID")
+  np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+
+
+def test_batchnorm_uses_the_statistics_of_the_batch_in_front_of_it():
+  bn = models.TransductiveBatchNorm()
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(4), (8, 4, 4, 5))
+  params = bn.init(jax.random.key(0), x)
+  assert set(params) == {"params"}          # no running averages anywhere
+  y = bn.apply(params, x)
+  np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+  # Another batch is normalised by its own statistics, not the first one's.
+  y2 = bn.apply(params, 10.0 + x)
+  np.testing.assert_allclose(y2, y, atol=1e-4)
+
+
+def test_jit_and_eager_agree():
+  model = models.make_conv4(num_classes=5, filters=8, image_size=16)
+  params = models.init_params(model, jax.random.key(0), (16, 16, 1))
+  apply_fn = models.make_apply_fn(model)
+  x = jax.random.uniform(jax.random.key(5), (4, 16, 16, 1))
+  np.testing.assert_allclose(jax.jit(apply_fn)(params, x), apply_fn(params, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(conv_impl="cudnn"), "unknown conv_impl 'cudnn'; choose one of"),
+    (dict(image_size=8), "image_size 8 is too small"),
+    (dict(num_classes=1), "at least 2, got 1"),
+    (dict(filters=0), "positive integer, got 0"),
+])
+def test_bad_model_hyperparameters_are_refused_clearly(kwargs, message):
+  args = dict(num_classes=5, filters=8, image_size=16)
+  args.update(kwargs)
+  with pytest.raises(ConfigError, match=message):
+    models.make_conv4(**args)
