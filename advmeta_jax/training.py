@@ -162,7 +162,7 @@ def make_train_step(outer_loss: learners.OuterLoss,
         state.params, tasks, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

@@ -1,0 +1,43 @@
+"""advmeta_jax: adversarially robust meta-learning in JAX.
+
+The pieces compose as pure functions:
+
+    from advmeta_jax import datasets, episodes, models, maml, learners, training
+
+    split = datasets.load("digits", "train")               # a ClassSplit
+    source = episodes.make_source(split)                    # on the device
+    tasks = episodes.sample_tasks(key, source, batch_size=4, n_way=5,
+                                  k_shot=1, q_query=15)     # [B, N*K, H, W, C]
+    model = models.make_conv4(num_classes=5, filters=32, image_size=16)
+    apply_fn = models.make_apply_fn(model)                  # (params, x) -> logits
+    adapted, metrics = maml.adapt(apply_fn, params, x_support, y_support,
+                                  inner_lr=0.01, num_steps=5)
+    step = training.make_train_step(learners.get("maml"), learner_config,
+                                    training.make_optimizer(1e-3))
+"""
+
+from advmeta_jax import datasets
+from advmeta_jax import episodes
+from advmeta_jax import errors
+from advmeta_jax import evaluation
+from advmeta_jax import learners
+from advmeta_jax import maml
+from advmeta_jax import models
+from advmeta_jax import reports
+from advmeta_jax import training
+from advmeta_jax.episodes import Task
+from advmeta_jax.errors import AdvMetaError
+from advmeta_jax.errors import ConfigError
+from advmeta_jax.errors import DataError
+from advmeta_jax.errors import NonFiniteLossError
+from advmeta_jax.evaluation import confidence_interval_95
+from advmeta_jax.evaluation import meta_test
+from advmeta_jax.learners import LearnerConfig
+from advmeta_jax.maml import adapt
+from advmeta_jax.models import Conv4
+from advmeta_jax.models import make_conv4
+from advmeta_jax.training import make_train_step
+from advmeta_jax.training import TrainConfig
+from advmeta_jax.training import TrainState
+
+__version__ = "0.1.0"

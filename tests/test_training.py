@@ -1,0 +1,175 @@
+"""The train step and loop: jit vs eager, one compile, resume, bad input."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advmeta_jax import episodes
+from advmeta_jax import learners
+from advmeta_jax import models
+from advmeta_jax import training
+from advmeta_jax.errors import ConfigError, NonFiniteLossError
+from tests.conftest import tiny_config
+
+
+def _step_setup(config, split):
+  exp = training.build(config)
+  optimizer = training.make_optimizer(config.meta_lr)
+  state = training.init_state(
+      models.init_params(exp.model, jax.random.key(0), exp.image_shape),
+      optimizer)
+  step = training.make_train_step(learners.get(config.learner),
+                                  exp.learner_config, optimizer)
+  source = episodes.make_source(split)
+  sample = lambda key: episodes.sample_tasks(
+      key, source, batch_size=config.task_batch_size, n_way=config.n_way,
+      k_shot=config.k_shot, q_query=config.q_query)
+  return state, step, sample
+
+
+def test_train_step_jit_equals_eager(digits_train):
+  state, step, sample = _step_setup(tiny_config(), digits_train)
+  tasks = sample(jax.random.key(1))
+  eager_state, eager_metrics = step(state, tasks, jax.random.key(2))
+  jit_state, jit_metrics = jax.jit(step)(state, tasks, jax.random.key(2))
+  chex.assert_trees_all_close(eager_state, jit_state, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(eager_metrics, jit_metrics, rtol=1e-5, atol=1e-6)
+  assert int(jit_state.step) == 1
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params,
+                         jit_state.params)
+  assert all(jax.tree.leaves(changed)), "every parameter gets a meta-update"
+
+
+def test_train_step_compiles_once(digits_train):
+  state, step, sample = _step_setup(tiny_config(), digits_train)
+  chex.clear_trace_counter()
+  jitted = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
+  for i in range(3):
+    state, metrics = jitted(state, sample(jax.random.key(i)),
+                            jax.random.key(100 + i))
+  assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, training.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_writes_config_metrics_and_checkpoints(tmp_path, digits_train):
+  config = tiny_config(num_steps=3)
+  state = training.train(config, str(tmp_path), train_split=digits_train,
+                         progress=False)
+  assert int(state.step) == 3
+  rows = _read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  for r in rows:
+    assert {"loss", "query_accuracy", "grad_norm", "steps_per_sec"} <= set(r)
+    assert np.isfinite(r["loss"])
+  assert training.load_config(str(tmp_path)) == config
+  saved = sorted(os.listdir(tmp_path / training.CHECKPOINT_DIR))
+  assert saved == ["2", "3"]
+  restored = training.restore_run(str(tmp_path), config)
+  chex.assert_trees_all_equal(restored, state)
+
+
+class _Stop(Exception):
+  pass
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, _Stop])
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, digits_train,
+                                                        interruption):
+  """Ctrl-C saves a checkpoint; a crash (no save) repeats steps from the last
+  checkpoint. Either way the resumed run ends where an uninterrupted one does."""
+  config = tiny_config(num_steps=5, checkpoint_every=2)
+  full = training.train(config, str(tmp_path / "full"),
+                        train_split=digits_train, progress=False)
+
+  def interrupt(step, metrics):
+    del metrics
+    if step == 3:
+      raise interruption()
+
+  workdir = str(tmp_path / "cut")
+  with pytest.raises(interruption):
+    training.train(config, workdir, train_split=digits_train, progress=False,
+                   step_callback=interrupt)
+  expected_latest = 3 if interruption is KeyboardInterrupt else 2
+  manager = training.checkpoint_manager(workdir)
+  assert manager.latest_step() == expected_latest
+  manager.close()
+  resumed = training.train(config, workdir, train_split=digits_train,
+                           progress=False)
+  chex.assert_trees_all_close(resumed.params, full.params, rtol=1e-6,
+                              atol=1e-7)
+  chex.assert_trees_all_close(resumed.opt_state, full.opt_state, rtol=1e-6,
+                              atol=1e-7)
+  assert [r["step"] for r in _read_metrics(workdir)] == [1, 2, 3, 4, 5]
+
+
+def test_resume_refuses_a_different_config(tmp_path, digits_train):
+  training.train(tiny_config(num_steps=1), str(tmp_path),
+                 train_split=digits_train, progress=False)
+  with pytest.raises(ConfigError, match=r"different config \(filters: 8 -> 16"):
+    training.train(tiny_config(num_steps=2, filters=16), str(tmp_path),
+                   train_split=digits_train, progress=False)
+
+
+@pytest.fixture
+def nan_learner():
+  """A learner whose loss turns NaN once the meta-parameters have moved."""
+  def loss(params, task, key, config):
+    value, aux = learners.maml_loss(params, task, key, config)
+    moved = jnp.any(params["head"]["bias"] != 0)
+    return jnp.where(moved, jnp.nan, value), aux
+
+  learners.register("nan_after_first_update")(loss)
+  yield "nan_after_first_update"
+  del learners._REGISTRY["nan_after_first_update"]  # pylint: disable=protected-access
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, digits_train, nan_learner):
+  config = tiny_config(learner=nan_learner, num_steps=5, checkpoint_every=1)
+  with pytest.raises(NonFiniteLossError,
+                     match=r"loss became nan at step 2\. The last good "
+                     r"checkpoint \(step 1\) is kept"):
+    training.train(config, str(tmp_path), train_split=digits_train,
+                   progress=False)
+  state = training.restore_run(str(tmp_path), config)
+  assert int(state.step) == 1
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(dataset="cifar10"), "unknown dataset 'cifar10'; choose one of: "
+                              "cifar_fs, digits"),
+    (dict(learner="reptile"), "unknown learner 'reptile'; choose one of: maml"),
+    (dict(inner_lr=-0.1), "inner_lr must be a finite number > 0, got -0.1"),
+    (dict(meta_lr=float("nan")), "meta_lr must be a finite number > 0"),
+    (dict(k_shot=0), "k_shot must be a positive integer, got 0"),
+    (dict(n_way=1), "n_way must be at least 2, got 1"),
+    (dict(image_size=12), "image_size must be at least 16"),
+    (dict(conv_impl="cudnn"), "unknown conv_impl 'cudnn'"),
+    (dict(eval_episodes=-1), "eval_episodes must be >= 0"),
+])
+def test_bad_config_is_refused_with_what_is_allowed(overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    tiny_config(**overrides).validate()
+
+
+def test_data_that_cannot_give_the_episodes_is_refused_before_compiling(
+    tmp_path):
+  from advmeta_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(DataError, match="n_way=6 is larger than the 5 classes "
+                     "of digits/train"):
+    training.train(tiny_config(n_way=6), str(tmp_path), progress=False)
+  with pytest.raises(DataError, match=r"fewer than k_shot \+ q_query = 400"):
+    training.train(tiny_config(k_shot=200, q_query=200), str(tmp_path / "b"),
+                   progress=False)
