@@ -156,16 +156,18 @@ def meta_test(apply_fn: Callable, params, source: episodes.EpisodeSource, *,
 
 def meta_test_config(config, params, split: str = "test", *,
                      num_episodes=None, inner_steps=None, seed=None,
-                     curves: bool = False) -> MetaTestResult:
+                     curves: bool = False, data=None) -> MetaTestResult:
   """Meta-tests `params` of a run of `config` (a `training.TrainConfig`).
 
-  Loads `split` of the run's dataset and uses the run's episode shape; the
-  number of episodes, test-time inner steps and seed default to the config's
+  Loads `split` of the run's dataset (unless `data`, an already loaded
+  `ClassSplit`, is given) and uses the run's episode shape; the number of
+  episodes, test-time inner steps and seed default to the config's
   `eval_episodes`, `eval_inner_steps` and `seed`.
   """
   from advmeta_jax import training  # pylint: disable=g-import-not-at-top
   exp = training.build(config)
-  data = training.load_split(config, split)
+  if data is None:
+    data = training.load_split(config, split)
   return meta_test(
       exp.apply_fn, params, episodes.make_source(data), n_way=config.n_way,
       k_shot=config.k_shot, q_query=config.q_query, inner_lr=config.inner_lr,

@@ -240,20 +240,22 @@ def load_config(workdir: str) -> TrainConfig:
     return TrainConfig.from_dict(json.load(f))
 
 
+def _check_resumable(workdir: str, config: TrainConfig) -> None:
+  """Refuses to resume a checkpointed run with a config that changes results."""
+  old = load_config(workdir)
+  diffs = [f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}"
+           for k in config.to_dict()
+           if getattr(old, k) != getattr(config, k)
+           and k not in TrainConfig.RESUMABLE_CHANGES]
+  if diffs:
+    raise ConfigError(
+        f"workdir {workdir!r} holds a run with a different config ("
+        + "; ".join(diffs) + "). Resume with the same flags, or use a new "
+        "--workdir.")
+
+
 def _write_config(workdir: str, config: TrainConfig) -> None:
-  """Writes config.json, or checks a resumed run uses a compatible config."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    old = load_config(workdir)
-    diffs = [f"{k}: {getattr(old, k)!r} -> {getattr(config, k)!r}"
-             for k in config.to_dict()
-             if getattr(old, k) != getattr(config, k)
-             and k not in TrainConfig.RESUMABLE_CHANGES]
-    if diffs:
-      raise ConfigError(
-          f"workdir {workdir!r} holds a run with a different config ("
-          + "; ".join(diffs) + "). Resume with the same flags, or use a new "
-          "--workdir.")
   with open(path, "w") as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
@@ -297,8 +299,6 @@ def train(config: TrainConfig, workdir: str, *,
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
   """
   config.validate()
-  os.makedirs(workdir, exist_ok=True)
-  _write_config(workdir, config)
   exp = build(config)
   if train_split is None:
     train_split = load_split(config, "train")
@@ -308,6 +308,13 @@ def train(config: TrainConfig, workdir: str, *,
   if tuple(train_split.image_shape) != exp.image_shape:
     raise ConfigError(f"the data's images are {train_split.image_shape}, the "
                       f"model expects {exp.image_shape}.")
+  # Only a config whose data checks passed is written: a refused run leaves
+  # nothing behind that would block the corrected command.
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint_manager(workdir)
+  if manager.latest_step() is not None:
+    _check_resumable(workdir, config)
+  _write_config(workdir, config)
   logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
 
   optimizer = make_optimizer(config.meta_lr)
@@ -315,7 +322,6 @@ def train(config: TrainConfig, workdir: str, *,
   init_key, loop_key = jax.random.split(key)
   state = init_state(models.init_params(exp.model, init_key, exp.image_shape),
                      optimizer)
-  manager = checkpoint_manager(workdir)
   restored = restore_checkpoint(manager, state)
   if restored is not None:
     state = restored

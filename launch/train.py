@@ -29,9 +29,14 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   config = common.config_from_flags()
-  state = training.train(config, FLAGS.workdir)
+  # Load and check both splits before training, not after a long run.
+  train_split = training.load_split(config, "train")
+  test_split = (training.load_split(config, "test") if config.eval_episodes
+                else None)
+  state = training.train(config, FLAGS.workdir, train_split=train_split)
   if config.eval_episodes:
-    result = evaluation.meta_test_config(config, state.params, "test")
+    result = evaluation.meta_test_config(config, state.params, "test",
+                                         data=test_split)
     table = evaluation.results_table({config.learner: result}, config)
     print(table)
     reports.write_text(FLAGS.workdir, "eval_test.md", table)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn import datasets as sk_datasets
 
 from advmeta_jax import episodes
 from advmeta_jax.datasets import base
@@ -20,9 +21,10 @@ from advmeta_jax.errors import ConfigError, DataError
 
 def _indexed_split(counts, *, class_names=None, name="synthetic/train",
                    first_image_class=None, seed=0):
-  """A split with `counts[c]` images of class c; image i has pixels (i//256, i%256).
+  """A split with `counts[c]` images of class c, each image encoding its index.
 
-  Labels are shuffled so that a class's images are not contiguous. With
+  Every pixel of image i is (i // 256, i % 256) over two channels. Labels are
+  shuffled so that a class's images are not contiguous. With
   `first_image_class`, image 0 (the index `make_source` pads with) belongs to
   that class, so a padded position drawn for any other class shows up as an
   image of the wrong class.
@@ -43,7 +45,7 @@ def _indexed_split(counts, *, class_names=None, name="synthetic/train",
 
 
 def _image_index(images):
-  """Inverts `_indexed_split`: float images `[..., H, W, 2]` -> indices `[...]`."""
+  """Inverts `_indexed_split`: float images `[..., H, W, 2]` -> indices."""
   values = np.rint(np.asarray(images) * 255.0).astype(np.int64)
   # Every pixel of an image carries the same value.
   assert (values == values[..., :1, :1, :]).all()
@@ -53,13 +55,14 @@ def _image_index(images):
 def _many_indices(source, num_tasks, seed=0, **shape):
   """`EpisodeIndices` of `num_tasks` tasks (leading task axis), as NumPy."""
   keys = jax.random.split(jax.random.key(seed), num_tasks)
-  idx = jax.vmap(lambda k: episodes.sample_indices(k, source, **shape))(keys)
+  idx = jax.jit(jax.vmap(lambda k, s: episodes.sample_indices(k, s, **shape),
+                         in_axes=(0, None)))(keys, source)
   return jax.tree.map(np.asarray, idx)
 
 
 def _check_tasks(split, idx):
   """Properties that hold for every task, whatever the split."""
-  num_tasks, n_way, k_shot = idx.support.shape
+  num_tasks, n_way, _ = idx.support.shape
   drawn = np.concatenate([idx.support, idx.query], axis=2)   # [T, N, K+Q]
   assert drawn.min() >= 0 and drawn.max() < split.images.shape[0]
   for t in range(num_tasks):
@@ -76,16 +79,20 @@ def _check_tasks(split, idx):
                                                 drawn.shape))
 
 
+# One episode shape for the eager calls on digits: eager ops compile once per
+# shape, and the tests share the compiled ops.
+DIGITS_SHAPE = dict(batch_size=3, n_way=5, k_shot=2, q_query=4)
+
+
 def test_sample_tasks_shapes_dtypes_and_labels(digits_train):
   source = episodes.make_source(digits_train)
-  tasks = episodes.sample_tasks(jax.random.key(0), source, batch_size=3,
-                                n_way=5, k_shot=2, q_query=4)
+  tasks = episodes.sample_tasks(jax.random.key(0), source, **DIGITS_SHAPE)
   assert tasks.support_images.shape == (3, 10, 16, 16, 1)
   assert tasks.query_images.shape == (3, 20, 16, 16, 1)
   for x in (tasks.support_images, tasks.query_images):
     assert x.dtype == jnp.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert float(x.max()) > 0.9        # scaled from 0..255, not left at 0..1/255
+    assert float(x.max()) > 0.9        # scaled from 0..255 to 0..1
   assert tasks.support_labels.dtype == jnp.int32
   assert tasks.query_labels.dtype == jnp.int32
   np.testing.assert_array_equal(
@@ -100,10 +107,13 @@ def test_task_images_are_the_sampled_indices_in_class_major_order():
   split = _indexed_split([5, 6, 7, 8, 9, 10])
   source = episodes.make_source(split)
   shape = dict(n_way=4, k_shot=2, q_query=3)
-  for seed in range(5):
+  sample_indices = jax.jit(
+      lambda k, s: episodes.sample_indices(k, s, **shape))
+  sample_task = jax.jit(lambda k, s: episodes.sample_task(k, s, **shape))
+  for seed in range(3):
     key = jax.random.key(seed)
-    idx = episodes.sample_indices(key, source, **shape)
-    task = episodes.sample_task(key, source, **shape)
+    idx = sample_indices(key, source)
+    task = sample_task(key, source)
     np.testing.assert_array_equal(_image_index(task.support_images),
                                   np.asarray(idx.support).reshape(-1))
     np.testing.assert_array_equal(_image_index(task.query_images),
@@ -166,8 +176,7 @@ def test_digits_labels_are_permuted_per_task(digits_train):
 
 def _digit_of_image():
   """Maps the bytes of each (resized) sklearn digit image to its digit."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  raw = load_digits()
+  raw = sk_datasets.load_digits()
   images = np.rint(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   images = base.resize_uint8(images, 16)
   table = {im.tobytes(): int(t) for im, t in zip(images, raw.target)}
@@ -201,10 +210,9 @@ def test_digits_splits_never_mix(digits_train, digits_test):
 
 def test_deterministic_for_a_key_and_different_for_another(digits_train):
   source = episodes.make_source(digits_train)
-  shape = dict(batch_size=2, n_way=5, k_shot=1, q_query=3)
-  a = episodes.sample_tasks(jax.random.key(7), source, **shape)
-  b = episodes.sample_tasks(jax.random.key(7), source, **shape)
-  c = episodes.sample_tasks(jax.random.key(8), source, **shape)
+  a = episodes.sample_tasks(jax.random.key(7), source, **DIGITS_SHAPE)
+  b = episodes.sample_tasks(jax.random.key(7), source, **DIGITS_SHAPE)
+  c = episodes.sample_tasks(jax.random.key(8), source, **DIGITS_SHAPE)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a.support_images, c.support_images)
@@ -213,18 +221,12 @@ def test_deterministic_for_a_key_and_different_for_another(digits_train):
 
 def test_jitted_sampler_equals_sample_tasks(digits_train):
   source = episodes.make_source(digits_train)
-  shape = dict(batch_size=3, n_way=4, k_shot=2, q_query=3)
-  sampler = episodes.make_sampler(source, **shape)
+  sampler = episodes.make_sampler(source, **DIGITS_SHAPE)
   for seed in (0, 1):
     key = jax.random.key(seed)
-    for x, y in zip(sampler(key), episodes.sample_tasks(key, source, **shape)):
+    for x, y in zip(sampler(key),
+                    episodes.sample_tasks(key, source, **DIGITS_SHAPE)):
       np.testing.assert_array_equal(x, y)
-  jitted = jax.jit(lambda k, s: episodes.sample_indices(k, s, n_way=4,
-                                                        k_shot=2, q_query=3))
-  for x, y in zip(jitted(jax.random.key(3), source),
-                  episodes.sample_indices(jax.random.key(3), source, n_way=4,
-                                          k_shot=2, q_query=3)):
-    np.testing.assert_array_equal(x, y)
 
 
 def test_unequal_class_counts_draw_only_real_images_uniformly():
@@ -308,9 +310,12 @@ def test_check_episode_shape_too_few_images_on_digits(digits_train):
 
 
 @pytest.mark.parametrize("shape,message", [
-    (dict(n_way=5, k_shot=0, q_query=3), "k_shot must be an integer >= 1, got 0"),
-    (dict(n_way=1, k_shot=1, q_query=3), "n_way must be an integer >= 2, got 1"),
-    (dict(n_way=5, k_shot=1, q_query=0), "q_query must be an integer >= 1, got 0"),
+    (dict(n_way=5, k_shot=0, q_query=3),
+     "k_shot must be an integer >= 1, got 0"),
+    (dict(n_way=1, k_shot=1, q_query=3),
+     "n_way must be an integer >= 2, got 1"),
+    (dict(n_way=5, k_shot=1, q_query=0),
+     "q_query must be an integer >= 1, got 0"),
     (dict(n_way=5, k_shot=1.5, q_query=3),
      "k_shot must be an integer >= 1, got 1.5"),
 ])

@@ -1,0 +1,276 @@
+"""The launch scripts as a user runs them: `python -m launch.train ...`.
+
+Each run is a fresh Python process (a few seconds of imports), so the refused
+runs are started together and the end-to-end run is shared by the tests that
+inspect it.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from advmeta_jax import datasets
+from advmeta_jax import learners
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT_S = 300
+TINY_RUN = ("--filters=8", "--q_query=3", "--task_batch_size=2",
+            "--inner_steps=1", "--num_steps=3", "--log_every=1",
+            "--checkpoint_every=2", "--eval_episodes=10",
+            "--eval_inner_steps=2", "--eval_batch_size=5")
+ROW = re.compile(r"^\| maml \| digits \| 5-way 1-shot \| "
+                 r"(\d+\.\d\d) ± (\d+\.\d\d) \| 10 \|$", re.MULTILINE)
+
+
+def _start(module, *args):
+  return subprocess.Popen(
+      [sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+  try:
+    stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.communicate()
+    raise
+  return subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                     stderr)
+
+
+def _run(module, *args):
+  return _finish(_start(module, *args))
+
+
+def _assert_ok(result):
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+
+
+def _assert_refused(result, line_start, *fragments):
+  """Non-zero exit, no traceback, and one message line naming `fragments`."""
+  assert result.returncode != 0, result.stdout + result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith(line_start)]
+  assert len(lines) == 1, result.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], (fragment, lines[0])
+  assert "|" not in result.stdout          # no results table
+  return lines[0]
+
+
+def _enum_choices(line):
+  return set(re.search(r"value should be one of <([^>]*)>", line)[1].split("|"))
+
+
+# --- refused runs -----------------------------------------------------------
+
+# name: (module, flags after --workdir); a workdir is added to each.
+REFUSALS = {
+    "dataset": ("launch.train", ["--dataset=foo"]),
+    "learner": ("launch.train", ["--learner=foo"]),
+    "n_way": ("launch.train", ["--n_way=6"]),
+    "inner_lr": ("launch.train", ["--inner_lr=-1"]),
+    "no_data_dir": ("launch.train", ["--dataset=mini_imagenet"]),
+    "missing_data_dir": ("launch.train", ["--dataset=mini_imagenet",
+                                          "--data_dir={tmp}/no/such/dir"]),
+    "q_query": ("launch.train", ["--q_query=500"]),
+    "evaluate_empty": ("launch.evaluate", []),
+}
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+  """Runs every refused command at once; `{name: (workdir, result)}`."""
+  tmp = tmp_path_factory.mktemp("refusals")
+  started = {}
+  for name, (module, args) in REFUSALS.items():
+    workdir = tmp / name
+    if name == "evaluate_empty":
+      workdir.mkdir()
+    args = [a.format(tmp=tmp) for a in args]
+    started[name] = (workdir, _start(module, f"--workdir={workdir}", *args))
+  return {name: (workdir, _finish(p)) for name, (workdir, p) in started.items()}
+
+
+def test_unknown_dataset_lists_the_choices(refusals):
+  _, result = refusals["dataset"]
+  line = _assert_refused(result, "FATAL Flags parsing error",
+                         "--dataset=foo")
+  assert _enum_choices(line) == set(datasets.names())
+
+
+def test_unknown_learner_lists_the_choices(refusals):
+  _, result = refusals["learner"]
+  line = _assert_refused(result, "FATAL Flags parsing error", "--learner=foo")
+  assert _enum_choices(line) == set(learners.names())
+
+
+def test_n_way_larger_than_the_split(refusals):
+  _, result = refusals["n_way"]
+  _assert_refused(result, "error: ", "n_way=6", "5 classes", "digits/train",
+                  "n_way <= 5")
+
+
+def test_negative_inner_lr(refusals):
+  workdir, result = refusals["inner_lr"]
+  _assert_refused(result, "error: ", "inner_lr", "-1", "> 0")
+  assert not workdir.exists()             # refused before touching the workdir
+
+
+def test_mini_imagenet_without_data_dir(refusals):
+  _, result = refusals["no_data_dir"]
+  _assert_refused(result, "error: ", "mini_imagenet", "--data_dir")
+
+
+def test_mini_imagenet_with_a_missing_data_dir(refusals):
+  workdir, result = refusals["missing_data_dir"]
+  missing = workdir.parent / "no" / "such" / "dir"
+  _assert_refused(result, "error: ", "mini_imagenet", repr(str(missing)),
+                  "not a directory")
+
+
+def test_too_few_images_per_class_for_q_query(refusals, digits_train):
+  _, result = refusals["q_query"]
+  counts = digits_train.class_counts()
+  _assert_refused(result, "error: ", "digits/train",
+                  f"class {digits_train.class_names[0]!r} has {counts[0]} "
+                  "images", "k_shot + q_query = 501",
+                  f"at most {counts.min()}")
+
+
+def test_evaluate_on_a_workdir_without_a_run(refusals):
+  workdir, result = refusals["evaluate_empty"]
+  _assert_refused(result, "error: ", repr(str(workdir)), "config.json")
+  assert not list(workdir.iterdir())      # nothing created there
+
+
+def test_a_refused_run_does_not_block_the_corrected_command(refusals,
+                                                            digits_train):
+  workdir, _ = refusals["n_way"]          # refused: n_way=6 on digits
+  # The user fixes n_way; the next problem reported must be the real one
+  # (q_query is too large), not a conflict with the refused run's config.
+  result = _run("launch.train", f"--workdir={workdir}", "--q_query=500")
+  _assert_refused(result, "error: ", "k_shot + q_query = 501")
+
+
+# --- a tiny run, end to end -------------------------------------------------
+
+def _snapshot(workdir):
+  checkpoints = workdir / "checkpoints"
+  return {"config": (workdir / "config.json").read_text(),
+          "metrics": (workdir / "metrics.jsonl").read_text(),
+          "checkpoints": sorted(p.name for p in checkpoints.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """`launch.train` of TINY_RUN: `(workdir, result, snapshot of its files)`."""
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  result = _run("launch.train", f"--workdir={workdir}", *TINY_RUN)
+  _assert_ok(result)
+  return workdir, result, _snapshot(workdir)
+
+
+def test_train_prints_the_table_and_writes_the_run(tiny_run):
+  workdir, result, snapshot = tiny_run
+  assert "| learner | dataset | task | accuracy % (± 95% CI) | episodes |" in (
+      result.stdout)
+  row = ROW.search(result.stdout)
+  assert row, result.stdout
+  accuracy, ci = float(row[1]), float(row[2])
+  assert 0 <= accuracy <= 100 and ci > 0
+
+  config = json.loads(snapshot["config"])
+  for flag in TINY_RUN:
+    name, value = flag[2:].split("=")
+    assert config[name] == int(value), name
+  assert config["dataset"] == "digits" and config["learner"] == "maml"
+
+  lines = snapshot["metrics"].splitlines()
+  assert len(lines) == 3
+  metrics = [json.loads(l) for l in lines]
+  assert [m["step"] for m in metrics] == [1, 2, 3]
+  for m in metrics:
+    assert {"step", "loss", "query_accuracy", "steps_per_sec"} <= set(m)
+    assert np.isfinite(m["loss"]) and 0 <= m["query_accuracy"] <= 1
+    assert m["steps_per_sec"] > 0
+
+  # Saved at checkpoint_every=2 and at the end.
+  assert snapshot["checkpoints"] == ["2", "3"]
+  assert (workdir / "eval_test.md").read_text().strip() == (
+      result.stdout.strip())
+  summary = json.loads((workdir / "eval_test.json").read_text())["maml"]
+  assert summary["episodes"] == 10
+  assert f"{100 * summary['accuracy']:.2f}" == row[1]
+  assert f"{100 * summary['accuracy_ci95']:.2f}" == row[2]
+
+
+def test_evaluate_reproduces_the_table_of_the_run(tiny_run):
+  workdir, trained, _ = tiny_run
+  result = _run("launch.evaluate", f"--workdir={workdir}", "--episodes=10")
+  _assert_ok(result)
+  assert f"checkpoint: step 3 of {workdir}" in result.stdout
+  # The same checkpoint on the same seeded episodes: the same row.
+  assert ROW.search(result.stdout), result.stdout
+  assert ROW.search(result.stdout)[0] == ROW.search(trained.stdout)[0]
+  assert ROW.search((workdir / "eval_test.md").read_text())[0] == (
+      ROW.search(trained.stdout)[0])
+
+
+def test_rerunning_the_same_command_resumes(tiny_run):
+  workdir, trained, snapshot = tiny_run
+  result = _run("launch.train", f"--workdir={workdir}", *TINY_RUN)
+  _assert_ok(result)
+  # Nothing retrained: no step taken, so metrics and checkpoints are as they
+  # were; the config is unchanged; the meta-test gives the same row.
+  assert _snapshot(workdir) == snapshot
+  assert ROW.search(result.stdout)[0] == ROW.search(trained.stdout)[0]
+
+
+def test_rerunning_with_another_config_is_refused(tiny_run):
+  workdir, _, _ = tiny_run
+  before = _snapshot(workdir)
+  result = _run("launch.train", f"--workdir={workdir}", *TINY_RUN,
+                "--filters=16")
+  _assert_refused(result, "error: ", repr(str(workdir)), "different config",
+                  "filters: 8 -> 16")
+  assert _snapshot(workdir) == before
+  assert json.loads(before["config"])["filters"] == 8
+
+
+def test_a_test_split_too_small_is_refused_before_training(tmp_path):
+  """n_way fits the 6 train classes but not the 3 test classes: refused at
+  once, not after a whole training run."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, classes in (("train", 6), ("test", 3)):
+    for c in range(classes):
+      folder = tmp_path / "data" / split / f"{split}{c}"
+      folder.mkdir(parents=True)
+      for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(
+            folder / f"{i}.png")
+  workdir = tmp_path / "run"
+  result = _run("launch.train", f"--workdir={workdir}",
+                "--dataset=image_folder", f"--data_dir={tmp_path / 'data'}",
+                "--image_size=16", "--n_way=6", "--q_query=3")
+  _assert_refused(result, "error: ", "n_way=6",
+                  "3 classes of image_folder/test")
+  assert not (workdir / "checkpoints").exists()
+
+
+def test_a_refused_run_does_not_block_the_corrected_command(refusals):
+  workdir, _ = refusals["n_way"]          # refused: n_way=6 on digits
+  # The user fixes n_way; the next problem reported must be the real one
+  # (q_query is too large), not a conflict with the refused run's config.
+  result = _run("launch.train", f"--workdir={workdir}", "--q_query=500")
+  _assert_refused(result, "error: ", "k_shot + q_query = 501")
