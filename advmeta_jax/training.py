@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 from advmeta_jax import datasets
 from advmeta_jax import episodes
@@ -59,10 +61,10 @@ class TrainConfig:
   meta_lr: float = 1e-3
   filters: int = 32
   conv_impl: str = "matmul"
-  num_steps: int = 1000
+  num_steps: int = 300
   seed: int = 0
   log_every: int = 50
-  checkpoint_every: int = 500
+  checkpoint_every: int = 100
   # Meta-test at the end of training (0 disables it) and at evaluate time.
   eval_episodes: int = 600
   eval_inner_steps: int = 10
@@ -312,8 +314,12 @@ def train(config: TrainConfig, workdir: str, *,
   # nothing behind that would block the corrected command.
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint_manager(workdir)
-  if manager.latest_step() is not None:
-    _check_resumable(workdir, config)
+  try:
+    if manager.latest_step() is not None:
+      _check_resumable(workdir, config)
+  except ConfigError:
+    manager.close()
+    raise
   _write_config(workdir, config)
   logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
 
@@ -342,8 +348,6 @@ def train(config: TrainConfig, workdir: str, *,
 
   bar = None
   if progress and start < config.num_steps:
-    import tqdm  # pylint: disable=g-import-not-at-top
-    import sys  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=config.num_steps, initial=start, unit="step",
                     dynamic_ncols=True,
                     mininterval=0.5 if sys.stderr.isatty() else 30.0)
