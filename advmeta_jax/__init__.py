@@ -16,6 +16,7 @@ The pieces compose as pure functions:
                                     training.make_optimizer(1e-3))
 """
 
+from advmeta_jax import attacks
 from advmeta_jax import datasets
 from advmeta_jax import episodes
 from advmeta_jax import errors
