@@ -189,3 +189,14 @@ def conv4_num_params(*, num_classes: int, filters: int, channels: int,
   side = feature_map_size(image_size)
   head = side * side * filters * num_classes + num_classes
   return convs + bns + head
+
+
+def conv4_forward_flops(*, image_size: int, channels: int, filters: int,
+                        num_classes: int) -> int:
+  """Multiply-add FLOPs (2 per MAC) of one image through conv4's convolutions
+  and head; BatchNorm, ReLU and pooling (a few % more) are not counted."""
+  flops, side, c_in = 0, image_size, channels
+  for _ in range(4):
+    flops += 2 * side * side * 9 * c_in * filters
+    side, c_in = side // 2, filters
+  return flops + 2 * side * side * filters * num_classes
