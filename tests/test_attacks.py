@@ -228,14 +228,19 @@ def test_mi_fgsm_on_a_binary_linear_model_reaches_the_fgsm_corner():
       attacks.fgsm(logits_fn, x, y, eps=0.1), atol=1e-6)
 
 
-def test_cw_finds_the_minimal_l2_perturbation_of_a_linear_classifier():
-  # Binary linear classifier: the closest misclassified point is at distance
-  # |m| / ‖w_y − w_o‖ along w_o − w_y (inside the box for these points).
+def binary_linear_problem():
+  """Ten points away from the box edges, labelled by a 2-class linear model."""
   k1, k2 = jax.random.split(jax.random.key(6))
   w = 0.5 * jax.random.normal(k1, (DIM, 2))
   x = jax.random.uniform(k2, (10, *SHAPE), minval=0.35, maxval=0.65)
   logits_fn = linear_logits(w, jnp.zeros(2))
-  y = jnp.argmax(logits_fn(x), axis=-1)
+  return w, x, jnp.argmax(logits_fn(x), axis=-1), logits_fn
+
+
+def test_cw_finds_the_minimal_l2_perturbation_of_a_linear_classifier():
+  # Binary linear classifier: the closest misclassified point is at distance
+  # |m| / ‖w_y − w_o‖ along w_o − w_y (inside the box for these points).
+  w, x, y, logits_fn = binary_linear_problem()
   u = np.asarray(w[:, 1] - w[:, 0])
   m = np.abs(np.asarray(x).reshape(10, -1) @ u)
   minimal = m / np.linalg.norm(u)
@@ -253,11 +258,7 @@ def test_cw_finds_the_minimal_l2_perturbation_of_a_linear_classifier():
 
 
 def test_cw_binary_search_raises_a_too_small_constant():
-  k1, k2 = jax.random.split(jax.random.key(6))
-  w = 0.5 * jax.random.normal(k1, (DIM, 2))
-  x = jax.random.uniform(k2, (10, *SHAPE), minval=0.35, maxval=0.65)
-  logits_fn = linear_logits(w, jnp.zeros(2))
-  y = jnp.argmax(logits_fn(x), axis=-1)
+  _, x, y, logits_fn = binary_linear_problem()
   cw = functools.partial(attacks.carlini_wagner_l2, logits_fn, c=1e-3,
                          num_steps=100)
   # c = 1e-3: the distance term wins and nothing is fooled: x comes back.
