@@ -34,6 +34,7 @@ from advmeta_jax.errors import NonFiniteLossError
 from advmeta_jax.evaluation import confidence_interval_95
 from advmeta_jax.evaluation import meta_test
 from advmeta_jax.learners import LearnerConfig
+from advmeta_jax.learners import tafl_weights
 from advmeta_jax.maml import adapt
 from advmeta_jax.models import Conv4
 from advmeta_jax.models import make_conv4

@@ -7,21 +7,36 @@ A learner is one pure function
 of the meta-parameters θ, ONE task (`episodes.Task` without the task axis), a
 PRNG key and a static `LearnerConfig`. `aux` is a dict of scalars (metrics).
 The train step (`training.make_train_step`) batches it over tasks with
-`jax.vmap` and averages. A new learner is one function plus one `register`.
+`jax.vmap` and combines the per-task losses with the learner's batch-combine
+hook `(per_task_losses, per_task_aux, config) -> (loss, metrics)` (default: the
+mean over tasks; TAFL weights tasks by its modulating factor). A new learner is
+one function plus one `register`.
+
+Who is attacked (SPEC, "Attacks"): a query attack targets the adapted
+parameters θ' of the task; a support attack (ADML, MAML-AD) targets the
+meta-initialization θ. Every adversarial example is `stop_gradient`ed before it
+enters a meta-loss, so the meta-gradient never flows through an attack.
+
+conv4's BatchNorm is transductive (models.py): each attack and each loss sees
+the batch it is called on (the clean or the adversarial copy of a set, or their
+concatenation for MAML-AD).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
+import optax
 
 from advmeta_jax import maml
 from advmeta_jax.episodes import Task
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
+TAFL_REDUCTIONS = ("mean", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +48,36 @@ class LearnerConfig:
     inner_lr: α, the inner-loop step size.
     inner_steps: inner steps in meta-training.
     first_order: FOMAML (no gradient through inner gradients).
+    train_attack: the training attack `(logits_fn, x, y, *, key) -> x_adv`
+      (built by `attacks.make_attack`); required by the robust learners.
+    adv_fraction: MAML-AD: the fraction of the support and of the query that
+      gets an adversarial copy appended (1.0: both full copies).
+    adml_inner_lr_adv: ADML's α1, the inner step size on the adversarial
+      support (α2 is `inner_lr`).
+    adml_beta_clean: ADML's β1, weight of L(θ'_adv, Q_clean).
+    adml_beta_adv: ADML's β2, weight of L(θ'_c, Q_adv).
+    adml_sequential: ADML: two sequential meta-updates per step, as line 11
+      of Algorithm 1 is written, instead of one on the weighted sum.
+    tafl_gamma: TAFL's γ (0 gives uniform task weights, i.e. AQ).
+    tafl_k: TAFL's k, the scale of L_AR in the modulating factor.
+    tafl_delta: TAFL's δ > 0, the floor of L_AR.
+    tafl_reduction: per-task cross-entropy over the queries, "mean" (SPEC
+      default) or "sum" (the seed's).
   """
   apply_fn: Callable[[dict, Array], Array]
   inner_lr: float = 0.01
   inner_steps: int = 5
   first_order: bool = False
+  train_attack: Optional[Callable[..., Array]] = None
+  adv_fraction: float = 1.0
+  adml_inner_lr_adv: float = 0.01
+  adml_beta_clean: float = 1.0
+  adml_beta_adv: float = 1.0
+  adml_sequential: bool = False
+  tafl_gamma: float = 2.0
+  tafl_k: float = 1.0
+  tafl_delta: float = 1e-3
+  tafl_reduction: str = "mean"
 
   def __post_init__(self):
     if not self.inner_lr > 0:
@@ -45,17 +85,72 @@ class LearnerConfig:
     if int(self.inner_steps) != self.inner_steps or self.inner_steps < 1:
       raise ConfigError(
           f"inner_steps must be an integer >= 1, got {self.inner_steps}.")
+    if not 0 < self.adv_fraction <= 1:
+      raise ConfigError(
+          f"adv_fraction must be in (0, 1], got {self.adv_fraction}.")
+    if not self.adml_inner_lr_adv > 0:
+      raise ConfigError(
+          f"adml_inner_lr_adv must be > 0, got {self.adml_inner_lr_adv}.")
+    for name in ("adml_beta_clean", "adml_beta_adv", "tafl_gamma", "tafl_k"):
+      if not getattr(self, name) >= 0:
+        raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+    if not self.tafl_delta > 0:
+      raise ConfigError(f"tafl_delta must be > 0, got {self.tafl_delta}.")
+    if self.tafl_reduction not in TAFL_REDUCTIONS:
+      raise ConfigError(f"unknown tafl_reduction {self.tafl_reduction!r}; "
+                        f"choose one of: {', '.join(TAFL_REDUCTIONS)}.")
 
 
 OuterLoss = Callable[[dict, Task, Array, LearnerConfig],
                      Tuple[Array, Dict[str, Array]]]
-_REGISTRY: Dict[str, OuterLoss] = {}
+# (per-task losses [B], per-task aux {name: [B]}, config) -> (loss, metrics).
+BatchCombine = Callable[[Array, Dict[str, Array], LearnerConfig],
+                        Tuple[Array, Dict[str, Array]]]
 
 
-def register(name: str):
-  """Decorator registering an outer loss under `name` (the --learner value)."""
+def mean_over_tasks(losses: Array, aux: Dict[str, Array],
+                    config: LearnerConfig) -> Tuple[Array, Dict[str, Array]]:
+  """The default batch combine: the mean outer loss over the task batch."""
+  del aux, config
+  return losses.mean(), {}
+
+
+# config -> None (one meta-update per step on the batch loss) or a tuple of
+# batch combines, each giving one meta-update in turn (ADML's line 11).
+UpdatePhases = Callable[[LearnerConfig], Optional[Tuple[BatchCombine, ...]]]
+
+
+def _one_update(config: LearnerConfig) -> None:
+  del config
+  return None
+
+
+class Learner(NamedTuple):
+  """A registry entry: the per-task outer loss and how a batch combines."""
+  outer_loss: OuterLoss
+  batch_combine: BatchCombine = mean_over_tasks
+  update_phases: UpdatePhases = _one_update
+
+
+_REGISTRY: Dict[str, Learner] = {}
+
+
+def register(name: str, *, batch_combine: Optional[BatchCombine] = None,
+             update_phases: Optional[UpdatePhases] = None):
+  """Decorator registering an outer loss under `name` (the --learner value).
+
+  Args:
+    name: the learner's name.
+    batch_combine: `(per_task_losses, per_task_aux, config) -> (loss,
+      metrics)`, for learners whose batch loss is not the mean of the per-task
+      losses (TAFL); default `mean_over_tasks`.
+    update_phases: `config -> None or (batch_combine, ...)`: several
+      sequential meta-updates per step, one per combine (ADML's
+      `adml_sequential`); default one update.
+  """
   def wrap(fn: OuterLoss) -> OuterLoss:
-    _REGISTRY[name] = fn
+    _REGISTRY[name] = Learner(fn, batch_combine or mean_over_tasks,
+                              update_phases or _one_update)
     return fn
   return wrap
 
@@ -69,7 +164,25 @@ def get(name: str) -> OuterLoss:
   if name not in _REGISTRY:
     raise ConfigError(
         f"unknown learner {name!r}; choose one of: {', '.join(names())}.")
-  return _REGISTRY[name]
+  return _REGISTRY[name].outer_loss
+
+
+def _entry_of(outer_loss: OuterLoss) -> Learner:
+  for entry in _REGISTRY.values():
+    if entry.outer_loss is outer_loss:
+      return entry
+  return Learner(outer_loss)
+
+
+def batch_combine_of(outer_loss: OuterLoss) -> BatchCombine:
+  """The batch-combine hook registered with `outer_loss` (default: the mean)."""
+  return _entry_of(outer_loss).batch_combine
+
+
+def update_phases_of(outer_loss: OuterLoss, config: LearnerConfig
+                     ) -> Optional[Tuple[BatchCombine, ...]]:
+  """The sequential meta-updates of `outer_loss` under `config` (None: one)."""
+  return _entry_of(outer_loss).update_phases(config)
 
 
 def adapt_to_support(params, task: Task, config: LearnerConfig,
@@ -95,3 +208,244 @@ def maml_loss(params, task: Task, key: Array, config: LearnerConfig):
   loss = maml.cross_entropy(logits, task.query_labels)
   return loss, {"query_accuracy": maml.accuracy(logits, task.query_labels),
                 "support_loss": inner["support_loss"][0]}
+
+
+# --- adversarial learners ---------------------------------------------------
+
+def _require_attack(config: LearnerConfig, learner: str) -> None:
+  if config.train_attack is None:
+    raise ConfigError(
+        f"learner {learner!r} needs a training attack: set "
+        "LearnerConfig.train_attack (built by attacks.make_attack), or "
+        "--train_attack when training from flags.")
+
+
+def attack_images(config: LearnerConfig, params, images: Array, labels: Array,
+                  key: Array) -> Array:
+  """`config.train_attack` against the model at `params`, `stop_gradient`ed.
+
+  The parameters the attacker sees are constants too: the perturbation is a
+  fixed input to the meta-loss, no gradient flows through it (SPEC, "Attacks").
+  """
+  frozen = jax.lax.stop_gradient(params)
+  logits_fn = lambda x: config.apply_fn(frozen, x)
+  return jax.lax.stop_gradient(
+      config.train_attack(logits_fn, images, labels, key=key))
+
+
+def _adapt(params, images: Array, labels: Array, config: LearnerConfig,
+           inner_lr: float):
+  return maml.adapt(config.apply_fn, params, images, labels,
+                    inner_lr=inner_lr, num_steps=config.inner_steps,
+                    first_order=config.first_order)
+
+
+def _subset(images: Array, labels: Array, fraction: float, key: Array):
+  """A random `fraction` of a set (all of it, in order, when fraction is 1)."""
+  n = images.shape[0]
+  n_adv = max(1, int(round(fraction * n)))
+  if n_adv == n:
+    return images, labels
+  idx = jax.random.permutation(key, n)[:n_adv]
+  return images[idx], labels[idx]
+
+
+@register("maml_ad")
+def maml_ad_loss(params, task: Task, key: Array, config: LearnerConfig):
+  """MAML-AD, MAML on mixed clean + adversarial sets (Yin et al. 2018, eqs. 2–3).
+
+  D_i = S_clean ∪ A_θ(S') and D'_i = Q_clean ∪ A_θ'(Q'), where S', Q' are
+  random `adv_fraction` subsets (both full copies by default); the support
+  attack targets θ, the query attack the adapted θ' (SPEC, "Who is attacked").
+  θ' = adapt(θ, D_i) (eq. 2); the outer loss is L(θ', D'_i) (eq. 3).
+
+  Returns:
+    `(mixed query cross-entropy, {"query_accuracy", "adv_query_accuracy",
+    "support_loss"})`.
+  """
+  _require_attack(config, "maml_ad")
+  sel_s, att_s, sel_q, att_q = jax.random.split(key, 4)
+  xs, ys = _subset(task.support_images, task.support_labels,
+                   config.adv_fraction, sel_s)
+  xs_adv = attack_images(config, params, xs, ys, att_s)
+  adapted, inner = _adapt(
+      params, jnp.concatenate([task.support_images, xs_adv]),
+      jnp.concatenate([task.support_labels, ys]), config, config.inner_lr)
+  xq, yq = _subset(task.query_images, task.query_labels, config.adv_fraction,
+                   sel_q)
+  xq_adv = attack_images(config, adapted, xq, yq, att_q)
+  logits = config.apply_fn(adapted,
+                           jnp.concatenate([task.query_images, xq_adv]))
+  loss = maml.cross_entropy(logits, jnp.concatenate([task.query_labels, yq]))
+  n = task.query_images.shape[0]
+  return loss, {
+      "query_accuracy": maml.accuracy(logits[:n], task.query_labels),
+      "adv_query_accuracy": maml.accuracy(logits[n:], yq),
+      "support_loss": inner["support_loss"][0]}
+
+
+def _adml_phases(config: LearnerConfig):
+  """ADML's line 11 as written: θ ← θ − β1∇Σ L(θ'_adv, Q_clean), then
+  θ ← θ − β2∇Σ L(θ'_c, Q_adv) at the updated θ (with `adml_sequential`)."""
+  if not config.adml_sequential:
+    return None
+
+  def clean_query_term(losses, aux, cfg):
+    del losses
+    return cfg.adml_beta_clean * aux["query_loss_clean"].mean(), {}
+
+  def adv_query_term(losses, aux, cfg):
+    del losses
+    return cfg.adml_beta_adv * aux["query_loss_adv"].mean(), {}
+
+  return (clean_query_term, adv_query_term)
+
+
+@register("adml", update_phases=_adml_phases)
+def adml_loss(params, task: Task, key: Array, config: LearnerConfig):
+  """ADML (Yin et al. 2018, Algorithm 1), one-update form.
+
+  θ'_adv = adapt(θ, S_adv; α1) with S_adv = A_θ(S) (the support attack targets
+  the meta-initialization); θ'_c = adapt(θ, S_clean; α2) (line 7). The outer
+  loss is β1·L(θ'_adv, Q_clean) + β2·L(θ'_c, Q_adv), with Q_adv = A_θ'_c(Q)
+  (line 9; the query attack targets θ'_c). By default one Adam step on this
+  sum replaces the two sequential updates of line 11; `adml_sequential` takes
+  them in turn (`_adml_phases`), each an Adam step of the shared meta-optimizer
+  on its β-weighted term, the second recomputed at the updated θ (same tasks
+  and key).
+
+  Returns:
+    `(weighted loss, {"query_accuracy" (θ'_c on Q_clean),
+    "adv_query_accuracy" (θ'_c on Q_adv), "adv_support_query_accuracy"
+    (θ'_adv on Q_clean), "query_loss_clean", "query_loss_adv",
+    "support_loss"})`.
+  """
+  _require_attack(config, "adml")
+  support_key, query_key = jax.random.split(key)
+  xs_adv = attack_images(config, params, task.support_images,
+                         task.support_labels, support_key)
+  adapted_adv, _ = _adapt(params, xs_adv, task.support_labels, config,
+                          config.adml_inner_lr_adv)
+  adapted_clean, inner = _adapt(params, task.support_images,
+                                task.support_labels, config, config.inner_lr)
+  xq_adv = attack_images(config, adapted_clean, task.query_images,
+                         task.query_labels, query_key)
+  logits_adv_clean = config.apply_fn(adapted_adv, task.query_images)
+  logits_clean_adv = config.apply_fn(adapted_clean, xq_adv)
+  loss_clean = maml.cross_entropy(logits_adv_clean, task.query_labels)
+  loss_adv = maml.cross_entropy(logits_clean_adv, task.query_labels)
+  loss = config.adml_beta_clean * loss_clean + config.adml_beta_adv * loss_adv
+  clean_logits = config.apply_fn(jax.lax.stop_gradient(adapted_clean),
+                                 task.query_images)
+  return loss, {
+      "query_accuracy": maml.accuracy(clean_logits, task.query_labels),
+      "adv_query_accuracy": maml.accuracy(logits_clean_adv, task.query_labels),
+      "adv_support_query_accuracy": maml.accuracy(logits_adv_clean,
+                                                  task.query_labels),
+      "query_loss_clean": loss_clean, "query_loss_adv": loss_adv,
+      "support_loss": inner["support_loss"][0]}
+
+
+def _query_losses(per_example: Array, reduction: str) -> Array:
+  return per_example.sum() if reduction == "sum" else per_example.mean()
+
+
+def _adversarial_query(params, task: Task, key: Array, config: LearnerConfig,
+                       reduction: str = "mean"):
+  """θ' from the clean support; CE on A_θ'(Q) and on Q; metrics (AQ, TAFL)."""
+  adapted, inner = adapt_to_support(params, task, config)
+  xq_adv = attack_images(config, adapted, task.query_images,
+                         task.query_labels, key)
+  adv_logits = config.apply_fn(adapted, xq_adv)
+  clean_logits = config.apply_fn(adapted, task.query_images)
+  ce = optax.softmax_cross_entropy_with_integer_labels
+  adv_loss = _query_losses(ce(adv_logits, task.query_labels), reduction)
+  clean_loss = _query_losses(ce(clean_logits, task.query_labels), reduction)
+  return adv_loss, {
+      "query_accuracy": maml.accuracy(clean_logits, task.query_labels),
+      "adv_query_accuracy": maml.accuracy(adv_logits, task.query_labels),
+      "adv_query_loss": adv_loss,
+      "clean_query_loss": jax.lax.stop_gradient(clean_loss),
+      "support_loss": inner["support_loss"][0]}
+
+
+@register("aq")
+def aq_loss(params, task: Task, key: Array, config: LearnerConfig):
+  """Adversarial Querying (Goldblum et al. 2020): L(θ', A_θ'(Q)).
+
+  θ' is adapted on the clean support; the query is attacked (PGD by default)
+  against θ', and the perturbation is a constant of the meta-loss.
+
+  Returns:
+    `(adversarial query cross-entropy, {"query_accuracy",
+    "adv_query_accuracy", "adv_query_loss", "clean_query_loss",
+    "support_loss"})`.
+  """
+  _require_attack(config, "aq")
+  return _adversarial_query(params, task, key, config)
+
+
+def adversarial_robustness_loss(adv_losses: Array, clean_losses: Array, *,
+                                delta: float) -> Array:
+  """L_AR(τ) = max(L_CE(θ_τ, A(x_q)) − L_CE(θ_τ, x_q), δ) (TAFL seed, eq. 5)."""
+  return jnp.maximum(adv_losses - clean_losses, delta)
+
+
+def tafl_weights(adv_losses: Array, clean_losses: Array, *, gamma: float,
+                 k: float, delta: float) -> Array:
+  """TAFL's normalized modulating factors M̃(τ) (TAFL seed, eqs. 5–6).
+
+  M(τ) = (1 − exp(−k·L_AR(τ)))^γ, linearly normalized within the task batch:
+  M̃(τ) = B·M(τ)/Σ_τ' M(τ') (mean 1). γ = 0 gives uniform weights. The result
+  is `stop_gradient`ed: the factors are not a function of θ to be minimized.
+
+  Args:
+    adv_losses: `[B]` per-task cross-entropy on the attacked queries.
+    clean_losses: `[B]` per-task cross-entropy on the clean queries.
+    gamma: γ >= 0, the focusing exponent.
+    k: the scale of L_AR.
+    delta: δ > 0, the floor of L_AR.
+
+  Returns:
+    `[B]` weights with mean 1.
+  """
+  l_ar = adversarial_robustness_loss(jax.lax.stop_gradient(adv_losses),
+                                     jax.lax.stop_gradient(clean_losses),
+                                     delta=delta)
+  m = (-jnp.expm1(-k * l_ar)) ** gamma   # 1 − exp(−k·L_AR), accurate near δ
+  return jax.lax.stop_gradient(m.shape[0] * m / m.sum())
+
+
+def tafl_batch_combine(losses: Array, aux: Dict[str, Array],
+                       config: LearnerConfig):
+  """TAFL's batch loss: mean over tasks of M̃(τ)·L_CE(θ_τ, A(x_q)).
+
+  Returns:
+    `(loss, metrics)`: the batch mean and max of L_AR and of the weights.
+  """
+  weights = tafl_weights(aux["adv_query_loss"], aux["clean_query_loss"],
+                         gamma=config.tafl_gamma, k=config.tafl_k,
+                         delta=config.tafl_delta)
+  l_ar = jax.lax.stop_gradient(adversarial_robustness_loss(
+      aux["adv_query_loss"], aux["clean_query_loss"],
+      delta=config.tafl_delta))
+  return jnp.mean(weights * losses), {
+      "tafl_l_ar_mean": l_ar.mean(), "tafl_l_ar_max": l_ar.max(),
+      "tafl_weight_min": weights.min(), "tafl_weight_max": weights.max()}
+
+
+@register("tafl", batch_combine=tafl_batch_combine)
+def tafl_loss(params, task: Task, key: Array, config: LearnerConfig):
+  """TAFL (TAFL seed, eqs. 5–6): AQ's loss, weighted per task in the batch.
+
+  Per task this is the adversarial query cross-entropy L_CE(θ_τ, A(x_q)) (mean
+  over the queries, or their sum with `tafl_reduction="sum"` as the seed
+  writes it) plus the clean one for L_AR; `tafl_batch_combine` weights the
+  tasks by M̃(τ).
+
+  Returns:
+    `(adversarial query cross-entropy, aux)` as `aq_loss`.
+  """
+  _require_attack(config, "tafl")
+  return _adversarial_query(params, task, key, config,
+                            reduction=config.tafl_reduction)

@@ -16,6 +16,7 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ import numpy as np
 import optax
 import tqdm
 
+from advmeta_jax import attacks
 from advmeta_jax import datasets
 from advmeta_jax import episodes
 from advmeta_jax import learners
@@ -69,6 +71,21 @@ class TrainConfig:
   eval_episodes: int = 600
   eval_inner_steps: int = 10
   eval_batch_size: int = 20
+  # The training attack of the robust learners (ignored by maml). None / "":
+  # the learner's default (DEFAULT_TRAIN_ATTACKS).
+  train_attack: Optional[str] = None
+  train_eps: str = ""
+  train_attack_steps: int = 7
+  train_step_size: str = "2/255"
+  adv_fraction: float = 1.0
+  adml_inner_lr_adv: float = 0.01
+  adml_beta_clean: float = 1.0
+  adml_beta_adv: float = 1.0
+  adml_sequential: bool = False
+  tafl_gamma: float = 2.0
+  tafl_k: float = 1.0
+  tafl_delta: float = 1e-3
+  tafl_reduction: str = "mean"
 
   # Fields that may change when a run is resumed (they do not change the result
   # of the steps already taken).
@@ -106,6 +123,41 @@ class TrainConfig:
     if self.conv_impl not in models.CONV_IMPLS:
       raise ConfigError(f"unknown conv_impl {self.conv_impl!r}; choose one of "
                         f"{', '.join(models.CONV_IMPLS)}.")
+    if self.train_attack:
+      attacks.get(self.train_attack)
+      if "eps" not in attacks.hyperparameters(self.train_attack):
+        raise ConfigError(
+            f"train_attack {self.train_attack!r} is not an L-inf attack with a "
+            f"budget eps; choose one of: {', '.join(TRAIN_ATTACKS)}.")
+    attacks.parse_eps(self.train_eps or "0", "train_eps")
+    if isinstance(self.train_attack_steps, bool) or int(
+        self.train_attack_steps) != self.train_attack_steps or (
+            self.train_attack_steps < 1):
+      raise ConfigError(f"train_attack_steps must be a positive integer, got "
+                        f"{self.train_attack_steps!r}.")
+    step_size = attacks.parse_eps(self.train_step_size, "train_step_size")
+    if step_size <= 0:
+      raise ConfigError(f"train_step_size must be > 0, got "
+                        f"{self.train_step_size!r}.")
+    if not 0 < self.adv_fraction <= 1:
+      raise ConfigError(
+          f"adv_fraction must be in (0, 1], got {self.adv_fraction}.")
+    if not (np.isfinite(self.adml_inner_lr_adv) and self.adml_inner_lr_adv > 0):
+      raise ConfigError(f"adml_inner_lr_adv must be a finite number > 0, got "
+                        f"{self.adml_inner_lr_adv}.")
+    for name in ("adml_beta_clean", "adml_beta_adv", "tafl_gamma", "tafl_k"):
+      value = getattr(self, name)
+      if not (np.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
+    if self.adml_beta_clean + self.adml_beta_adv == 0:
+      raise ConfigError("adml_beta_clean and adml_beta_adv are both 0: the "
+                        "ADML loss would be 0.")
+    if not (np.isfinite(self.tafl_delta) and self.tafl_delta > 0):
+      raise ConfigError(
+          f"tafl_delta must be a finite number > 0, got {self.tafl_delta}.")
+    if self.tafl_reduction not in learners.TAFL_REDUCTIONS:
+      raise ConfigError(f"unknown tafl_reduction {self.tafl_reduction!r}; "
+                        f"choose one of: {', '.join(learners.TAFL_REDUCTIONS)}.")
     return self
 
   def to_dict(self) -> Dict[str, Any]:
@@ -118,6 +170,37 @@ class TrainConfig:
     if unknown:
       raise ConfigError(f"unknown config fields {unknown}; known: {sorted(known)}.")
     return cls(**d)
+
+
+# The training attack and ε of each robust learner when --train_attack /
+# --train_eps are not given (ADML: FGSM 2/255; AQ, TAFL: PGD 8/255).
+DEFAULT_TRAIN_ATTACKS = {"maml_ad": ("fgsm", "2/255"), "adml": ("fgsm", "2/255"),
+                         "aq": ("pgd", "8/255"), "tafl": ("pgd", "8/255")}
+TRAIN_ATTACKS = tuple(n for n in attacks.names()
+                      if "eps" in attacks.hyperparameters(n))
+
+
+def make_train_attack(config: TrainConfig):
+  """The training attack of `config` (None for a learner that uses none).
+
+  Iterative attacks get `train_attack_steps` steps; PGD (random start) steps
+  of `train_step_size`, while MI-FGSM keeps its own a = ε/T and APGD needs
+  none. FGSM ignores both.
+  """
+  default_attack, default_eps = DEFAULT_TRAIN_ATTACKS.get(config.learner,
+                                                          (None, None))
+  name = config.train_attack or default_attack
+  if name is None:
+    return None
+  eps = attacks.parse_eps(config.train_eps or default_eps or "0", "train_eps")
+  allowed = attacks.hyperparameters(name)
+  hparams = {"eps": eps}
+  if "num_steps" in allowed:
+    hparams["num_steps"] = config.train_attack_steps
+  if allowed.get("step_size", None) is inspect.Parameter.empty:
+    hparams["step_size"] = attacks.parse_eps(config.train_step_size,
+                                             "train_step_size")
+  return attacks.make_attack(name, hparams)
 
 
 class TrainState(NamedTuple):
@@ -138,13 +221,25 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
 
 
 def batch_outer_loss(outer_loss: learners.OuterLoss,
-                     config: learners.LearnerConfig):
-  """`(params, tasks, key) -> (mean loss, mean aux)` over a batch of tasks."""
+                     config: learners.LearnerConfig,
+                     batch_combine: Optional[learners.BatchCombine] = None):
+  """`(params, tasks, key) -> (loss, metrics)` over a batch of tasks.
+
+  The per-task outer losses are vmapped over the tasks and combined by
+  `batch_combine` (default: the hook registered with `outer_loss`, the mean
+  for most learners). `metrics` are the batch means of the per-task aux plus
+  what the combine hook returns.
+  """
+  combine = batch_combine or learners.batch_combine_of(outer_loss)
+
   def fn(params, tasks: episodes.Task, key: Array):
     keys = jax.random.split(key, tasks.query_labels.shape[0])
     losses, aux = jax.vmap(lambda t, k: outer_loss(params, t, k, config))(
         tasks, keys)
-    return losses.mean(), jax.tree.map(jnp.mean, aux)
+    loss, extra = combine(losses, aux, config)
+    metrics = jax.tree.map(jnp.mean, aux)
+    metrics.update(extra)
+    return loss, metrics
   return fn
 
 
@@ -153,18 +248,29 @@ def make_train_step(outer_loss: learners.OuterLoss,
                     optimizer: optax.GradientTransformation):
   """The meta-train step `(state, tasks, key) -> (state, metrics)`.
 
-  Pure and un-jitted. The meta-gradient is the gradient of the mean outer loss
-  over the task batch (second-order through the inner loop unless
-  `config.first_order`); one optimizer update per step.
+  Pure and un-jitted. The meta-gradient is the gradient of the batch outer
+  loss (`batch_outer_loss`; second-order through the inner loop unless
+  `config.first_order`); one optimizer update per step, or one per phase in
+  turn for a learner with sequential update phases (ADML's
+  `adml_sequential`). Then "loss" is the sum of the phases' losses, each at
+  the parameters it updated, "grad_norm" the norm of all their gradients, and
+  the other metrics are those of the last phase.
   """
-  loss_fn = batch_outer_loss(outer_loss, config)
+  phases = learners.update_phases_of(outer_loss, config)
+  loss_fns = [batch_outer_loss(outer_loss, config, combine)
+              for combine in (phases or (None,))]
 
   def train_step(state: TrainState, tasks: episodes.Task, key: Array):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, tasks, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    params, opt_state = state.params, state.opt_state
+    loss, sq_norm = 0.0, 0.0
+    for loss_fn in loss_fns:
+      (phase_loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, tasks, key)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      loss = loss + phase_loss
+      sq_norm = sq_norm + optax.tree.norm(grads, squared=True)
+    metrics = {"loss": loss, "grad_norm": jnp.sqrt(sq_norm), **aux}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
@@ -189,7 +295,15 @@ def build(config: TrainConfig) -> Experiment:
   apply_fn = models.make_apply_fn(model)
   learner_config = learners.LearnerConfig(
       apply_fn=apply_fn, inner_lr=config.inner_lr,
-      inner_steps=config.inner_steps, first_order=config.first_order)
+      inner_steps=config.inner_steps, first_order=config.first_order,
+      train_attack=make_train_attack(config),
+      adv_fraction=config.adv_fraction,
+      adml_inner_lr_adv=config.adml_inner_lr_adv,
+      adml_beta_clean=config.adml_beta_clean,
+      adml_beta_adv=config.adml_beta_adv,
+      adml_sequential=config.adml_sequential, tafl_gamma=config.tafl_gamma,
+      tafl_k=config.tafl_k, tafl_delta=config.tafl_delta,
+      tafl_reduction=config.tafl_reduction)
   return Experiment(config, model, apply_fn, learner_config,
                     (size, size, info.channels))
 

@@ -17,6 +17,7 @@ from absl import logging
 from advmeta_jax import datasets
 from advmeta_jax import learners
 from advmeta_jax import models
+from advmeta_jax import training
 from advmeta_jax.errors import AdvMetaError
 from advmeta_jax.training import TrainConfig
 
@@ -46,9 +47,32 @@ _HELP = {
     "eval_episodes": "Meta-test episodes (0: no meta-test after training).",
     "eval_inner_steps": "Inner steps at meta-test time.",
     "eval_batch_size": "Meta-test tasks adapted in parallel (memory knob).",
+    "train_attack": "Training attack of the robust learners (default: fgsm "
+                    "for adml/maml_ad, pgd for aq/tafl; maml uses none).",
+    "train_eps": "L-inf budget of the training attack, e.g. 8/255 (default: "
+                 "2/255 for adml/maml_ad, 8/255 for aq/tafl).",
+    "train_attack_steps": "Steps of an iterative training attack (PGD).",
+    "train_step_size": "Step size of a PGD training attack, e.g. 2/255.",
+    "adv_fraction": "maml_ad: fraction of support and query that gets an "
+                    "adversarial copy appended (1: full copies).",
+    "adml_inner_lr_adv": "adml: alpha1, inner step size on the adversarial "
+                         "support (alpha2 is --inner_lr).",
+    "adml_beta_clean": "adml: beta1, weight of L(theta'_adv, clean query).",
+    "adml_beta_adv": "adml: beta2, weight of L(theta'_clean, adversarial "
+                     "query).",
+    "adml_sequential": "adml: two sequential meta-updates per step (Algorithm "
+                       "1, line 11 as written) instead of one on the "
+                       "weighted sum.",
+    "tafl_gamma": "tafl: gamma, exponent of the modulating factor (0: aq).",
+    "tafl_k": "tafl: k, scale of L_AR in the modulating factor.",
+    "tafl_delta": "tafl: delta > 0, floor of L_AR.",
+    "tafl_reduction": "tafl: per-task cross-entropy over the queries, mean or "
+                      "sum (the paper's).",
 }
 _ENUMS = {"dataset": datasets.names, "learner": learners.names,
-          "conv_impl": lambda: models.CONV_IMPLS}
+          "conv_impl": lambda: models.CONV_IMPLS,
+          "train_attack": lambda: training.TRAIN_ATTACKS,
+          "tafl_reduction": lambda: learners.TAFL_REDUCTIONS}
 
 
 def define_config_flags(only=None):
