@@ -29,6 +29,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from advmeta_jax import maml
@@ -88,14 +89,19 @@ class LearnerConfig:
     if not 0 < self.adv_fraction <= 1:
       raise ConfigError(
           f"adv_fraction must be in (0, 1], got {self.adv_fraction}.")
-    if not self.adml_inner_lr_adv > 0:
-      raise ConfigError(
-          f"adml_inner_lr_adv must be > 0, got {self.adml_inner_lr_adv}.")
+    if not (np.isfinite(self.adml_inner_lr_adv) and self.adml_inner_lr_adv > 0):
+      raise ConfigError(f"adml_inner_lr_adv must be a finite number > 0, got "
+                        f"{self.adml_inner_lr_adv}.")
     for name in ("adml_beta_clean", "adml_beta_adv", "tafl_gamma", "tafl_k"):
-      if not getattr(self, name) >= 0:
-        raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
-    if not self.tafl_delta > 0:
-      raise ConfigError(f"tafl_delta must be > 0, got {self.tafl_delta}.")
+      value = getattr(self, name)
+      if not (np.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
+    if self.adml_beta_clean + self.adml_beta_adv == 0:
+      raise ConfigError("adml_beta_clean and adml_beta_adv are both 0: the "
+                        "ADML loss would be 0.")
+    if not (np.isfinite(self.tafl_delta) and self.tafl_delta > 0):
+      raise ConfigError(
+          f"tafl_delta must be a finite number > 0, got {self.tafl_delta}.")
     if self.tafl_reduction not in TAFL_REDUCTIONS:
       raise ConfigError(f"unknown tafl_reduction {self.tafl_reduction!r}; "
                         f"choose one of: {', '.join(TAFL_REDUCTIONS)}.")

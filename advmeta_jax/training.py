@@ -139,25 +139,8 @@ class TrainConfig:
     if step_size <= 0:
       raise ConfigError(f"train_step_size must be > 0, got "
                         f"{self.train_step_size!r}.")
-    if not 0 < self.adv_fraction <= 1:
-      raise ConfigError(
-          f"adv_fraction must be in (0, 1], got {self.adv_fraction}.")
-    if not (np.isfinite(self.adml_inner_lr_adv) and self.adml_inner_lr_adv > 0):
-      raise ConfigError(f"adml_inner_lr_adv must be a finite number > 0, got "
-                        f"{self.adml_inner_lr_adv}.")
-    for name in ("adml_beta_clean", "adml_beta_adv", "tafl_gamma", "tafl_k"):
-      value = getattr(self, name)
-      if not (np.isfinite(value) and value >= 0):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
-    if self.adml_beta_clean + self.adml_beta_adv == 0:
-      raise ConfigError("adml_beta_clean and adml_beta_adv are both 0: the "
-                        "ADML loss would be 0.")
-    if not (np.isfinite(self.tafl_delta) and self.tafl_delta > 0):
-      raise ConfigError(
-          f"tafl_delta must be a finite number > 0, got {self.tafl_delta}.")
-    if self.tafl_reduction not in learners.TAFL_REDUCTIONS:
-      raise ConfigError(f"unknown tafl_reduction {self.tafl_reduction!r}; "
-                        f"choose one of: {', '.join(learners.TAFL_REDUCTIONS)}.")
+    # The learner's own fields are checked in one place: LearnerConfig.
+    learners.LearnerConfig(apply_fn=None, **learner_fields(self))
     return self
 
   def to_dict(self) -> Dict[str, Any]:
@@ -178,6 +161,14 @@ DEFAULT_TRAIN_ATTACKS = {"maml_ad": ("fgsm", "2/255"), "adml": ("fgsm", "2/255")
                          "aq": ("pgd", "8/255"), "tafl": ("pgd", "8/255")}
 TRAIN_ATTACKS = tuple(n for n in attacks.names()
                       if "eps" in attacks.hyperparameters(n))
+
+
+def learner_fields(config: TrainConfig) -> Dict[str, Any]:
+  """The `LearnerConfig` fields that a `TrainConfig` carries under the same name
+  (all but the model function and the built training attack)."""
+  return {f.name: getattr(config, f.name)
+          for f in dataclasses.fields(learners.LearnerConfig)
+          if f.name not in ("apply_fn", "train_attack")}
 
 
 def make_train_attack(config: TrainConfig):
@@ -294,16 +285,8 @@ def build(config: TrainConfig) -> Experiment:
                             conv_impl=config.conv_impl, image_size=size)
   apply_fn = models.make_apply_fn(model)
   learner_config = learners.LearnerConfig(
-      apply_fn=apply_fn, inner_lr=config.inner_lr,
-      inner_steps=config.inner_steps, first_order=config.first_order,
-      train_attack=make_train_attack(config),
-      adv_fraction=config.adv_fraction,
-      adml_inner_lr_adv=config.adml_inner_lr_adv,
-      adml_beta_clean=config.adml_beta_clean,
-      adml_beta_adv=config.adml_beta_adv,
-      adml_sequential=config.adml_sequential, tafl_gamma=config.tafl_gamma,
-      tafl_k=config.tafl_k, tafl_delta=config.tafl_delta,
-      tafl_reduction=config.tafl_reduction)
+      apply_fn=apply_fn, train_attack=make_train_attack(config),
+      **learner_fields(config))
   return Experiment(config, model, apply_fn, learner_config,
                     (size, size, info.channels))
 
@@ -319,7 +302,7 @@ def load_split(config: TrainConfig, split: str) -> datasets.ClassSplit:
 
 # --- checkpoints ------------------------------------------------------------
 
-def checkpoint_manager(workdir: str, *, save_every: int = 1, max_to_keep=3):
+def checkpoint_manager(workdir: str, *, max_to_keep: int = 3):
   import orbax.checkpoint as ocp  # local: orbax imports are slow
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
