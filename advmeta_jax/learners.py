@@ -25,7 +25,7 @@ concatenation for MAML-AD).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -131,18 +131,64 @@ def _one_update(config: LearnerConfig) -> None:
   return None
 
 
+class Adaptation(NamedTuple):
+  """How a learner turns a support set into a classifier (meta-testing).
+
+  The evaluation protocol (`evaluation.py`) and the test-time attacks only see
+  a learner through this interface, so it runs unchanged on gradient-based
+  learners (θ' = adapt(θ, S)) and on metric learners (prototypes / attention
+  built from S).
+
+  Attributes:
+    adapt: `(params, images, labels, *, num_steps, track_fn=None) ->
+      (state, curve)`: the adapted classifier `state` from a support set, and
+      `curve`, a dict of `[num_steps]` arrays holding `track_fn(state)` after
+      each step (`{}` when `track_fn` is None or there are no steps).
+      `num_steps` is the number of inner steps (ignored by learners without
+      an inner loop, which return their single state's `track_fn` as a
+      `[1]` curve).
+    logits: `(state, images) -> logits`: the adapted classifier. A query
+      attack is an attack on `lambda x: logits(state, x)` (the adapted model).
+    initial_logits: `(params, support_images, support_labels, images) ->
+      logits`: the model before adaptation, the target of a support attack
+      (SPEC, "Who is attacked": the meta-initialization).
+  """
+  adapt: Callable[..., Tuple[Any, Dict[str, Array]]]
+  logits: Callable[[Any, Array], Array]
+  initial_logits: Callable[[Any, Array, Array, Array], Array]
+
+
+def gradient_adaptation(config: "LearnerConfig") -> Adaptation:
+  """MAML's adaptation: SGD steps of size `inner_lr` on the support loss."""
+  apply_fn = config.apply_fn
+
+  def adapt(params, images, labels, *, num_steps, track_fn=None):
+    return maml.adapt(apply_fn, params, images, labels,
+                      inner_lr=config.inner_lr, num_steps=num_steps,
+                      first_order=config.first_order, track_fn=track_fn)
+
+  def initial_logits(params, support_images, support_labels, images):
+    del support_images, support_labels
+    return apply_fn(params, images)
+
+  return Adaptation(adapt, apply_fn, initial_logits)
+
+
 class Learner(NamedTuple):
-  """A registry entry: the per-task outer loss and how a batch combines."""
+  """A registry entry: the per-task outer loss, how a batch combines, and how
+  the learner adapts at test time."""
   outer_loss: OuterLoss
   batch_combine: BatchCombine = mean_over_tasks
   update_phases: UpdatePhases = _one_update
+  adaptation: Callable[["LearnerConfig"], Adaptation] = gradient_adaptation
 
 
 _REGISTRY: Dict[str, Learner] = {}
 
 
 def register(name: str, *, batch_combine: Optional[BatchCombine] = None,
-             update_phases: Optional[UpdatePhases] = None):
+             update_phases: Optional[UpdatePhases] = None,
+             adaptation: Optional[Callable[[LearnerConfig], Adaptation]] = None):
   """Decorator registering an outer loss under `name` (the --learner value).
 
   Args:
@@ -153,10 +199,13 @@ def register(name: str, *, batch_combine: Optional[BatchCombine] = None,
     update_phases: `config -> None or (batch_combine, ...)`: several
       sequential meta-updates per step, one per combine (ADML's
       `adml_sequential`); default one update.
+    adaptation: `LearnerConfig -> Adaptation`, how the learner adapts to a
+      support set at test time; default `gradient_adaptation` (MAML's).
   """
   def wrap(fn: OuterLoss) -> OuterLoss:
     _REGISTRY[name] = Learner(fn, batch_combine or mean_over_tasks,
-                              update_phases or _one_update)
+                              update_phases or _one_update,
+                              adaptation or gradient_adaptation)
     return fn
   return wrap
 
@@ -183,6 +232,12 @@ def _entry_of(outer_loss: OuterLoss) -> Learner:
 def batch_combine_of(outer_loss: OuterLoss) -> BatchCombine:
   """The batch-combine hook registered with `outer_loss` (default: the mean)."""
   return _entry_of(outer_loss).batch_combine
+
+
+def adaptation_of(learner, config: LearnerConfig) -> Adaptation:
+  """The test-time `Adaptation` of a learner (its name or its outer loss)."""
+  outer_loss = get(learner) if isinstance(learner, str) else learner
+  return _entry_of(outer_loss).adaptation(config)
 
 
 def update_phases_of(outer_loss: OuterLoss, config: LearnerConfig
