@@ -1,25 +1,52 @@
 """Meta-testing: adapt to unseen tasks, score the query, report mean ± 95% CI.
 
-Every episode `i` is sampled from `fold_in(key(seed), i)`, so the same seed gives
-the same episodes to every learner and for any batch size, and rows of a table
-are comparable. Adaptation at test time runs `inner_steps` (10 by default, as in
-MAML and ADML) plain SGD steps on the support set; the query loss and top-1
-accuracy are recorded before adaptation and after every step (the per-step
-curves of ADML Figs. 2-5).
+The protocol of the seeds' tables (SPEC, "Meta-testing"): each test case is a
+support mode × a query mode,
+
+    support ∈ {clean, adv, mixed}   (mixed: 40% of each class's support
+                                     images adversarial; needs K ≥ 2)
+    query   ∈ {clean, adv}
+
+under one attack (name, ε and its other hyperparameters). Who is attacked
+(SPEC, "Attacks"): the support attack targets the meta-initialization θ (the
+model before adaptation), the query attack targets the classifier adapted to
+that task's (possibly attacked) support, θ'. A learner is seen only through
+its `learners.Adaptation`, so the same code tests MAML-style and metric
+learners.
+
+Every episode `i` is sampled from `fold_in(key(seed), i)`, and its attack keys
+are split from that same key, so the same seed gives the same episodes and the
+same random starts to every learner and for any batch size: rows of a table
+are comparable. Adaptation at test time runs `inner_steps` (10 by default, as
+in MAML and ADML) steps on the support set; with `curves` the query loss and
+top-1 accuracy are recorded before adaptation and after every step (the
+per-step curves of ADML Figs. 2-5; under an adversarial query the query is
+re-attacked against the classifier of every step).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List
+import functools
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from advmeta_jax import episodes
+from advmeta_jax import learners
 from advmeta_jax import maml
 from advmeta_jax.errors import ConfigError
+
+Array = jax.Array
+Attack = Callable[..., Array]   # (logits_fn, x, y, *, key) -> x_adv
+
+SUPPORT_MODES = ("clean", "adv", "mixed")
+QUERY_MODES = ("clean", "adv")
+MIXED_ADV_FRACTION = 0.4   # ADML's "40%" support
 
 
 def confidence_interval_95(values) -> float:
@@ -34,9 +61,174 @@ def confidence_interval_95(values) -> float:
   return float(1.96 * values.std(ddof=1) / np.sqrt(n))
 
 
+# --- test cases -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TestCase:
+  """One support mode × query mode of the protocol (e.g. `adv/clean`)."""
+  __test__ = False   # not a pytest class
+  support: str = "clean"
+  query: str = "clean"
+
+  def __post_init__(self):
+    if self.support not in SUPPORT_MODES:
+      raise ConfigError(f"unknown support mode {self.support!r}; choose one "
+                        f"of: {', '.join(SUPPORT_MODES)}.")
+    if self.query not in QUERY_MODES:
+      raise ConfigError(f"unknown query mode {self.query!r}; choose one of: "
+                        f"{', '.join(QUERY_MODES)}.")
+
+  @property
+  def name(self) -> str:
+    return f"{self.support}/{self.query}"
+
+  @property
+  def needs_attack(self) -> bool:
+    return self.support != "clean" or self.query != "clean"
+
+  def __str__(self) -> str:
+    return self.name
+
+
+ALL_CASES = tuple(TestCase(s, q) for s in SUPPORT_MODES for q in QUERY_MODES)
+ONE_SHOT_CASES = tuple(c for c in ALL_CASES if c.support != "mixed")
+
+
+def parse_cases(spec: str) -> Tuple[TestCase, ...]:
+  """`"all"`, `"robust"` (clean/clean, clean/adv) or a comma-separated list
+  of `support/query` (e.g. `"clean/clean,adv/adv,mixed/clean"`)."""
+  spec = spec.strip()
+  if spec == "all":
+    return ALL_CASES
+  if spec == "robust":
+    return (TestCase("clean", "clean"), TestCase("clean", "adv"))
+  cases = []
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    parts = item.split("/")
+    if len(parts) != 2:
+      raise ConfigError(
+          f"bad test case {item!r}: write support/query, e.g. clean/adv, with "
+          f"support in {SUPPORT_MODES} and query in {QUERY_MODES}; or 'all' "
+          "or 'robust'.")
+    cases.append(TestCase(*parts))
+  if not cases:
+    raise ConfigError("no test cases given; e.g. 'all' or 'clean/adv'.")
+  return tuple(dict.fromkeys(cases))
+
+
+def cases_for_shots(cases: Sequence[TestCase], k_shot: int
+                    ) -> Tuple[TestCase, ...]:
+  """`cases` without the 40%-support ones when K is too small for them."""
+  if mixed_adv_count(k_shot) is None:
+    return tuple(c for c in cases if c.support != "mixed")
+  return tuple(cases)
+
+
+def mixed_adv_count(k_shot: int) -> Optional[int]:
+  """Adversarial support images per class in the 40% case (None: impossible).
+
+  round(0.4·K), which must leave at least one adversarial and one clean image
+  per class: K = 5 gives 2 (ADML's 5-shot tables); K = 1 gives none, which is
+  why the seed has no 40% rows for 1-shot.
+  """
+  m = int(math.floor(MIXED_ADV_FRACTION * k_shot + 0.5))
+  return m if 1 <= m < k_shot else None
+
+
+def mixed_support_mask(labels: Array, n_way: int, k_shot: int) -> Array:
+  """`[N*K]` bool: the first round(0.4·K) support images of each class."""
+  m = mixed_adv_count(k_shot)
+  if m is None:
+    raise ConfigError(
+        f"the 40%-adversarial support case needs at least 2 support images "
+        f"per class (40% of K rounded must be between 1 and K-1); got "
+        f"k_shot={k_shot}. ADML reports it for 5-shot only. Drop the "
+        "mixed/* cases or use --k_shot >= 2.")
+  one_hot = jax.nn.one_hot(labels, n_way, dtype=jnp.int32)
+  rank = jnp.take_along_axis(jnp.cumsum(one_hot, axis=0) - 1,
+                             labels[:, None], axis=1)[:, 0]
+  return rank < m
+
+
+# --- one task ---------------------------------------------------------------
+
+def _metrics(logits: Array, labels: Array, prefix: str) -> Dict[str, Array]:
+  return {f"{prefix}_loss": optax.softmax_cross_entropy_with_integer_labels(
+              logits, labels).mean(),
+          f"{prefix}_accuracy": maml.accuracy(logits, labels)}
+
+
+def attack_support(adaptation: learners.Adaptation, params, task: episodes.Task,
+                   key: Array, *, mode: str, attack: Optional[Attack],
+                   n_way: int) -> Array:
+  """The support images of `mode`, attacked against the model before
+  adaptation (the meta-initialization), `stop_gradient`ed.
+
+  `mixed`: the whole support is attacked at once (the attacker perturbs the
+  set as the learner will see it, transductive BatchNorm included) and the
+  first round(0.4·K) images of each class take their adversarial version.
+  """
+  xs, ys = task.support_images, task.support_labels
+  if mode == "clean":
+    return xs
+  k_shot = xs.shape[0] // n_way
+  mask = mixed_support_mask(ys, n_way, k_shot) if mode == "mixed" else None
+  frozen = jax.lax.stop_gradient(params)
+  logits_fn = lambda x: adaptation.initial_logits(frozen, xs, ys, x)
+  x_adv = jax.lax.stop_gradient(attack(logits_fn, xs, ys, key=key))
+  if mask is None:
+    return x_adv
+  return jnp.where(mask[:, None, None, None], x_adv, xs)
+
+
+def evaluate_case(adaptation: learners.Adaptation, params, task: episodes.Task,
+                  key: Array, *, case: TestCase, attack: Optional[Attack],
+                  inner_steps: int, n_way: int, curves: bool = False
+                  ) -> Dict[str, Array]:
+  """Adapts to one task under `case` and scores its query.
+
+  Returns:
+    A dict of arrays, each `[inner_steps + 1]` (before adaptation and after
+    every step) when `curves`, else `[1]` (after the last step):
+    `query_loss`/`query_accuracy` of the case's query (clean or attacked),
+    and `clean_query_loss`/`clean_query_accuracy` on the clean query with
+    the same adapted classifier (the L_AR of TAFL is their loss difference).
+  """
+  if case.needs_attack and attack is None:
+    raise ConfigError(f"test case {case} needs an attack; none was given.")
+  support_key, query_key = jax.random.split(key)
+  xs = attack_support(adaptation, params, task, support_key,
+                      mode=case.support, attack=attack, n_way=n_way)
+  ys, xq, yq = task.support_labels, task.query_images, task.query_labels
+
+  def query_metrics(logits_fn):
+    out = _metrics(logits_fn(xq), yq, "clean_query")
+    if case.query == "adv":
+      xq_adv = jax.lax.stop_gradient(attack(logits_fn, xq, yq, key=query_key))
+      out.update(_metrics(logits_fn(xq_adv), yq, "query"))
+    else:
+      out["query_loss"] = out["clean_query_loss"]
+      out["query_accuracy"] = out["clean_query_accuracy"]
+    return out
+
+  adapted_metrics = lambda state: query_metrics(
+      lambda x: adaptation.logits(state, x))
+  if inner_steps == 0:
+    return {k: v[None] for k, v in query_metrics(
+        lambda x: adaptation.initial_logits(params, xs, ys, x)).items()}
+  state, curve = adaptation.adapt(params, xs, ys, num_steps=inner_steps,
+                                  track_fn=adapted_metrics if curves else None)
+  if not curves:
+    return {k: v[None] for k, v in adapted_metrics(state).items()}
+  before = query_metrics(lambda x: adaptation.initial_logits(params, xs, ys, x))
+  return {k: jnp.concatenate([before[k][None], curve[k]]) for k in before}
+
+
+# --- many tasks -------------------------------------------------------------
+
 @dataclasses.dataclass
 class MetaTestResult:
-  """Per-episode results of a meta-test.
+  """Per-episode results of one test case.
 
   Attributes:
     accuracy: `[episodes]` query accuracy after adaptation.
@@ -44,11 +236,16 @@ class MetaTestResult:
     step_accuracy: `[episodes, inner_steps + 1]` query accuracy before and after
       each inner step (`[episodes, 1]` when curves were not asked for).
     step_loss: the same for the query loss.
+    clean_loss: `[episodes]` clean-query loss of the same adapted classifier
+      (equal to `loss` for a clean query).
+    clean_accuracy: the same for the accuracy.
   """
   accuracy: np.ndarray
   loss: np.ndarray
   step_accuracy: np.ndarray
   step_loss: np.ndarray
+  clean_loss: Optional[np.ndarray] = None
+  clean_accuracy: Optional[np.ndarray] = None
 
   @property
   def num_episodes(self) -> int:
@@ -61,6 +258,12 @@ class MetaTestResult:
   @property
   def ci95(self) -> float:
     return confidence_interval_95(self.accuracy)
+
+  def robustness_losses(self, delta: float = 1e-3) -> np.ndarray:
+    """TAFL's L_AR per episode: max(CE_adv − CE_clean, δ) after adaptation."""
+    if self.clean_loss is None:
+      raise ConfigError("this result has no clean-query loss to compare with.")
+    return np.maximum(self.loss - self.clean_loss, delta)
 
   def summary(self) -> Dict[str, float]:
     return {"accuracy": self.mean, "accuracy_ci95": self.ci95,
@@ -76,101 +279,191 @@ def episode_keys(seed: int, start: int, count: int) -> jax.Array:
       jnp.arange(start, start + count))
 
 
-def evaluate_task(apply_fn: Callable, params, task: episodes.Task, *,
-                  inner_lr: float, inner_steps: int,
-                  curves: bool = True) -> Dict[str, jax.Array]:
-  """Adapts to one task and scores its query.
+def _check_protocol_args(inner_steps, num_episodes, batch_size):
+  if int(inner_steps) != inner_steps or inner_steps < 0:
+    raise ConfigError(f"inner_steps must be an integer >= 0, got {inner_steps}.")
+  if int(num_episodes) != num_episodes or num_episodes < 1:
+    raise ConfigError(f"num_episodes must be an integer >= 1, got "
+                      f"{num_episodes}.")
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_case(adaptation: learners.Adaptation, case: TestCase,
+                   attack: Optional[Attack], n_way: int, k_shot: int,
+                   q_query: int, inner_steps: int, curves: bool):
+  """The jitted `(params, keys, source) -> per-episode metrics` of a case.
+
+  Cached, so learners that share an `Adaptation` (every MAML-style learner of
+  one architecture) and an attack compile each case once per process.
+  """
+  @jax.jit
+  def run_batch(params, keys, src):
+    def one(key):
+      task_key, attack_key = jax.random.split(key)
+      task = episodes.sample_task(task_key, src, n_way=n_way, k_shot=k_shot,
+                                  q_query=q_query)
+      return evaluate_case(adaptation, params, task, attack_key, case=case,
+                           attack=attack, inner_steps=inner_steps,
+                           n_way=n_way, curves=curves)
+    return jax.vmap(one)(keys)
+  return run_batch
+
+
+def run_case(adaptation: learners.Adaptation, params,
+             source: episodes.EpisodeSource, *, case: TestCase,
+             attack: Optional[Attack], n_way: int, k_shot: int, q_query: int,
+             inner_steps: int, num_episodes: int, batch_size: int = 20,
+             seed: int = 0, curves: bool = False) -> MetaTestResult:
+  """Meta-tests `params` under one test case on `num_episodes` tasks.
+
+  Args:
+    adaptation: the learner's `learners.Adaptation`.
+    params: meta-trained parameters.
+    source: the meta-test split on device (`episodes.make_source`).
+    case: the `TestCase`.
+    attack: `(logits_fn, x, y, *, key) -> x_adv` (`attacks.make_attack`);
+      None for the clean/clean case.
+    n_way, k_shot, q_query: the episode shape.
+    inner_steps: test-time adaptation steps.
+    num_episodes: number of tasks (600 in MAML/ADML, 2000 for a final table).
+    batch_size: tasks run in parallel (a memory knob; results do not depend
+      on it).
+    seed: selects the episodes and the attacks' random starts.
+    curves: also record the query loss/accuracy before and after every inner
+      step.
 
   Returns:
-    `{"query_loss", "query_accuracy"}`, each `[inner_steps + 1]` (before and
-    after every step) when `curves`, else `[1]` (after the last step). Curves
-    cost one query forward pass per inner step.
+    A `MetaTestResult`.
   """
-  def query_metrics(p):
-    logits = apply_fn(p, task.query_images)
-    return {"query_loss": maml.cross_entropy(logits, task.query_labels),
-            "query_accuracy": maml.accuracy(logits, task.query_labels)}
-
-  adapted, curve = maml.adapt(
-      apply_fn, params, task.support_images, task.support_labels,
-      inner_lr=inner_lr, num_steps=inner_steps,
-      track_fn=query_metrics if curves else None)
-  if not curves:
-    return {k: v[None] for k, v in query_metrics(adapted).items()}
-  before = query_metrics(params)
-  if inner_steps == 0:
-    return {k: v[None] for k, v in before.items()}
-  return {k: jnp.concatenate([before[k][None], curve[k]]) for k in before}
+  _check_protocol_args(inner_steps, num_episodes, batch_size)
+  if case.support == "mixed":
+    mixed_support_mask(jnp.zeros((n_way * k_shot,), jnp.int32), n_way, k_shot)
+  if case.needs_attack and attack is None:
+    raise ConfigError(f"test case {case} needs an attack; none was given.")
+  batch_size = min(batch_size, num_episodes)
+  run_batch = _compiled_case(adaptation, case, attack, n_way, k_shot, q_query,
+                             inner_steps, curves)
+  chunks: List[Dict[str, np.ndarray]] = []
+  for start in range(0, num_episodes, batch_size):
+    keys = episode_keys(seed, start, batch_size)  # fixed shape: one compile
+    chunks.append(jax.device_get(run_batch(params, keys, source)))
+  out = {k: np.concatenate([c[k] for c in chunks])[:num_episodes]
+         for k in chunks[0]}
+  return MetaTestResult(accuracy=out["query_accuracy"][:, -1],
+                        loss=out["query_loss"][:, -1],
+                        step_accuracy=out["query_accuracy"],
+                        step_loss=out["query_loss"],
+                        clean_loss=out["clean_query_loss"][:, -1],
+                        clean_accuracy=out["clean_query_accuracy"][:, -1])
 
 
 def meta_test(apply_fn: Callable, params, source: episodes.EpisodeSource, *,
               n_way: int, k_shot: int, q_query: int, inner_lr: float,
               inner_steps: int, num_episodes: int, batch_size: int = 20,
               seed: int = 0, curves: bool = False) -> MetaTestResult:
-  """Meta-tests `params` on `num_episodes` tasks from `source`.
+  """Clean meta-test of a MAML-style model `apply_fn` (SGD adaptation).
 
-  Args:
-    apply_fn: `(params, images) -> logits`.
-    params: meta-trained parameters.
-    source: the meta-test split on device (`episodes.make_source`).
-    n_way, k_shot, q_query: the episode shape.
-    inner_lr, inner_steps: test-time adaptation.
-    num_episodes: number of tasks (600 in MAML/ADML, 2000 for a final table).
-    batch_size: tasks adapted in parallel (memory knob; results do not depend
-      on it).
-    seed: selects the episodes.
-    curves: also record the query loss/accuracy before and after every inner
-      step (costs a query forward pass per step).
-
-  Returns:
-    A `MetaTestResult`.
+  The clean/clean case of `run_case` with `learners.gradient_adaptation`;
+  see `run_case` for the arguments.
   """
-  if int(inner_steps) != inner_steps or inner_steps < 0:
-    raise ConfigError(f"inner_steps must be an integer >= 0, got {inner_steps}.")
-  if num_episodes < 1:
-    raise ConfigError(f"num_episodes must be >= 1, got {num_episodes}.")
-  if batch_size < 1:
-    raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-  batch_size = min(batch_size, num_episodes)
+  adaptation = learners.gradient_adaptation(
+      learners.LearnerConfig(apply_fn=apply_fn, inner_lr=inner_lr))
+  return run_case(adaptation, params, source, case=TestCase(), attack=None,
+                  n_way=n_way, k_shot=k_shot, q_query=q_query,
+                  inner_steps=inner_steps, num_episodes=num_episodes,
+                  batch_size=batch_size, seed=seed, curves=curves)
 
-  @jax.jit
-  def run_batch(params, keys, src):
-    def one(key):
-      task = episodes.sample_task(key, src, n_way=n_way, k_shot=k_shot,
-                                  q_query=q_query)
-      return evaluate_task(apply_fn, params, task, inner_lr=inner_lr,
-                           inner_steps=inner_steps, curves=curves)
-    return jax.vmap(one)(keys)
 
-  chunks: List[Dict[str, np.ndarray]] = []
-  for start in range(0, num_episodes, batch_size):
-    keys = episode_keys(seed, start, batch_size)  # fixed shape: one compile
-    chunks.append(jax.device_get(run_batch(params, keys, source)))
-  per_step = {k: np.concatenate([c[k] for c in chunks])[:num_episodes]
-              for k in chunks[0]}
-  return MetaTestResult(accuracy=per_step["query_accuracy"][:, -1],
-                        loss=per_step["query_loss"][:, -1],
-                        step_accuracy=per_step["query_accuracy"],
-                        step_loss=per_step["query_loss"])
+# --- a trained run ----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """A test-time attack: its registry name and hyperparameters (flag strings
+  or numbers, as `attacks.make_attack` takes them)."""
+  name: str
+  hparams: Tuple[Tuple[str, object], ...] = ()
+
+  @classmethod
+  def of(cls, name: str, **hparams) -> "AttackSpec":
+    return cls(name, tuple(sorted(hparams.items())))
+
+  @property
+  def eps(self) -> Optional[str]:
+    eps = dict(self.hparams).get("eps")
+    return None if eps is None else str(eps)
+
+  @property
+  def label(self) -> str:
+    """`pgd ε=8/255` (the ε as written), or the name for an ε-free attack."""
+    return self.name if self.eps is None else f"{self.name} ε={self.eps}"
+
+  def build(self) -> Attack:
+    """The attack function (the same object for equal specs)."""
+    return _build_attack(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_attack(spec: AttackSpec) -> Attack:
+  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
+  return attacks.make_attack(spec.name, dict(spec.hparams))
+
+
+def default_test_attack(name: str, eps: str, num_steps: int = 20
+                        ) -> AttackSpec:
+  """The test-time attack `name` at budget `eps` with the protocol defaults.
+
+  PGD: step ε/4 (2/255 at 8/255), `num_steps` steps, random start (SPEC: 20
+  at test). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD: `num_steps`.
+  FGSM: one step of ε. C&W-L2 (no ε): c = 1, 100 Adam steps.
+  """
+  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
+  attacks.get(name)   # unknown names: the registry's error
+  name = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd"}.get(
+      name, name)
+  if name == "fgsm":
+    return AttackSpec.of("fgsm", eps=eps)
+  if name == "pgd":
+    step = attacks.parse_eps(eps) / 4
+    return AttackSpec.of("pgd", eps=eps, step_size=step, num_steps=num_steps)
+  if name == "mi_fgsm":
+    return AttackSpec.of("mi_fgsm", eps=eps, num_steps=num_steps)
+  if name == "apgd":
+    return AttackSpec.of("apgd", eps=eps, num_steps=num_steps)
+  if name == "cw_l2":
+    return AttackSpec.of("cw_l2", c=1.0, num_steps=100)
+  raise ConfigError(f"no protocol defaults for attack {name!r}; choose one "
+                    "of: fgsm, pgd, mi_fgsm, apgd, cw_l2.")
+
+
+def adaptation_for(config, exp=None) -> learners.Adaptation:
+  """The test-time `Adaptation` of a run's learner (`training.TrainConfig`)."""
+  from advmeta_jax import training  # pylint: disable=g-import-not-at-top
+  exp = exp or training.build(config)
+  return learners.adaptation_of(config.learner, exp.learner_config)
 
 
 def meta_test_config(config, params, split: str = "test", *,
                      num_episodes=None, inner_steps=None, seed=None,
-                     curves: bool = False, data=None) -> MetaTestResult:
+                     curves: bool = False, data=None,
+                     case: TestCase = TestCase(),
+                     attack: Optional[AttackSpec] = None) -> MetaTestResult:
   """Meta-tests `params` of a run of `config` (a `training.TrainConfig`).
 
   Loads `split` of the run's dataset (unless `data`, an already loaded
-  `ClassSplit`, is given) and uses the run's episode shape; the number of
-  episodes, test-time inner steps and seed default to the config's
-  `eval_episodes`, `eval_inner_steps` and `seed`.
+  `ClassSplit`, is given) and uses the run's episode shape and learner; the
+  number of episodes, test-time inner steps and seed default to the config's
+  `eval_episodes`, `eval_inner_steps` and `seed`. `case` and `attack` select
+  the test case (default clean/clean).
   """
   from advmeta_jax import training  # pylint: disable=g-import-not-at-top
-  exp = training.build(config)
   if data is None:
     data = training.load_split(config, split)
-  return meta_test(
-      exp.apply_fn, params, episodes.make_source(data), n_way=config.n_way,
-      k_shot=config.k_shot, q_query=config.q_query, inner_lr=config.inner_lr,
+  return run_case(
+      adaptation_for(config), params, episodes.make_source(data), case=case,
+      attack=None if attack is None else attack.build(), n_way=config.n_way,
+      k_shot=config.k_shot, q_query=config.q_query,
       inner_steps=config.eval_inner_steps if inner_steps is None
       else inner_steps,
       num_episodes=config.eval_episodes if num_episodes is None

@@ -25,6 +25,7 @@ concatenation for MAML-AD).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
@@ -159,13 +160,24 @@ class Adaptation(NamedTuple):
 
 
 def gradient_adaptation(config: "LearnerConfig") -> Adaptation:
-  """MAML's adaptation: SGD steps of size `inner_lr` on the support loss."""
-  apply_fn = config.apply_fn
+  """MAML's adaptation: SGD steps of size `inner_lr` on the support loss.
+
+  Cached on what it depends on (model, α, first-order), so every MAML-style
+  learner of one architecture shares one `Adaptation` and its compiled
+  meta-test functions.
+  """
+  return _gradient_adaptation(config.apply_fn, config.inner_lr,
+                              config.first_order)
+
+
+@functools.lru_cache(maxsize=None)
+def _gradient_adaptation(apply_fn, inner_lr: float,
+                         first_order: bool) -> Adaptation:
 
   def adapt(params, images, labels, *, num_steps, track_fn=None):
     return maml.adapt(apply_fn, params, images, labels,
-                      inner_lr=config.inner_lr, num_steps=num_steps,
-                      first_order=config.first_order, track_fn=track_fn)
+                      inner_lr=inner_lr, num_steps=num_steps,
+                      first_order=first_order, track_fn=track_fn)
 
   def initial_logits(params, support_images, support_labels, images):
     del support_images, support_labels

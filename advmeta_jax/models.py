@@ -29,6 +29,7 @@ Params are a plain pytree: `{"conv0": {"kernel"}, "bn0": {"scale", "bias"}, …,
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence, Tuple
 
 import flax.linen as nn
@@ -170,8 +171,14 @@ def init_params(model: nn.Module, key: Array, image_shape: Sequence[int]):
   return model.init(key, x)["params"]
 
 
+@functools.lru_cache(maxsize=None)
 def make_apply_fn(model: nn.Module) -> Callable[[dict, Array], Array]:
-  """Returns the pure function `(params, images) -> logits` of `model`."""
+  """Returns the pure function `(params, images) -> logits` of `model`.
+
+  Equal models get the same function object, so jitted functions built on it
+  (train steps, meta-test cases) are compiled once per process however many
+  learners share the architecture.
+  """
   def apply_fn(params, images):
     return model.apply({"params": params}, images)
   return apply_fn

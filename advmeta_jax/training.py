@@ -16,6 +16,7 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -172,24 +173,33 @@ def learner_fields(config: TrainConfig) -> Dict[str, Any]:
 
 
 def make_train_attack(config: TrainConfig):
-  """The training attack of `config` (None for a learner that uses none).
+  """The training attack of `config` (see `_train_attack`); equal settings
+  give the same function object, so equal runs share compiled steps."""
+  default_attack, default_eps = DEFAULT_TRAIN_ATTACKS.get(config.learner,
+                                                          (None, None))
+  return _train_attack(config.train_attack or default_attack,
+                       config.train_eps or default_eps or "0",
+                       config.train_attack_steps, config.train_step_size)
 
-  Iterative attacks get `train_attack_steps` steps; PGD (random start) steps
+
+@functools.lru_cache(maxsize=None)
+def _train_attack(name: Optional[str], eps_text: str, steps: int,
+                  step_size_text: str):
+  """Attack `name` at budget `eps_text` (None for a learner that uses none).
+
+  Iterative attacks get `steps` steps (`train_attack_steps`); PGD (random start) steps
   of `train_step_size`, while MI-FGSM keeps its own a = ε/T and APGD needs
   none. FGSM ignores both.
   """
-  default_attack, default_eps = DEFAULT_TRAIN_ATTACKS.get(config.learner,
-                                                          (None, None))
-  name = config.train_attack or default_attack
   if name is None:
     return None
-  eps = attacks.parse_eps(config.train_eps or default_eps or "0", "train_eps")
+  eps = attacks.parse_eps(eps_text, "train_eps")
   allowed = attacks.hyperparameters(name)
   hparams = {"eps": eps}
   if "num_steps" in allowed:
-    hparams["num_steps"] = config.train_attack_steps
+    hparams["num_steps"] = steps
   if allowed.get("step_size", None) is inspect.Parameter.empty:
-    hparams["step_size"] = attacks.parse_eps(config.train_step_size,
+    hparams["step_size"] = attacks.parse_eps(step_size_text,
                                              "train_step_size")
   return attacks.make_attack(name, hparams)
 
@@ -265,6 +275,16 @@ def make_train_step(outer_loss: learners.OuterLoss,
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_train_step(outer_loss: learners.OuterLoss,
+                       config: learners.LearnerConfig, meta_lr: float):
+  """`make_train_step` jitted with the state donated; cached, so runs with
+  equal learner settings in one process (sweeps, reproductions, tests) compile
+  it once."""
+  return jax.jit(make_train_step(outer_loss, config, make_optimizer(meta_lr)),
+                 donate_argnums=0)
 
 
 @dataclasses.dataclass
@@ -439,9 +459,8 @@ def train(config: TrainConfig, workdir: str, *,
   sample = episodes.make_sampler(
       source, batch_size=config.task_batch_size, n_way=config.n_way,
       k_shot=config.k_shot, q_query=config.q_query)
-  step_fn = jax.jit(
-      make_train_step(learners.get(config.learner), exp.learner_config,
-                      optimizer), donate_argnums=0)
+  step_fn = _jitted_train_step(learners.get(config.learner),
+                               exp.learner_config, config.meta_lr)
 
   bar = None
   if progress and start < config.num_steps:

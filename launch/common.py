@@ -129,3 +129,44 @@ def user_errors_exit(main):
 
 def run(main):
   app.run(user_errors_exit(main))
+
+
+# --- meta-test protocol flags (evaluate, sweep) -------------------------------
+
+def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255"):
+  """Flags of the meta-test protocol: cases, attacks, ε, episodes, steps, seed."""
+  flags.DEFINE_string(
+      "cases", cases, "Test cases: 'all' (the six of ADML), 'robust' "
+      "(clean/clean, clean/adv) or a comma-separated list of support/query "
+      "with support in clean, adv, mixed (40% adversarial, K >= 2) and query "
+      "in clean, adv.")
+  flags.DEFINE_list("attacks", attacks, "Test-time attacks (comma-separated): "
+                    "fgsm, pgd, mi_fgsm, apgd, cw_l2.")
+  flags.DEFINE_list("eps", eps, "L-inf budgets (comma-separated, e.g. "
+                    "8/255,2/255); each eps attack runs at each. cw_l2 "
+                    "ignores them.")
+  flags.DEFINE_integer("attack_steps", 20, "Iterations of PGD, MI-FGSM and "
+                       "APGD at test time.")
+  flags.DEFINE_integer("episodes", None, "Episodes per cell (default: the "
+                       "run's eval_episodes).")
+  flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: "
+                       "the run's eval_inner_steps).")
+  flags.DEFINE_integer("seed", 0, "Seed of the test episodes and attack "
+                       "random starts (the same for every learner).")
+
+
+def attack_specs_from_flags():
+  """The `AttackSpec`s of --attacks × --eps (cw_l2 once, with no ε)."""
+  from advmeta_jax import attacks as attacks_lib  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  specs = []
+  for name in flags.FLAGS.attacks:
+    attacks_lib.get(name)
+    if "eps" not in attacks_lib.hyperparameters(name):
+      specs.append(evaluation.default_test_attack(name, None))
+      continue
+    for eps in flags.FLAGS.eps:
+      attacks_lib.parse_eps(eps, "--eps")
+      specs.append(evaluation.default_test_attack(
+          name, eps, num_steps=flags.FLAGS.attack_steps))
+  return tuple(dict.fromkeys(specs))

@@ -1,51 +1,93 @@
-r"""Meta-tests the checkpoint of a training run: mean accuracy ± 95% CI.
+r"""Meta-tests trained runs under the protocol of the seeds' tables.
 
-  python -m launch.evaluate --workdir=/tmp/advmeta_quickstart
+Every run gets the same episodes (same --seed), so rows are comparable:
 
-Writes eval_<split>.md and eval_<split>.json to the workdir.
+  python -m launch.evaluate --workdirs=/tmp/runs/maml,/tmp/runs/tafl \
+      --cases=all --attacks=pgd,fgsm --eps=8/255,2/255 --curves --kde \
+      --out=/tmp/eval
+
+Writes report.md, results.csv, results.json and the figures (per-step curves,
+the KDE of L_AR over tasks) to --out (default: the first workdir's eval/).
 """
+
+import os
 
 from absl import flags
 
 from advmeta_jax import evaluation
-from advmeta_jax import reports
-from advmeta_jax import training
+from advmeta_jax import protocol
 from advmeta_jax.errors import ConfigError
 from launch import common
 
-flags.DEFINE_string("workdir", None, "The --workdir of a training run.",
-                    required=True)
+flags.DEFINE_list("workdirs", None, "Training workdirs to evaluate "
+                  "(comma-separated).")
+flags.DEFINE_string("workdir", None, "One training workdir (the same as "
+                    "--workdirs with one entry).")
+flags.DEFINE_list("names", None, "Row names, one per workdir (default: each "
+                  "run's learner).")
 flags.DEFINE_integer("checkpoint_step", None,
                      "Checkpoint to evaluate (default: the latest).")
 flags.DEFINE_enum("split", "test", ["test", "val"], "Class split to test on.")
-flags.DEFINE_integer("episodes", None, "Episodes (default: the run's "
-                     "eval_episodes).")
-flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: the "
-                     "run's eval_inner_steps).")
-flags.DEFINE_integer("seed", None, "Seed of the test episodes (default: the "
-                     "run's seed).")
-flags.DEFINE_string("data_dir", None, "Override the run's data_dir.")
+flags.DEFINE_string("data_dir", None, "Override the runs' data_dir.")
+flags.DEFINE_string("out", None, "Report directory (default: "
+                    "<first workdir>/eval).")
+flags.DEFINE_bool("curves", False, "Per-inner-step loss/accuracy curves.")
+flags.DEFINE_bool("kde", False, "KDE of TAFL's L_AR over tasks (needs the "
+                  "clean/adv case).")
+flags.DEFINE_float("kde_threshold", 1.0, "Report the share of tasks with L_AR "
+                   "above this.")
+flags.DEFINE_bool("masking_check", True, "Run the gradient-masking checks "
+                  "for every eps attack and warn when one fails.")
+common.define_protocol_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  config = training.load_config(FLAGS.workdir)
-  if FLAGS.data_dir:
-    config = config.__class__(**{**config.to_dict(), "data_dir": FLAGS.data_dir})
-  state = training.restore_run(FLAGS.workdir, config, FLAGS.checkpoint_step)
-  episodes = config.eval_episodes if FLAGS.episodes is None else FLAGS.episodes
+  workdirs = list(FLAGS.workdirs or []) + ([FLAGS.workdir] if FLAGS.workdir
+                                           else [])
+  if not workdirs:
+    raise ConfigError("give the runs to evaluate: --workdirs=DIR[,DIR...] "
+                      "(or --workdir=DIR).")
+  names = FLAGS.names or [None] * len(workdirs)
+  if len(names) != len(workdirs):
+    raise ConfigError(f"--names has {len(names)} entries for "
+                      f"{len(workdirs)} workdirs.")
+  cases = evaluation.parse_cases(FLAGS.cases)
+  specs = (common.attack_specs_from_flags()
+           if any(c.needs_attack for c in cases) else ())
+  runs = [protocol.load_run(w, name=n, step=FLAGS.checkpoint_step,
+                            data_dir=FLAGS.data_dir)
+          for w, n in zip(workdirs, names)]
+  for w, run in zip(workdirs, runs):
+    print(f"checkpoint: step {run.step} of {w} ({run.name})")
+  if len({r.name for r in runs}) < len(runs):
+    raise ConfigError("two runs share a row name; give --names.")
+  first = runs[0].config
+  episodes = first.eval_episodes if FLAGS.episodes is None else FLAGS.episodes
   if episodes < 1:
     raise ConfigError(f"--episodes must be >= 1, got {episodes}.")
-  result = evaluation.meta_test_config(
-      config, state.params, FLAGS.split, num_episodes=episodes,
-      inner_steps=FLAGS.inner_steps, seed=FLAGS.seed)
-  table = evaluation.results_table({config.learner: result}, config)
-  print(f"checkpoint: step {int(state.step)} of {FLAGS.workdir}")
-  print(table)
-  reports.write_text(FLAGS.workdir, f"eval_{FLAGS.split}.md", table)
-  reports.write_json(f"{FLAGS.workdir}/eval_{FLAGS.split}.json",
-                     {config.learner: result.summary()})
+  inner_steps = (first.eval_inner_steps if FLAGS.inner_steps is None
+                 else FLAGS.inner_steps)
+  from advmeta_jax import training  # pylint: disable=g-import-not-at-top
+  data = training.load_split(first, FLAGS.split)
+  cells = protocol.evaluate_runs(
+      runs, cases=cases, attack_specs=specs, split=FLAGS.split,
+      num_episodes=episodes, inner_steps=inner_steps, seed=FLAGS.seed,
+      curves=FLAGS.curves, data=data, log=print)
+  masking = (protocol.masking_checks(runs, specs, data=data, seed=FLAGS.seed,
+                                     inner_steps=inner_steps)
+             if FLAGS.masking_check and specs else None)
+  out = FLAGS.out or os.path.join(workdirs[0], "eval")
+  header = (f"# Meta-test on {first.dataset} ({FLAGS.split} classes), "
+            f"{first.n_way}-way {first.k_shot}-shot\n\n{episodes} episodes "
+            f"per cell, {inner_steps} test-time inner steps, seed "
+            f"{FLAGS.seed}; accuracy in % ± 95% CI.")
+  written = protocol.write_reports(
+      cells, out, curves=FLAGS.curves, kde=FLAGS.kde,
+      kde_threshold=FLAGS.kde_threshold, masking=masking, header=header)
+  print(written.pop("markdown"))
+  print("\nwritten: " + ", ".join(sorted(written.values())))
 
 
 if __name__ == "__main__":

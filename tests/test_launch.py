@@ -214,16 +214,33 @@ def test_train_prints_the_table_and_writes_the_run(tiny_run):
   assert f"{100 * summary['accuracy_ci95']:.2f}" == row[2]
 
 
-def test_evaluate_reproduces_the_table_of_the_run(tiny_run):
+def test_evaluate_reproduces_the_table_of_the_run(tiny_run, tmp_path):
   workdir, trained, _ = tiny_run
-  result = _run("launch.evaluate", f"--workdir={workdir}", "--episodes=10")
+  out = tmp_path / "eval"
+  result = _run("launch.evaluate", f"--workdir={workdir}", "--episodes=10",
+                "--cases=clean/clean", f"--out={out}")
   _assert_ok(result)
   assert f"checkpoint: step 3 of {workdir}" in result.stdout
-  # The same checkpoint on the same seeded episodes: the same row.
-  assert ROW.search(result.stdout), result.stdout
-  assert ROW.search(result.stdout)[0] == ROW.search(trained.stdout)[0]
-  assert ROW.search((workdir / "eval_test.md").read_text())[0] == (
-      ROW.search(trained.stdout)[0])
+  # The same checkpoint on the same seeded episodes: the same accuracy.
+  trained_row = ROW.search(trained.stdout)
+  pivot = re.compile(r"^\| maml \| (\d+\.\d\d) ± (\d+\.\d\d) \|$",
+                     re.MULTILINE)
+  for text in (result.stdout, (out / "report.md").read_text()):
+    row = pivot.search(text)
+    assert row, text
+    assert row.groups() == trained_row.groups()
+  cells = json.loads((out / "results.json").read_text())["cells"]
+  assert [(c["learner"], c["case"], c["episodes"]) for c in cells] == [
+      ("maml", "clean/clean", 10)]
+  assert (out / "results.csv").read_text().startswith("learner,case,")
+
+
+def test_evaluate_refuses_the_40_percent_case_for_one_shot(tiny_run):
+  workdir, _, _ = tiny_run
+  result = _run("launch.evaluate", f"--workdir={workdir}", "--episodes=2",
+                "--cases=all")
+  _assert_refused(result, "error: ", "40%-adversarial support",
+                  "k_shot=1")
 
 
 def test_rerunning_the_same_command_resumes(tiny_run):

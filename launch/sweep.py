@@ -1,0 +1,51 @@
+r"""TAFL's γ × k sensitivity study: train TAFL on a grid, draw robust accuracy.
+
+  python -m launch.sweep --workdir=/tmp/tafl_sweep --gammas=0,1,2,4 \
+      --ks=0.5,1,2 --num_steps=300 --episodes=600
+
+Every grid point is its own resumable run in --workdir/gamma<γ>_k<k>; the
+heatmap (sensitivity_heatmap.png), sweep.md and sweep.json go to --workdir.
+The other TrainConfig flags set the rest of the TAFL run (dataset, shots...).
+"""
+
+from absl import flags
+
+from advmeta_jax import protocol
+from advmeta_jax.errors import ConfigError
+from launch import common
+
+flags.DEFINE_string("workdir", None, "Directory of the grid's runs and "
+                    "report.", required=True)
+flags.DEFINE_list("gammas", "0,1,2,4", "TAFL γ values.")
+flags.DEFINE_list("ks", "0.5,1,2", "TAFL k values.")
+common.define_config_flags()
+common.define_protocol_flags(cases="clean/adv")
+FLAGS = flags.FLAGS
+
+
+def _floats(values, name):
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ConfigError(f"--{name} must be numbers, got {values}.") from None
+
+
+def main(argv):
+  del argv
+  FLAGS.learner = "tafl"
+  base = common.config_from_flags()
+  specs = [s for s in common.attack_specs_from_flags() if s.eps is not None]
+  if len(specs) != 1:
+    raise ConfigError("the sweep scores one eps attack: give one --attacks "
+                      "and one --eps (default pgd at 8/255).")
+  out = protocol.sensitivity_sweep(
+      base, FLAGS.workdir, gammas=_floats(FLAGS.gammas, "gammas"),
+      ks=_floats(FLAGS.ks, "ks"), attack=specs[0],
+      num_episodes=FLAGS.episodes or base.eval_episodes,
+      inner_steps=FLAGS.inner_steps or base.eval_inner_steps, seed=FLAGS.seed)
+  print(out["markdown"])
+  print(f"heatmap: {out['heatmap']}")
+
+
+if __name__ == "__main__":
+  common.run(main)

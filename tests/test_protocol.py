@@ -1,0 +1,272 @@
+"""The meta-test protocol: cases, CI, identical episodes, reports, configs."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advmeta_jax import episodes
+from advmeta_jax import evaluation
+from advmeta_jax import experiments
+from advmeta_jax import learners
+from advmeta_jax import models
+from advmeta_jax import plots
+from advmeta_jax import protocol
+from advmeta_jax import training
+from advmeta_jax.errors import ConfigError
+from advmeta_jax.evaluation import AttackSpec
+from advmeta_jax.evaluation import TestCase
+
+from conftest import tiny_config
+
+FGSM = AttackSpec.of("fgsm", eps="8/255")
+
+
+def test_confidence_interval_against_a_hand_computation():
+  values = [1.0, 0.0, 1.0, 1.0]
+  # mean .75; sample std sqrt(((.25)^2*3 + .75^2)/3) = 0.5; 1.96*0.5/sqrt(4).
+  assert evaluation.confidence_interval_95(values) == pytest.approx(0.49)
+  assert evaluation.confidence_interval_95([0.3]) == 0.0
+
+
+def test_parse_cases():
+  assert evaluation.parse_cases("all") == evaluation.ALL_CASES
+  assert len(evaluation.ALL_CASES) == 6
+  assert evaluation.parse_cases("clean/adv, mixed/clean") == (
+      TestCase("clean", "adv"), TestCase("mixed", "clean"))
+  with pytest.raises(ConfigError, match="support/query"):
+    evaluation.parse_cases("clean")
+  with pytest.raises(ConfigError, match="unknown support mode 'dirty'"):
+    evaluation.parse_cases("dirty/clean")
+
+
+def test_forty_percent_of_each_class_is_adversarial_at_five_shots():
+  labels = jnp.repeat(jnp.arange(5), 5)
+  mask = evaluation.mixed_support_mask(labels, 5, 5)
+  assert np.asarray(mask).reshape(5, 5).sum(1).tolist() == [2] * 5
+  # Shuffled labels: still 2 per class.
+  perm = jax.random.permutation(jax.random.key(0), 25)
+  mask = evaluation.mixed_support_mask(labels[perm], 5, 5)
+  assert [int(mask[labels[perm] == c].sum()) for c in range(5)] == [2] * 5
+
+
+def test_forty_percent_case_is_refused_at_one_shot():
+  with pytest.raises(ConfigError, match=r"40%-adversarial.*k_shot=1"):
+    evaluation.mixed_support_mask(jnp.arange(5), 5, 1)
+  assert evaluation.mixed_adv_count(1) is None
+  assert evaluation.mixed_adv_count(5) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  model = models.make_conv4(num_classes=5, filters=4, image_size=16)
+  apply_fn = models.make_apply_fn(model)
+  params = [models.init_params(model, jax.random.key(i), (16, 16, 1))
+            for i in range(2)]
+  return apply_fn, params
+
+
+@pytest.fixture(scope="module")
+def test_source(digits_test):
+  return episodes.make_source(digits_test)
+
+
+def test_mixed_support_attacks_exactly_the_masked_images(tiny_model,
+                                                         test_source):
+  apply_fn, (params, _) = tiny_model
+  adaptation = learners.gradient_adaptation(
+      learners.LearnerConfig(apply_fn=apply_fn))
+  task = episodes.sample_task(jax.random.key(1), test_source, n_way=5,
+                              k_shot=5, q_query=2)
+  xs = evaluation.attack_support(adaptation, params, task, jax.random.key(2),
+                                 mode="mixed", attack=FGSM.build(), n_way=5)
+  changed = np.abs(np.asarray(xs - task.support_images)).reshape(25, -1).max(1)
+  mask = np.asarray(evaluation.mixed_support_mask(task.support_labels, 5, 5))
+  assert (changed[~mask] == 0).all()
+  assert (changed[mask] > 0).all()
+  assert changed.max() <= 8 / 255 + 1e-6
+
+
+class _PixelAdaptation:
+  """A fake learner whose logits ignore the parameters: per-episode results
+  then depend on the episode only."""
+
+  @staticmethod
+  def make():
+    w = jax.random.normal(jax.random.key(3), (256, 5))
+    logits = lambda state, x: x.reshape(x.shape[0], -1) @ w
+    adapt = lambda params, xs, ys, *, num_steps, track_fn=None: (params, {})
+    initial = lambda params, xs, ys, x: logits(params, x)
+    return learners.Adaptation(adapt, logits, initial)
+
+
+def test_same_seed_gives_every_learner_the_same_episodes(test_source):
+  adaptation = _PixelAdaptation.make()
+  kwargs = dict(case=TestCase("clean", "adv"), attack=FGSM.build(), n_way=5,
+                k_shot=1, q_query=2, inner_steps=1, num_episodes=6)
+  a = evaluation.run_case(adaptation, {"p": jnp.zeros(())}, test_source,
+                          batch_size=3, **kwargs)
+  b = evaluation.run_case(adaptation, {"p": jnp.ones(())}, test_source,
+                          batch_size=2, **kwargs)   # other params and batches
+  np.testing.assert_allclose(a.loss, b.loss, rtol=1e-6)
+  c = evaluation.run_case(adaptation, {"p": jnp.zeros(())}, test_source,
+                          batch_size=3, seed=1, **kwargs)
+  assert not np.allclose(a.loss, c.loss)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model):
+  _, (p0, p1) = tiny_model
+  config = tiny_config(filters=4, k_shot=5, q_query=2, eval_batch_size=4)
+  return [protocol.Run("maml", config, p0),
+          protocol.Run("aq", training.TrainConfig(
+              **{**config.to_dict(), "learner": "aq"}), p1)]
+
+
+@pytest.fixture(scope="module")
+def six_case_cells(two_runs, digits_test):
+  return protocol.evaluate_runs(
+      two_runs, cases=evaluation.ALL_CASES, attack_specs=(FGSM,),
+      num_episodes=4, inner_steps=1, curves=True, data=digits_test,
+      log=lambda _: None)
+
+
+def test_six_cases_give_six_cells_per_learner(six_case_cells):
+  per_learner = {}
+  for cell in six_case_cells:
+    per_learner.setdefault(cell.run, []).append(cell.case.name)
+  assert per_learner == {name: [c.name for c in evaluation.ALL_CASES]
+                         for name in ("maml", "aq")}
+  for cell in six_case_cells:
+    assert cell.result.num_episodes == 4
+    assert cell.result.step_accuracy.shape == (4, 2)   # before + 1 step
+    if cell.case.query == "clean":
+      np.testing.assert_array_equal(cell.result.loss, cell.result.clean_loss)
+
+
+def test_reports_are_written(six_case_cells, tmp_path):
+  written = protocol.write_reports(six_case_cells, str(tmp_path), curves=True,
+                                   kde=True, kde_threshold=0.1)
+  for key in ("report", "csv", "json", "kde"):
+    assert (tmp_path / written[key].split("/")[-1]).stat().st_size > 0
+  assert any(k.startswith("curves") for k in written)
+  pngs = sorted(tmp_path.glob("*.png"))
+  assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+  rows = json.loads((tmp_path / "results.json").read_text())["cells"]
+  assert len(rows) == 12
+  csv_lines = (tmp_path / "results.csv").read_text().splitlines()
+  assert len(csv_lines) == 13
+  report = (tmp_path / "report.md").read_text()
+  assert "| maml |" in report and "mixed/adv (fgsm ε=8/255)" in report
+  assert "share of tasks > 0.1" in report
+
+
+def test_runs_with_different_episode_shapes_are_refused(two_runs):
+  other = protocol.Run("x", training.TrainConfig(
+      **{**two_runs[0].config.to_dict(), "k_shot": 1}), two_runs[0].params)
+  with pytest.raises(ConfigError, match="cannot share a table"):
+    protocol.evaluate_runs([two_runs[0], other], cases=(TestCase(),),
+                           attack_specs=())
+
+
+def test_masking_check_warns_on_an_untrained_model(two_runs, digits_test,
+                                                   tmp_path):
+  checks = protocol.masking_checks(
+      two_runs[:1], (AttackSpec.of("pgd", eps="8/255", step_size=2 / 255,
+                                   num_steps=5),), data=digits_test,
+      inner_steps=1)
+  (report,) = checks.values()
+  assert set(report.accuracies) >= {"clean", "fgsm", "pgd5", "pgd20"}
+  written = protocol.write_reports([], str(tmp_path), masking=checks)
+  text = (tmp_path / "report.md").read_text()
+  assert "Gradient-masking checks" in text
+  assert ("WARNING maml" in text) == (not report.ok)
+
+
+def test_plots_are_written_and_non_empty(tmp_path):
+  rng = np.random.default_rng(0)
+  curves = {"clean/clean": {"maml": {"loss": [2, 1, .5],
+                                     "accuracy": [.2, .5, .7]}}}
+  paths = [
+      plots.plot_curves(curves, str(tmp_path / "c.png")),
+      plots.plot_kde({"aq": rng.gamma(2, .5, 100), "tafl": rng.gamma(2, .3, 100),
+                      "floor": np.full(10, 1e-3)}, str(tmp_path / "k.png"),
+                     threshold=1.0),
+      plots.plot_heatmap(rng.uniform(20, 40, (2, 3)), [0, 2], [.5, 1, 2],
+                         str(tmp_path / "h.png"))]
+  for path in paths:
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert plots.share_above([0.5, 1.5, 2.0, 1.0], 1.0) == 0.5
+
+
+def test_paper_numbers_were_transcribed():
+  assert len(experiments.ADML_RESULTS) == 160     # 4 tables, 4 learners
+  assert len(experiments.TAFL_RESULTS) == 12
+  table1 = experiments.get("adml_table1")
+  cell = table1.paper_result(
+      "adml", AttackSpec.of("fgsm", eps="2/255"), TestCase("adv", "adv"))
+  assert (cell.accuracy, cell.ci95) == (40.70, 1.74)
+  tafl = experiments.get("tafl_table1")
+  cell = tafl.paper_result("tafl", evaluation.default_test_attack("cw_l2", None),
+                           TestCase("clean", "adv"))
+  assert cell.accuracy == 27.75
+  assert tafl.paper_result("maml", None, TestCase()) is None
+
+
+def test_unknown_experiment_lists_the_choices():
+  with pytest.raises(ConfigError, match="adml_table1"):
+    experiments.get("adml_table9")
+
+
+def _reproduce_shrunk(name, tmp_path):
+  out = protocol.reproduce(experiments.get(name), str(tmp_path / name),
+                           shrink=True, progress=False, log=lambda _: None)
+  experiment = experiments.get(name)
+  rows = {c.run for c in out["cells"]}
+  assert rows == {r for r in experiment.row_names
+                  if dict(experiment.rows)[r]["learner"] in learners.names()}
+  report = (tmp_path / name / "report" / "report.md").read_text()
+  if experiment.paper:
+    assert "ours − paper" in report
+  for cell in out["cells"]:
+    assert np.isfinite(cell.result.accuracy).all()
+  for key, path in out["written"].items():
+    if key != "markdown":
+      with open(path, "rb") as f:
+        assert f.read(1), path
+  return out
+
+
+def test_tafl_table1_runs_end_to_end_shrunk(tmp_path):
+  out = _reproduce_shrunk("tafl_table1", tmp_path)
+  assert "kde" in out["written"]
+  assert {c.attack_label for c in out["cells"]} == {
+      "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2"}
+
+
+def test_adml_five_shot_table_runs_all_six_cases_shrunk(tmp_path):
+  out = _reproduce_shrunk("adml_table2", tmp_path)
+  cases = {c.case.name for c in out["cells"]}
+  assert cases == {c.name for c in evaluation.ALL_CASES}
+  assert any(k.startswith("curves") for k in out["written"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", experiments.names())
+def test_every_experiment_runs_end_to_end_shrunk(name, tmp_path):
+  _reproduce_shrunk(name, tmp_path)
+
+
+def test_sensitivity_sweep_draws_the_heatmap(tmp_path, digits_train):
+  base = tiny_config(learner="tafl", filters=4, num_steps=2,
+                     train_attack_steps=1)
+  out = protocol.sensitivity_sweep(
+      base, str(tmp_path), gammas=[0.0, 2.0], ks=[1.0],
+      attack=AttackSpec.of("fgsm", eps="8/255"), num_episodes=2,
+      inner_steps=1, progress=False, log=lambda _: None)
+  assert np.asarray(out["robust"]).shape == (2, 1)
+  assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
+  assert json.loads((tmp_path / "sweep.json").read_text())["gammas"] == [0, 2]
