@@ -85,6 +85,7 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
                   attack_specs: Sequence[AttackSpec], split: str = "test",
                   num_episodes: int = 600, inner_steps: int = 10,
                   seed: int = 0, curves: bool = False,
+                  adversarial_curves: bool = False,
                   batch_size: Optional[int] = None,
                   data=None, log: Callable[[str], None] = logging.info
                   ) -> List[Cell]:
@@ -101,6 +102,10 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
       is clean/clean.
     split: the class split to test on.
     num_episodes, inner_steps, seed, curves: as `evaluation.run_case`.
+    adversarial_curves: with `curves`, also record the curves of the cases
+      with an attacked query. Each point re-attacks the query against that
+      step's classifier, which multiplies the attack cost by inner_steps + 1
+      (cheap for FGSM, heavy for PGD-20); off, those cells have no curve.
     batch_size: tasks per compiled batch (default: the first run's
       `eval_batch_size`).
     data: the loaded split (default: loaded from the first run's config).
@@ -143,7 +148,8 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
             attack=None if spec is None else built[spec],
             n_way=first.n_way, k_shot=first.k_shot, q_query=first.q_query,
             inner_steps=inner_steps, num_episodes=num_episodes,
-            batch_size=batch_size, seed=seed, curves=curves)
+            batch_size=batch_size, seed=seed,
+            curves=curves and (case.query == "clean" or adversarial_curves))
         cell = Cell(run.name, run.config.learner, case, spec, result)
         log(f"{run.name:>12} {case.name:>12} {cell.attack_label:>16}: "
             f"{reports.format_accuracy(result.mean, result.ci95)} "
@@ -292,7 +298,7 @@ def curve_data(cells: Sequence[Cell], attack: Optional[AttackSpec]
   cells under `attack` (clean/clean included)."""
   out: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
   for c in cells:
-    if c.attack not in (None, attack):
+    if c.attack not in (None, attack) or c.result.step_loss.shape[1] < 2:
       continue
     out.setdefault(c.case.name, {})[c.run] = {
         "loss": c.result.step_loss.mean(0).tolist(),
@@ -452,7 +458,9 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   cells = evaluate_runs(runs, cases=cases, attack_specs=attack_specs,
                         num_episodes=num_episodes,
                         inner_steps=protocol["inner_steps"], seed=seed,
-                        curves=experiment.curves, data=test_data, log=log)
+                        curves=experiment.curves,
+                        adversarial_curves=experiment.adversarial_curves,
+                        data=test_data, log=log)
   masking = None
   if experiment.masking_check:
     # Shrunk: one run and one attack, a smoke test of the check itself (the

@@ -32,6 +32,9 @@ flags.DEFINE_string("data_dir", None, "Override the runs' data_dir.")
 flags.DEFINE_string("out", None, "Report directory (default: "
                     "<first workdir>/eval).")
 flags.DEFINE_bool("curves", False, "Per-inner-step loss/accuracy curves.")
+flags.DEFINE_bool("adversarial_curves", False, "With --curves, also the "
+                  "attacked-query cases (re-attacks the query at every inner "
+                  "step: (inner_steps + 1) times the attack cost).")
 flags.DEFINE_bool("kde", False, "KDE of TAFL's L_AR over tasks (needs the "
                   "clean/adv case).")
 flags.DEFINE_float("kde_threshold", 1.0, "Report the share of tasks with L_AR "
@@ -74,7 +77,8 @@ def main(argv):
   cells = protocol.evaluate_runs(
       runs, cases=cases, attack_specs=specs, split=FLAGS.split,
       num_episodes=episodes, inner_steps=inner_steps, seed=FLAGS.seed,
-      curves=FLAGS.curves, data=data, log=print)
+      curves=FLAGS.curves, adversarial_curves=FLAGS.adversarial_curves,
+      data=data, log=print)
   masking = (protocol.masking_checks(runs, specs, data=data, seed=FLAGS.seed,
                                      inner_steps=inner_steps)
              if FLAGS.masking_check and specs else None)

@@ -129,7 +129,8 @@ def two_runs(tiny_model):
 def six_case_cells(two_runs, digits_test):
   return protocol.evaluate_runs(
       two_runs, cases=evaluation.ALL_CASES, attack_specs=(FGSM,),
-      num_episodes=4, inner_steps=1, curves=True, data=digits_test,
+      num_episodes=4, inner_steps=1, curves=True, adversarial_curves=True,
+      data=digits_test,
       log=lambda _: None)
 
 
