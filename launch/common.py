@@ -27,7 +27,13 @@ _HELP = {
     "data_dir": "Directory of the data (mini_imagenet, image_folder) or the "
                 "tensorflow-datasets data_dir (cifar_fs, omniglot).",
     "image_size": "Resize images to this side (default: the dataset's own).",
-    "learner": "Meta-learner (outer loss).",
+    "learner": "Meta-learner (outer loss); protonet and matchingnet are "
+               "metric learners on conv4's embedding (no head, no inner "
+               "loop: --inner_steps is not used).",
+    "robust": "Robust loss around the learner's adaptation, for maml, "
+              "protonet, matchingnet: aq (adversarial querying) or tafl "
+              "(aq weighted per task; --tafl_* flags); maml with aq/tafl is "
+              "the aq/tafl learner. none: the learner's own loss.",
     "n_way": "N: classes per task.",
     "k_shot": "K: support images per class.",
     "q_query": "Q: query images per class.",
@@ -48,9 +54,11 @@ _HELP = {
     "eval_inner_steps": "Inner steps at meta-test time.",
     "eval_batch_size": "Meta-test tasks adapted in parallel (memory knob).",
     "train_attack": "Training attack of the robust learners (default: fgsm "
-                    "for adml/maml_ad, pgd for aq/tafl; maml uses none).",
+                    "for adml/maml_ad, pgd for aq/tafl and --robust=aq/tafl; "
+                    "maml, protonet, matchingnet use none).",
     "train_eps": "L-inf budget of the training attack, e.g. 8/255 (default: "
-                 "2/255 for adml/maml_ad, 8/255 for aq/tafl).",
+                 "2/255 for adml/maml_ad, 8/255 for aq/tafl and "
+                 "--robust=aq/tafl).",
     "train_attack_steps": "Steps of an iterative training attack (PGD).",
     "train_step_size": "Step size of a PGD training attack, e.g. 2/255.",
     "adv_fraction": "maml_ad: fraction of support and query that gets an "
@@ -70,6 +78,7 @@ _HELP = {
                       "sum (the paper's).",
 }
 _ENUMS = {"dataset": datasets.names, "learner": learners.names,
+          "robust": lambda: learners.ROBUST_LOSSES,
           "conv_impl": lambda: models.CONV_IMPLS,
           "train_attack": lambda: training.TRAIN_ATTACKS,
           "tafl_reduction": lambda: learners.TAFL_REDUCTIONS}

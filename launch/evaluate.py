@@ -40,12 +40,12 @@ def main(argv):
   result = evaluation.meta_test_config(
       config, state.params, FLAGS.split, num_episodes=episodes,
       inner_steps=FLAGS.inner_steps, seed=FLAGS.seed)
-  table = evaluation.results_table({config.learner: result}, config)
+  table = evaluation.results_table({config.learner_label: result}, config)
   print(f"checkpoint: step {int(state.step)} of {FLAGS.workdir}")
   print(table)
   reports.write_text(FLAGS.workdir, f"eval_{FLAGS.split}.md", table)
   reports.write_json(f"{FLAGS.workdir}/eval_{FLAGS.split}.json",
-                     {config.learner: result.summary()})
+                     {config.learner_label: result.summary()})
 
 
 if __name__ == "__main__":
