@@ -84,8 +84,9 @@ _ENUMS = {"dataset": datasets.names, "learner": learners.names,
           "tafl_reduction": lambda: learners.TAFL_REDUCTIONS}
 
 
-def define_config_flags(only=None):
-  """Defines one flag per `TrainConfig` field (or the fields in `only`)."""
+def define_config_flags(only=None, flag_values=flags.FLAGS):
+  """Defines one flag per `TrainConfig` field (or the fields in `only`) in
+  `flag_values` (default: the global absl flags)."""
   defaults = TrainConfig()
   for field in dataclasses.fields(TrainConfig):
     name = field.name
@@ -93,22 +94,23 @@ def define_config_flags(only=None):
       continue
     default = getattr(defaults, name)
     help_ = _HELP[name]
+    kw = dict(flag_values=flag_values)
     if name in _ENUMS:
-      flags.DEFINE_enum(name, default, list(_ENUMS[name]()), help_)
+      flags.DEFINE_enum(name, default, list(_ENUMS[name]()), help_, **kw)
     elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_)
+      flags.DEFINE_bool(name, default, help_, **kw)
     elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_)
+      flags.DEFINE_integer(name, default, help_, **kw)
     elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_)
+      flags.DEFINE_float(name, default, help_, **kw)
     elif name == "image_size":
-      flags.DEFINE_integer(name, None, help_)
+      flags.DEFINE_integer(name, None, help_, **kw)
     else:
-      flags.DEFINE_string(name, default, help_)
+      flags.DEFINE_string(name, default, help_, **kw)
 
 
-def config_from_flags() -> TrainConfig:
-  values = {f.name: flags.FLAGS[f.name].value
+def config_from_flags(flag_values=flags.FLAGS) -> TrainConfig:
+  values = {f.name: flag_values[f.name].value
             for f in dataclasses.fields(TrainConfig)}
   return TrainConfig(**values).validate()
 
