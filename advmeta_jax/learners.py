@@ -62,12 +62,6 @@ class LearnerConfig:
     apply_fn: the model, `(params, images) -> logits`; for the metric
       learners (protonet, matchingnet) `(params, images) -> embeddings`
       (conv4 without its head, `models.make_conv4_embedding`).
-    n_way: N, the classes of a task; the metric learners need it (one
-      prototype / one class probability per class).
-    robust: the robust loss wrapped around the learner's adaptation: "none"
-      (its own loss), "aq" (`adversarial_query_loss`) or "tafl" (that loss,
-      weighted per task by `tafl_batch_combine`). Only for the learners
-      registered with `robust=True` (maml, protonet, matchingnet).
     inner_lr: α, the inner-loop step size.
     inner_steps: inner steps in meta-training.
     first_order: FOMAML (no gradient through inner gradients).
@@ -86,10 +80,14 @@ class LearnerConfig:
     tafl_delta: TAFL's δ > 0, the floor of L_AR.
     tafl_reduction: per-task cross-entropy over the queries, "mean" (SPEC
       default) or "sum" (the seed's).
+    n_way: N, the classes of a task; the metric learners need it (one
+      prototype / one class probability per class).
+    robust: the robust loss wrapped around the learner's adaptation: "none"
+      (its own loss), "aq" (`adversarial_query_loss`) or "tafl" (that loss,
+      weighted per task by `tafl_batch_combine`). Only for the learners
+      registered with `robust=True` (maml, protonet, matchingnet).
   """
   apply_fn: Callable[[dict, Array], Array]
-  n_way: Optional[int] = None
-  robust: str = "none"
   inner_lr: float = 0.01
   inner_steps: int = 5
   first_order: bool = False
@@ -103,6 +101,8 @@ class LearnerConfig:
   tafl_k: float = 1.0
   tafl_delta: float = 1e-3
   tafl_reduction: str = "mean"
+  n_way: Optional[int] = None
+  robust: str = "none"
 
   def __post_init__(self):
     if self.robust not in ROBUST_LOSSES:

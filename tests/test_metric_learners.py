@@ -356,8 +356,12 @@ def test_tafl_train_step_of_a_metric_learner_compiles_once(name):
     assert np.isfinite(float(metrics[name])), name
 
 
+# protonet+tafl trains end to end from flags below. The slow ones share a
+# fast one's code path: matchingnet's model and adaptation (matchingnet+tafl)
+# and protonet+aq (tafl with uniform weights).
 @pytest.mark.parametrize("learner, robust", [
-    ("protonet", "none"), ("matchingnet", "none"), ("matchingnet", "tafl"),
+    ("protonet", "none"), ("matchingnet", "tafl"),
+    pytest.param("matchingnet", "none", marks=pytest.mark.slow),
     pytest.param("protonet", "aq", marks=pytest.mark.slow)])
 def test_metric_learner_trains_end_to_end_on_digits(learner, robust, tmp_path,
                                                     digits_train):
