@@ -20,6 +20,17 @@ enters a meta-loss, so the meta-gradient never flows through an attack.
 conv4's BatchNorm is transductive (models.py): each attack and each loss sees
 the batch it is called on (the clean or the adversarial copy of a set, or their
 concatenation for MAML-AD).
+
+The robust losses are wrappers over a learner's `Adaptation` (its classifier
+built from a support set): `adversarial_query_loss` is AQ's per-task loss (and
+TAFL's, whose `tafl_batch_combine` weights the tasks) for any adaptation.
+`LearnerConfig.robust` ("none", "aq", "tafl"; the `--robust` flag) applies it
+to the learners whose own loss is the clean query loss of their adaptation:
+`maml` (where `--robust=aq` is the `aq` learner and `--robust=tafl` the `tafl`
+learner, the same code path) and the metric learners `protonet` and
+`matchingnet` (metric.py), whose adaptation builds class prototypes / the
+attention over the support embeddings. The learners with their own adversarial
+loss (maml_ad, adml, aq, tafl) refuse `robust` other than "none".
 """
 
 from __future__ import annotations
@@ -34,11 +45,14 @@ import numpy as np
 import optax
 
 from advmeta_jax import maml
+from advmeta_jax import metric
 from advmeta_jax.episodes import Task
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
 TAFL_REDUCTIONS = ("mean", "sum")
+# The robust loss wrapped around a learner's adaptation ("none": its own loss).
+ROBUST_LOSSES = ("none", "aq", "tafl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +60,9 @@ class LearnerConfig:
   """Static hyperparameters of a learner (hashable: safe as a jit constant).
 
   Attributes:
-    apply_fn: the model, `(params, images) -> logits`.
+    apply_fn: the model, `(params, images) -> logits`; for the metric
+      learners (protonet, matchingnet) `(params, images) -> embeddings`
+      (conv4 without its head, `models.make_conv4_embedding`).
     inner_lr: α, the inner-loop step size.
     inner_steps: inner steps in meta-training.
     first_order: FOMAML (no gradient through inner gradients).
@@ -65,6 +81,12 @@ class LearnerConfig:
     tafl_delta: TAFL's δ > 0, the floor of L_AR.
     tafl_reduction: per-task cross-entropy over the queries, "mean" (SPEC
       default) or "sum" (the seed's).
+    n_way: N, the classes of a task; the metric learners need it (one
+      prototype / one class probability per class).
+    robust: the robust loss wrapped around the learner's adaptation: "none"
+      (its own loss), "aq" (`adversarial_query_loss`) or "tafl" (that loss,
+      weighted per task by `tafl_batch_combine`). Only for the learners
+      registered with `robust=True` (maml, protonet, matchingnet).
   """
   apply_fn: Callable[[dict, Array], Array]
   inner_lr: float = 0.01
@@ -80,8 +102,18 @@ class LearnerConfig:
   tafl_k: float = 1.0
   tafl_delta: float = 1e-3
   tafl_reduction: str = "mean"
+  n_way: Optional[int] = None
+  robust: str = "none"
 
   def __post_init__(self):
+    if self.robust not in ROBUST_LOSSES:
+      raise ConfigError(f"unknown robust loss {self.robust!r}; choose one of: "
+                        f"{', '.join(ROBUST_LOSSES)}.")
+    if self.n_way is not None and (
+        isinstance(self.n_way, bool) or int(self.n_way) != self.n_way
+        or self.n_way < 2):
+      raise ConfigError(
+          f"n_way must be an integer >= 2 (or None), got {self.n_way!r}.")
     if not self.inner_lr > 0:
       raise ConfigError(f"inner_lr must be > 0, got {self.inner_lr}.")
     if int(self.inner_steps) != self.inner_steps or self.inner_steps < 1:
@@ -120,6 +152,16 @@ def mean_over_tasks(losses: Array, aux: Dict[str, Array],
   """The default batch combine: the mean outer loss over the task batch."""
   del aux, config
   return losses.mean(), {}
+
+
+def robust_batch_combine(losses: Array, aux: Dict[str, Array],
+                         config: LearnerConfig
+                         ) -> Tuple[Array, Dict[str, Array]]:
+  """The batch combine of the learners that take `config.robust`: TAFL's
+  per-task weights with `robust="tafl"`, else the mean over tasks."""
+  if config.robust == "tafl":
+    return tafl_batch_combine(losses, aux, config)
+  return mean_over_tasks(losses, aux, config)
 
 
 # config -> None (one meta-update per step on the batch loss) or a tuple of
@@ -186,13 +228,97 @@ def _gradient_adaptation(apply_fn, inner_lr: float,
   return Adaptation(adapt, apply_fn, initial_logits)
 
 
+# --- metric adaptation ------------------------------------------------------
+
+class PrototypeState(NamedTuple):
+  """ProtoNet adapted to a support set: the embedding's parameters and the
+  `[N, D]` class prototypes."""
+  params: Any
+  prototypes: Array
+
+
+class MatchingState(NamedTuple):
+  """Matching Networks adapted to a support set: the embedding's parameters,
+  the `[S, D]` support embeddings and their `[S]` labels."""
+  params: Any
+  support_embeddings: Array
+  support_labels: Array
+
+
+def _require_n_way(config: LearnerConfig, learner: str) -> int:
+  if config.n_way is None:
+    raise ConfigError(
+        f"learner {learner!r} needs LearnerConfig.n_way (the classes of a "
+        "task; training.build sets it from --n_way).")
+  return int(config.n_way)
+
+
+def _metric_adaptation(build: Callable[[Any, Array, Array], Any],
+                       logits: Callable[[Any, Array], Array]) -> Adaptation:
+  """An `Adaptation` whose adaptation is one function of the support.
+
+  There is no inner loop: `num_steps` is ignored and the curve is the single
+  point `track_fn(state)` (`[1]` arrays). The classifier "before adaptation"
+  (`initial_logits`, the target of a support attack) is the classifier built
+  from the given clean support at the meta-parameters, which is the same as
+  the adapted one: a metric learner has no other.
+  """
+  def adapt(params, images, labels, *, num_steps, track_fn=None):
+    del num_steps
+    state = build(params, images, labels)
+    curve = ({} if track_fn is None
+             else {k: v[None] for k, v in track_fn(state).items()})
+    return state, curve
+
+  def initial_logits(params, support_images, support_labels, images):
+    return logits(build(params, support_images, support_labels), images)
+
+  return Adaptation(adapt, logits, initial_logits)
+
+
+def prototype_adaptation(config: LearnerConfig) -> Adaptation:
+  """Prototypical Networks (Snell et al. 2017): prototypes from the support,
+  logits −‖f(x) − c_k‖² (metric.py). `config.apply_fn` is the embedding f."""
+  embed, n_way = config.apply_fn, _require_n_way(config, "protonet")
+
+  def build(params, images, labels):
+    return PrototypeState(params, metric.class_prototypes(
+        embed(params, images), labels, n_way))
+
+  def logits(state, images):
+    return metric.prototype_logits(embed(state.params, images),
+                                   state.prototypes)
+
+  return _metric_adaptation(build, logits)
+
+
+def matching_adaptation(config: LearnerConfig) -> Adaptation:
+  """Matching Networks (Vinyals et al. 2016) without FCE: cosine attention
+  over the support embeddings; logits log p(y = k | x) (metric.py).
+  `config.apply_fn` is the embedding f = g."""
+  embed, n_way = config.apply_fn, _require_n_way(config, "matchingnet")
+
+  def build(params, images, labels):
+    return MatchingState(params, embed(params, images), labels)
+
+  def logits(state, images):
+    return metric.matching_log_probs(embed(state.params, images),
+                                     state.support_embeddings,
+                                     state.support_labels, n_way)
+
+  return _metric_adaptation(build, logits)
+
+
 class Learner(NamedTuple):
-  """A registry entry: the per-task outer loss, how a batch combines, and how
-  the learner adapts at test time."""
+  """A registry entry: the per-task outer loss, how a batch combines, how
+  the learner adapts at test time, whether its model is conv4's embedding
+  (`metric`, no head) and whether it takes `LearnerConfig.robust`."""
   outer_loss: OuterLoss
   batch_combine: BatchCombine = mean_over_tasks
   update_phases: UpdatePhases = _one_update
   adaptation: Callable[["LearnerConfig"], Adaptation] = gradient_adaptation
+  metric: bool = False
+  robust: bool = False
 
 
 _REGISTRY: Dict[str, Learner] = {}
@@ -200,7 +326,8 @@ _REGISTRY: Dict[str, Learner] = {}
 
 def register(name: str, *, batch_combine: Optional[BatchCombine] = None,
              update_phases: Optional[UpdatePhases] = None,
-             adaptation: Optional[Callable[[LearnerConfig], Adaptation]] = None):
+             adaptation: Optional[Callable[[LearnerConfig], Adaptation]] = None,
+             metric: bool = False, robust: bool = False):
   """Decorator registering an outer loss under `name` (the --learner value).
 
   Args:
@@ -213,11 +340,16 @@ def register(name: str, *, batch_combine: Optional[BatchCombine] = None,
       `adml_sequential`); default one update.
     adaptation: `LearnerConfig -> Adaptation`, how the learner adapts to a
       support set at test time; default `gradient_adaptation` (MAML's).
+    metric: the model is conv4's embedding without a head (`apply_fn`
+      returns embeddings; `training.build` builds it).
+    robust: the outer loss takes `LearnerConfig.robust` (it must then also
+      pass `robust_batch_combine`, or a combine that calls it).
   """
   def wrap(fn: OuterLoss) -> OuterLoss:
     _REGISTRY[name] = Learner(fn, batch_combine or mean_over_tasks,
                               update_phases or _one_update,
-                              adaptation or gradient_adaptation)
+                              adaptation or gradient_adaptation,
+                              metric, robust)
     return fn
   return wrap
 
@@ -239,6 +371,37 @@ def _entry_of(outer_loss: OuterLoss) -> Learner:
     if entry.outer_loss is outer_loss:
       return entry
   return Learner(outer_loss)
+
+
+def is_metric(name: str) -> bool:
+  """Whether learner `name` classifies with a metric over conv4's embedding
+  (its model has no head)."""
+  get(name)
+  return _REGISTRY[name].metric
+
+
+def robust_learners() -> Tuple[str, ...]:
+  """The learners that take `LearnerConfig.robust` (`--robust`)."""
+  return tuple(n for n in names() if _REGISTRY[n].robust)
+
+
+def check_robust(name: str, robust: str) -> None:
+  """Refuses a `robust` loss that is unknown or that learner `name` does not
+  take, with what is allowed.
+
+  Raises:
+    ConfigError: the combination is not allowed.
+  """
+  if robust not in ROBUST_LOSSES:
+    raise ConfigError(f"unknown robust loss {robust!r}; choose one of: "
+                      f"{', '.join(ROBUST_LOSSES)}.")
+  get(name)
+  if robust != "none" and not _REGISTRY[name].robust:
+    raise ConfigError(
+        f"robust={robust!r} does not apply to learner {name!r}, which has its "
+        f"own adversarial loss; robust applies to: "
+        f"{', '.join(robust_learners())} (maml with robust=aq/tafl is the "
+        "aq/tafl learner). Use robust='none' with this learner.")
 
 
 def batch_combine_of(outer_loss: OuterLoss) -> BatchCombine:
@@ -268,42 +431,93 @@ def adapt_to_support(params, task: Task, config: LearnerConfig,
                     first_order=config.first_order)
 
 
-@register("maml")
+def _support_metrics(curve: Dict[str, Array]) -> Dict[str, Array]:
+  """The support loss before adaptation, where the adaptation reports one
+  (gradient learners; a metric learner has no support loss)."""
+  if "support_loss" in curve:
+    return {"support_loss": curve["support_loss"][0]}
+  return {}
+
+
+def clean_query_loss(adaptation: Adaptation, params, task: Task,
+                     config: LearnerConfig):
+  """L(adapted, Q_clean): the query cross-entropy of the classifier that
+  `adaptation` builds from the clean support (`config.inner_steps` steps for
+  a gradient learner). The loss of maml, protonet and matchingnet.
+
+  Returns:
+    `(query cross-entropy, {"query_accuracy"[, "support_loss"]})`.
+  """
+  state, curve = adaptation.adapt(params, task.support_images,
+                                  task.support_labels,
+                                  num_steps=config.inner_steps)
+  logits = adaptation.logits(state, task.query_images)
+  loss = maml.cross_entropy(logits, task.query_labels)
+  return loss, {"query_accuracy": maml.accuracy(logits, task.query_labels),
+                **_support_metrics(curve)}
+
+
+def adaptation_loss(adaptation: Adaptation, params, task: Task, key: Array,
+                    config: LearnerConfig, *, learner: str):
+  """The outer loss of a learner defined by its adaptation, under
+  `config.robust`: "none" `clean_query_loss`; "aq" and "tafl"
+  `adversarial_query_loss` (TAFL's task weights are applied by
+  `robust_batch_combine`, its per-task reduction here)."""
+  if config.robust == "none":
+    return clean_query_loss(adaptation, params, task, config)
+  _require_attack(config, learner)
+  reduction = config.tafl_reduction if config.robust == "tafl" else "mean"
+  return adversarial_query_loss(adaptation, params, task, key, config,
+                                reduction=reduction)
+
+
+@register("maml", batch_combine=robust_batch_combine, robust=True)
 def maml_loss(params, task: Task, key: Array, config: LearnerConfig):
   """MAML (Finn et al. 2017): L(θ', Q_clean) with θ' adapted on the clean support.
+
+  With `config.robust` "aq" or "tafl" this is the loss of the aq or tafl
+  learner (the same `adversarial_query_loss` on MAML's adaptation).
 
   Returns:
     `(query cross-entropy, {"query_accuracy", "support_loss"})`.
   """
-  del key  # MAML draws no randomness.
-  adapted, inner = adapt_to_support(params, task, config)
-  logits = config.apply_fn(adapted, task.query_images)
-  loss = maml.cross_entropy(logits, task.query_labels)
-  return loss, {"query_accuracy": maml.accuracy(logits, task.query_labels),
-                "support_loss": inner["support_loss"][0]}
+  return adaptation_loss(gradient_adaptation(config), params, task, key,
+                         config, learner="maml")
 
 
 # --- adversarial learners ---------------------------------------------------
 
 def _require_attack(config: LearnerConfig, learner: str) -> None:
   if config.train_attack is None:
+    robust = ("" if config.robust == "none"
+              else f" with robust={config.robust!r}")
     raise ConfigError(
-        f"learner {learner!r} needs a training attack: set "
+        f"learner {learner!r}{robust} needs a training attack: set "
         "LearnerConfig.train_attack (built by attacks.make_attack), or "
         "--train_attack when training from flags.")
 
 
 def attack_images(config: LearnerConfig, params, images: Array, labels: Array,
-                  key: Array) -> Array:
+                  key: Array, *, logits_fn: Optional[Callable] = None
+                  ) -> Array:
   """`config.train_attack` against the model at `params`, `stop_gradient`ed.
 
   The parameters the attacker sees are constants too: the perturbation is a
   fixed input to the meta-loss, no gradient flows through it (SPEC, "Attacks").
+
+  Args:
+    config: holds the attack and the model `apply_fn`.
+    params: the attacked classifier's parameters, or any pytree that
+      `logits_fn` takes (an adapted state of an `Adaptation`).
+    images, labels: the set to attack.
+    key: the attack's randomness.
+    logits_fn: `(params, images) -> logits` of the attacked classifier;
+      default `config.apply_fn` (e.g. `Adaptation.logits`).
   """
+  logits_of = config.apply_fn if logits_fn is None else logits_fn
   frozen = jax.lax.stop_gradient(params)
-  logits_fn = lambda x: config.apply_fn(frozen, x)
-  return jax.lax.stop_gradient(
-      config.train_attack(logits_fn, images, labels, key=key))
+  return jax.lax.stop_gradient(config.train_attack(
+      lambda x: logits_of(frozen, x), images, labels, key=key))
 
 
 def _adapt(params, images: Array, labels: Array, config: LearnerConfig,
@@ -336,6 +550,7 @@ def maml_ad_loss(params, task: Task, key: Array, config: LearnerConfig):
     `(mixed query cross-entropy, {"query_accuracy", "adv_query_accuracy",
     "support_loss"})`.
   """
+  check_robust("maml_ad", config.robust)
   _require_attack(config, "maml_ad")
   sel_s, att_s, sel_q, att_q = jax.random.split(key, 4)
   xs, ys = _subset(task.support_images, task.support_labels,
@@ -393,6 +608,7 @@ def adml_loss(params, task: Task, key: Array, config: LearnerConfig):
     (θ'_adv on Q_clean), "query_loss_clean", "query_loss_adv",
     "support_loss"})`.
   """
+  check_robust("adml", config.robust)
   _require_attack(config, "adml")
   support_key, query_key = jax.random.split(key)
   xs_adv = attack_images(config, params, task.support_images,
@@ -423,14 +639,40 @@ def _query_losses(per_example: Array, reduction: str) -> Array:
   return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
-def _adversarial_query(params, task: Task, key: Array, config: LearnerConfig,
-                       reduction: str = "mean"):
-  """θ' from the clean support; CE on A_θ'(Q) and on Q; metrics (AQ, TAFL)."""
-  adapted, inner = adapt_to_support(params, task, config)
-  xq_adv = attack_images(config, adapted, task.query_images,
-                         task.query_labels, key)
-  adv_logits = config.apply_fn(adapted, xq_adv)
-  clean_logits = config.apply_fn(adapted, task.query_images)
+def adversarial_query_loss(adaptation: Adaptation, params, task: Task,
+                           key: Array, config: LearnerConfig, *,
+                           reduction: str = "mean"):
+  """Adversarial querying over any adaptation (AQ's and TAFL's per-task loss).
+
+  The classifier is adapted to the clean support (θ' for MAML; prototypes or
+  attention for a metric learner); the query is attacked by
+  `config.train_attack` against that adapted classifier (SPEC, "Who is
+  attacked"), and the perturbation, with the state the attacker saw, is
+  `stop_gradient`ed. The loss is the cross-entropy of the adapted classifier
+  on A(Q), whose meta-gradient flows through the adaptation (the inner loop,
+  or the prototype / support-embedding computation).
+
+  Args:
+    adaptation: the learner's `Adaptation`.
+    params: the meta-parameters θ.
+    task: one task.
+    key: the attack's randomness.
+    config: holds `train_attack` and `inner_steps`.
+    reduction: the per-task cross-entropy over the queries, "mean" or "sum"
+      (TAFL's `tafl_reduction`).
+
+  Returns:
+    `(adversarial query cross-entropy, {"query_accuracy",
+    "adv_query_accuracy", "adv_query_loss", "clean_query_loss"
+    (stop_gradient'ed)[, "support_loss"]})`.
+  """
+  state, curve = adaptation.adapt(params, task.support_images,
+                                  task.support_labels,
+                                  num_steps=config.inner_steps)
+  xq_adv = attack_images(config, state, task.query_images, task.query_labels,
+                         key, logits_fn=adaptation.logits)
+  adv_logits = adaptation.logits(state, xq_adv)
+  clean_logits = adaptation.logits(state, task.query_images)
   ce = optax.softmax_cross_entropy_with_integer_labels
   adv_loss = _query_losses(ce(adv_logits, task.query_labels), reduction)
   clean_loss = _query_losses(ce(clean_logits, task.query_labels), reduction)
@@ -439,7 +681,7 @@ def _adversarial_query(params, task: Task, key: Array, config: LearnerConfig,
       "adv_query_accuracy": maml.accuracy(adv_logits, task.query_labels),
       "adv_query_loss": adv_loss,
       "clean_query_loss": jax.lax.stop_gradient(clean_loss),
-      "support_loss": inner["support_loss"][0]}
+      **_support_metrics(curve)}
 
 
 @register("aq")
@@ -454,8 +696,10 @@ def aq_loss(params, task: Task, key: Array, config: LearnerConfig):
     "adv_query_accuracy", "adv_query_loss", "clean_query_loss",
     "support_loss"})`.
   """
+  check_robust("aq", config.robust)
   _require_attack(config, "aq")
-  return _adversarial_query(params, task, key, config)
+  return adversarial_query_loss(gradient_adaptation(config), params, task, key,
+                                config)
 
 
 def adversarial_robustness_loss(adv_losses: Array, clean_losses: Array, *,
@@ -519,6 +763,42 @@ def tafl_loss(params, task: Task, key: Array, config: LearnerConfig):
   Returns:
     `(adversarial query cross-entropy, aux)` as `aq_loss`.
   """
+  check_robust("tafl", config.robust)
   _require_attack(config, "tafl")
-  return _adversarial_query(params, task, key, config,
-                            reduction=config.tafl_reduction)
+  return adversarial_query_loss(gradient_adaptation(config), params, task, key,
+                                config, reduction=config.tafl_reduction)
+
+
+# --- metric learners --------------------------------------------------------
+
+@register("protonet", adaptation=prototype_adaptation,
+          batch_combine=robust_batch_combine, metric=True, robust=True)
+def protonet_loss(params, task: Task, key: Array, config: LearnerConfig):
+  """Prototypical Networks (Snell et al. 2017) on conv4's embedding.
+
+  Prototypes are the class means of the support embeddings; the loss is the
+  query cross-entropy of the logits −‖f(x) − c_k‖², differentiated through
+  the prototypes. `config.robust` "aq"/"tafl": adversarial querying / TAFL
+  on this adaptation (`adaptation_loss`). `inner_steps` is not used.
+
+  Returns:
+    `(loss, aux)` as `clean_query_loss` or `adversarial_query_loss`.
+  """
+  return adaptation_loss(prototype_adaptation(config), params, task, key,
+                         config, learner="protonet")
+
+
+@register("matchingnet", adaptation=matching_adaptation,
+          batch_combine=robust_batch_combine, metric=True, robust=True)
+def matchingnet_loss(params, task: Task, key: Array, config: LearnerConfig):
+  """Matching Networks (Vinyals et al. 2016), without full-context embeddings.
+
+  The query's class probabilities are the cosine attention over the support
+  embeddings summed per class; the loss is their negative log-likelihood on
+  the query. `config.robust` as in `protonet_loss`; `inner_steps` is not used.
+
+  Returns:
+    `(loss, aux)` as `clean_query_loss` or `adversarial_query_loss`.
+  """
+  return adaptation_loss(matching_adaptation(config), params, task, key,
+                         config, learner="matchingnet")

@@ -3,7 +3,9 @@
 conv4 (Finn et al. 2017; Vinyals et al. 2016): four blocks of
 3×3 convolution (F filters, SAME padding) → BatchNorm → ReLU → 2×2 max-pool,
 then a linear head over the N classes of a task. F = 32 for
-MiniImageNet/CIFAR-FS, 64 for Omniglot.
+MiniImageNet/CIFAR-FS, 64 for Omniglot. The metric learners (ProtoNet,
+Matching Networks) use the same network without the head
+(`make_conv4_embedding`): it maps images to their flattened last feature map.
 
 BatchNorm, in one place: it always normalises with the mean and variance of the
 batch in front of it (the support set during adaptation, the query set when the
@@ -24,13 +26,13 @@ Convolution is available in two formulations behind one API (`conv_impl`):
 Both compute the same function (tested).
 
 Params are a plain pytree: `{"conv0": {"kernel"}, "bn0": {"scale", "bias"}, …,
-"head": {"kernel", "bias"}}`.
+"head": {"kernel", "bias"}}` (no "head" for the embedding).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -110,14 +112,16 @@ class TransductiveBatchNorm(nn.Module):
 
 
 class Conv4(nn.Module):
-  """The MAML conv4 classifier.
+  """The MAML conv4 classifier, or the conv4 embedding without its head.
 
   Attributes:
-    num_classes: N, the number of classes of a task (the head's outputs).
+    num_classes: N, the number of classes of a task (the head's outputs);
+      None: no head, the model returns the `[batch, side·side·F]` flattened
+      features (the embedding of the metric learners).
     filters: F, filters per convolution.
     conv_impl: "matmul" or "xla" (see module docstring).
   """
-  num_classes: int
+  num_classes: Optional[int]
   filters: int = 32
   conv_impl: str = "matmul"
 
@@ -131,8 +135,11 @@ class Conv4(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    """Maps `[N, H, W, C]` images in [0, 1] to `[N, num_classes]` logits."""
+    """Maps `[N, H, W, C]` images in [0, 1] to `[N, num_classes]` logits
+    (to `[N, D]` features when `num_classes` is None)."""
     features = self.embed(x)
+    if self.num_classes is None:
+      return features
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.glorot_uniform(),
                     name="head")(features)
 
@@ -151,18 +158,39 @@ def make_conv4(*, num_classes: int, filters: int = 32,
   Raises:
     ConfigError: a value that is not allowed, with what is allowed.
   """
+  if num_classes < 2:
+    raise ConfigError(f"num_classes (n_way) must be at least 2, got {num_classes}.")
+  _check_trunk(filters, conv_impl, image_size)
+  return Conv4(num_classes=num_classes, filters=filters, conv_impl=conv_impl)
+
+
+def make_conv4_embedding(*, filters: int = 32, conv_impl: str = "matmul",
+                         image_size: int = 84) -> Conv4:
+  """conv4 without its head: `[N, H, W, C]` images to `[N, D]` embeddings,
+  D = `embedding_dim(filters, image_size)` (the metric learners' model).
+
+  Raises:
+    ConfigError: a value that is not allowed, with what is allowed.
+  """
+  _check_trunk(filters, conv_impl, image_size)
+  return Conv4(num_classes=None, filters=filters, conv_impl=conv_impl)
+
+
+def embedding_dim(filters: int, image_size: int) -> int:
+  """D, the size of conv4's flattened last feature map."""
+  return feature_map_size(image_size) ** 2 * filters
+
+
+def _check_trunk(filters: int, conv_impl: str, image_size: int) -> None:
   if conv_impl not in CONV_IMPLS:
     raise ConfigError(f"unknown conv_impl {conv_impl!r}; choose one of "
                       f"{', '.join(CONV_IMPLS)}.")
-  if num_classes < 2:
-    raise ConfigError(f"num_classes (n_way) must be at least 2, got {num_classes}.")
   if filters < 1:
     raise ConfigError(f"filters must be a positive integer, got {filters}.")
   if feature_map_size(image_size) < 1:
     raise ConfigError(
         f"image_size {image_size} is too small for conv4's four 2x2 max-pools: "
         "it must be at least 16.")
-  return Conv4(num_classes=num_classes, filters=filters, conv_impl=conv_impl)
 
 
 def init_params(model: nn.Module, key: Array, image_shape: Sequence[int]):
@@ -188,13 +216,15 @@ def num_params(params) -> int:
   return sum(int(p.size) for p in jax.tree.leaves(params))
 
 
-def conv4_num_params(*, num_classes: int, filters: int, channels: int,
-                     image_size: int) -> int:
-  """conv4's parameter count, computed by hand (used by the tests)."""
+def conv4_num_params(*, num_classes: Optional[int], filters: int,
+                     channels: int, image_size: int) -> int:
+  """conv4's parameter count, computed by hand (used by the tests); no head
+  when `num_classes` is None."""
   convs = 9 * channels * filters + 3 * 9 * filters * filters
   bns = 4 * 2 * filters
-  side = feature_map_size(image_size)
-  head = side * side * filters * num_classes + num_classes
+  if num_classes is None:
+    return convs + bns
+  head = embedding_dim(filters, image_size) * num_classes + num_classes
   return convs + bns + head
 
 

@@ -59,7 +59,8 @@ def load_run(workdir: str, *, name: Optional[str] = None,
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
   state = training.restore_run(workdir, config, step)
-  return Run(name or config.learner, config, state.params, int(state.step))
+  return Run(name or config.learner_label, config, state.params,
+             int(state.step))
 
 
 @dataclasses.dataclass

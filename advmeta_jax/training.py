@@ -54,6 +54,9 @@ class TrainConfig:
   data_dir: Optional[str] = None
   image_size: Optional[int] = None      # None: the dataset's default
   learner: str = "maml"
+  # The robust loss around the learner's adaptation (learners.ROBUST_LOSSES):
+  # "none", "aq" or "tafl"; for maml, protonet, matchingnet only.
+  robust: str = "none"
   n_way: int = 5
   k_shot: int = 1
   q_query: int = 15
@@ -100,6 +103,7 @@ class TrainConfig:
       raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
                         f"{', '.join(datasets.names())}.")
     learners.get(self.learner)
+    learners.check_robust(self.learner, self.robust)
     positive_ints = ("n_way", "k_shot", "q_query", "task_batch_size",
                      "inner_steps", "filters", "num_steps", "log_every",
                      "checkpoint_every", "eval_inner_steps", "eval_batch_size")
@@ -147,6 +151,13 @@ class TrainConfig:
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
 
+  @property
+  def learner_label(self) -> str:
+    """The learner as a results row names it: "protonet+tafl", or "maml"."""
+    if self.robust == "none":
+      return self.learner
+    return f"{self.learner}+{self.robust}"
+
   @classmethod
   def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
     known = {f.name for f in dataclasses.fields(cls)}
@@ -157,7 +168,8 @@ class TrainConfig:
 
 
 # The training attack and ε of each robust learner when --train_attack /
-# --train_eps are not given (ADML: FGSM 2/255; AQ, TAFL: PGD 8/255).
+# --train_eps are not given (ADML: FGSM 2/255; AQ, TAFL: PGD 8/255); a
+# --robust loss takes the default of the learner of the same name.
 DEFAULT_TRAIN_ATTACKS = {"maml_ad": ("fgsm", "2/255"), "adml": ("fgsm", "2/255"),
                          "aq": ("pgd", "8/255"), "tafl": ("pgd", "8/255")}
 TRAIN_ATTACKS = tuple(n for n in attacks.names()
@@ -175,8 +187,8 @@ def learner_fields(config: TrainConfig) -> Dict[str, Any]:
 def make_train_attack(config: TrainConfig):
   """The training attack of `config` (see `_train_attack`); equal settings
   give the same function object, so equal runs share compiled steps."""
-  default_attack, default_eps = DEFAULT_TRAIN_ATTACKS.get(config.learner,
-                                                          (None, None))
+  robust = config.robust if config.robust != "none" else config.learner
+  default_attack, default_eps = DEFAULT_TRAIN_ATTACKS.get(robust, (None, None))
   return _train_attack(config.train_attack or default_attack,
                        config.train_eps or default_eps or "0",
                        config.train_attack_steps, config.train_step_size)
@@ -187,9 +199,9 @@ def _train_attack(name: Optional[str], eps_text: str, steps: int,
                   step_size_text: str):
   """Attack `name` at budget `eps_text` (None for a learner that uses none).
 
-  Iterative attacks get `steps` steps (`train_attack_steps`); PGD (random start) steps
-  of `train_step_size`, while MI-FGSM keeps its own a = ε/T and APGD needs
-  none. FGSM ignores both.
+  Iterative attacks get `steps` steps (`train_attack_steps`); PGD (random
+  start) steps of `train_step_size`, while MI-FGSM keeps its own a = ε/T and
+  APGD needs none. FGSM ignores both.
   """
   if name is None:
     return None
@@ -289,7 +301,11 @@ def _jitted_train_step(outer_loss: learners.OuterLoss,
 
 @dataclasses.dataclass
 class Experiment:
-  """What a config builds: the model, its functions and the data source."""
+  """What a config builds: the model, its functions and the data source.
+
+  For a metric learner (`learners.is_metric`) the model is conv4 without its
+  head and `apply_fn` returns embeddings.
+  """
   config: TrainConfig
   model: models.Conv4
   apply_fn: Callable
@@ -301,8 +317,12 @@ def build(config: TrainConfig) -> Experiment:
   """Builds model and learner config from a validated `TrainConfig`."""
   info = datasets.info(config.dataset)
   size = config.image_size or info.default_image_size
-  model = models.make_conv4(num_classes=config.n_way, filters=config.filters,
-                            conv_impl=config.conv_impl, image_size=size)
+  if learners.is_metric(config.learner):
+    model = models.make_conv4_embedding(
+        filters=config.filters, conv_impl=config.conv_impl, image_size=size)
+  else:
+    model = models.make_conv4(num_classes=config.n_way, filters=config.filters,
+                              conv_impl=config.conv_impl, image_size=size)
   apply_fn = models.make_apply_fn(model)
   learner_config = learners.LearnerConfig(
       apply_fn=apply_fn, train_attack=make_train_attack(config),

@@ -27,7 +27,13 @@ _HELP = {
     "data_dir": "Directory of the data (mini_imagenet, image_folder) or the "
                 "tensorflow-datasets data_dir (cifar_fs, omniglot).",
     "image_size": "Resize images to this side (default: the dataset's own).",
-    "learner": "Meta-learner (outer loss).",
+    "learner": "Meta-learner (outer loss); protonet and matchingnet are "
+               "metric learners on conv4's embedding (no head, no inner "
+               "loop: --inner_steps is not used).",
+    "robust": "Robust loss around the learner's adaptation, for maml, "
+              "protonet, matchingnet: aq (adversarial querying) or tafl "
+              "(aq weighted per task; --tafl_* flags); maml with aq/tafl is "
+              "the aq/tafl learner. none: the learner's own loss.",
     "n_way": "N: classes per task.",
     "k_shot": "K: support images per class.",
     "q_query": "Q: query images per class.",
@@ -48,9 +54,11 @@ _HELP = {
     "eval_inner_steps": "Inner steps at meta-test time.",
     "eval_batch_size": "Meta-test tasks adapted in parallel (memory knob).",
     "train_attack": "Training attack of the robust learners (default: fgsm "
-                    "for adml/maml_ad, pgd for aq/tafl; maml uses none).",
+                    "for adml/maml_ad, pgd for aq/tafl and --robust=aq/tafl; "
+                    "maml, protonet, matchingnet use none).",
     "train_eps": "L-inf budget of the training attack, e.g. 8/255 (default: "
-                 "2/255 for adml/maml_ad, 8/255 for aq/tafl).",
+                 "2/255 for adml/maml_ad, 8/255 for aq/tafl and "
+                 "--robust=aq/tafl).",
     "train_attack_steps": "Steps of an iterative training attack (PGD).",
     "train_step_size": "Step size of a PGD training attack, e.g. 2/255.",
     "adv_fraction": "maml_ad: fraction of support and query that gets an "
@@ -70,13 +78,15 @@ _HELP = {
                       "sum (the paper's).",
 }
 _ENUMS = {"dataset": datasets.names, "learner": learners.names,
+          "robust": lambda: learners.ROBUST_LOSSES,
           "conv_impl": lambda: models.CONV_IMPLS,
           "train_attack": lambda: training.TRAIN_ATTACKS,
           "tafl_reduction": lambda: learners.TAFL_REDUCTIONS}
 
 
-def define_config_flags(only=None):
-  """Defines one flag per `TrainConfig` field (or the fields in `only`)."""
+def define_config_flags(only=None, flag_values=flags.FLAGS):
+  """Defines one flag per `TrainConfig` field (or the fields in `only`) in
+  `flag_values` (default: the global absl flags)."""
   defaults = TrainConfig()
   for field in dataclasses.fields(TrainConfig):
     name = field.name
@@ -84,22 +94,23 @@ def define_config_flags(only=None):
       continue
     default = getattr(defaults, name)
     help_ = _HELP[name]
+    kw = dict(flag_values=flag_values)
     if name in _ENUMS:
-      flags.DEFINE_enum(name, default, list(_ENUMS[name]()), help_)
+      flags.DEFINE_enum(name, default, list(_ENUMS[name]()), help_, **kw)
     elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_)
+      flags.DEFINE_bool(name, default, help_, **kw)
     elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_)
+      flags.DEFINE_integer(name, default, help_, **kw)
     elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_)
+      flags.DEFINE_float(name, default, help_, **kw)
     elif name == "image_size":
-      flags.DEFINE_integer(name, None, help_)
+      flags.DEFINE_integer(name, None, help_, **kw)
     else:
-      flags.DEFINE_string(name, default, help_)
+      flags.DEFINE_string(name, default, help_, **kw)
 
 
-def config_from_flags() -> TrainConfig:
-  values = {f.name: flags.FLAGS[f.name].value
+def config_from_flags(flag_values=flags.FLAGS) -> TrainConfig:
+  values = {f.name: flag_values[f.name].value
             for f in dataclasses.fields(TrainConfig)}
   return TrainConfig(**values).validate()
 

@@ -37,11 +37,11 @@ def main(argv):
   if config.eval_episodes:
     result = evaluation.meta_test_config(config, state.params, "test",
                                          data=test_split)
-    table = evaluation.results_table({config.learner: result}, config)
+    table = evaluation.results_table({config.learner_label: result}, config)
     print(table)
     reports.write_text(FLAGS.workdir, "eval_test.md", table)
     reports.write_json(f"{FLAGS.workdir}/eval_test.json",
-                       {config.learner: result.summary()})
+                       {config.learner_label: result.summary()})
 
 
 if __name__ == "__main__":
