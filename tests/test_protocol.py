@@ -248,6 +248,7 @@ def test_tafl_table1_runs_end_to_end_shrunk(tmp_path):
       "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2"}
 
 
+@pytest.mark.slow
 def test_adml_five_shot_table_runs_all_six_cases_shrunk(tmp_path):
   out = _reproduce_shrunk("adml_table2", tmp_path)
   cases = {c.case.name for c in out["cells"]}
