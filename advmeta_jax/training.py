@@ -11,6 +11,16 @@ checkpoint in the workdir, derives every step's randomness from
 checkpoint every `checkpoint_every` steps, on interruption and at the end, and
 stops with a clear message at the first non-finite loss, keeping the last good
 checkpoint.
+
+Data parallelism: `train` runs on a 1-D mesh of all devices (of every host,
+`jax.distributed`) whose axis "tasks" shards the task batch; parameters and
+optimizer state are replicated, and `jax.jit` with `NamedSharding`s partitions
+the step (XLA inserts the all-reduce of the meta-gradient). Episodes are
+sampled inside the same jitted iteration: task i of a step is always drawn
+from the i-th key of `split(sample_key, B)`, whatever the number of devices or
+hosts, and each device samples only the tasks it holds (so hosts sample
+disjoint tasks and a run gives the same parameters on 1, 2 or 4 devices, up to
+float reduction order).
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ class TrainConfig:
   meta_lr: float = 1e-3
   filters: int = 32
   conv_impl: str = "matmul"
+  # Devices the task batch is sharded over (0: all devices of all hosts).
+  num_devices: int = 0
   num_steps: int = 300
   seed: int = 0
   log_every: int = 50
@@ -91,7 +103,7 @@ class TrainConfig:
   # of the steps already taken).
   RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
                        "eval_episodes", "eval_inner_steps", "eval_batch_size",
-                       "data_dir")
+                       "data_dir", "num_devices")
 
   def validate(self) -> "TrainConfig":
     """Checks every field; raises `ConfigError` naming the field and the value."""
@@ -108,6 +120,10 @@ class TrainConfig:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
     if self.n_way < 2:
       raise ConfigError(f"n_way must be at least 2, got {self.n_way}.")
+    if (isinstance(self.num_devices, bool) or int(self.num_devices) !=
+        self.num_devices or self.num_devices < 0):
+      raise ConfigError(f"num_devices must be an integer >= 0 (0: all "
+                        f"devices), got {self.num_devices!r}.")
     if self.eval_episodes < 0:
       raise ConfigError(
           f"eval_episodes must be >= 0 (0 skips the meta-test), got "
@@ -300,6 +316,126 @@ def load_split(config: TrainConfig, split: str) -> datasets.ClassSplit:
   return data
 
 
+# --- devices ----------------------------------------------------------------
+
+TASK_AXIS = "tasks"
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh whose axis `TASK_AXIS` shards the task batch.
+
+  Args:
+    num_devices: how many devices to use (0: all devices of all processes).
+      With several processes (hosts) it must be 0 or the global device count.
+
+  Raises:
+    ConfigError: more devices than there are, or a subset across hosts.
+  """
+  available = jax.devices()
+  n = num_devices or len(available)
+  if n > len(available):
+    raise ConfigError(
+        f"num_devices={num_devices}, but only {len(available)} "
+        f"{available[0].platform} device(s) are visible; use 0 (all) or at "
+        f"most {len(available)}.")
+  if jax.process_count() > 1 and n != len(available):
+    raise ConfigError(
+        f"num_devices={num_devices} with {jax.process_count()} processes: "
+        f"multi-host training uses all {len(available)} devices (set 0).")
+  return jax.make_mesh((n,), (TASK_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=available[:n])
+
+
+def check_task_batch(task_batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  """Raises `ConfigError` unless the task batch splits evenly over the mesh."""
+  n = mesh.devices.size
+  if task_batch_size % n:
+    divisors = [d for d in range(1, n + 1) if task_batch_size % d == 0]
+    raise ConfigError(
+        f"task_batch_size={task_batch_size} does not divide over {n} devices: "
+        f"each device adapts the same number of tasks. Use a task_batch_size "
+        f"that is a multiple of {n}, or num_devices in {divisors}.")
+
+
+def task_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Arrays with a leading task axis, split over the mesh."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(TASK_AXIS))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Arrays held whole on every device of the mesh (params, optimizer state)."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Places a pytree of host-identical values on every device of `mesh`.
+
+  With several processes every process must pass the same values (the seed
+  makes them so); each contributes its own devices' copies.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      tree)
+
+
+def sample_task_batch(key: Array, source: episodes.EpisodeSource, *,
+                      batch_size: int, n_way: int, k_shot: int, q_query: int,
+                      sharding: Optional[jax.sharding.Sharding] = None
+                      ) -> episodes.Task:
+  """`episodes.sample_tasks`, with the task axis sharded by `sharding`.
+
+  Task i comes from the i-th key of `split(key, batch_size)` whatever the
+  sharding (equal to `episodes.sample_tasks`); under `jit`, each device
+  samples only the tasks it holds.
+  """
+  keys = jax.random.split(key, batch_size)
+  constrain = ((lambda t: t) if sharding is None else
+               (lambda t: jax.lax.with_sharding_constraint(t, sharding)))
+  keys = constrain(keys)
+  tasks = jax.vmap(lambda k: episodes.sample_task(
+      k, source, n_way=n_way, k_shot=k_shot, q_query=q_query))(keys)
+  return constrain(tasks)
+
+
+def run_keys(seed: int) -> Tuple[Array, Array]:
+  """`(init_key, loop_key)` of a run: initialization, and the key whose
+  `fold_in(loop_key, step)` gives every step's randomness."""
+  init_key, loop_key = jax.random.split(jax.random.key(seed))
+  return init_key, loop_key
+
+
+def make_train_iteration(train_step, config: TrainConfig,
+                         sharding: Optional[jax.sharding.Sharding] = None):
+  """One whole iteration `(state, source) -> (state, metrics)`.
+
+  Samples the step's tasks on the devices from `fold_in(loop_key, state.step)`
+  (`run_keys(config.seed)`) and runs `train_step` on them, so a jitted
+  iteration is one dispatch per step with no host work. Pure and un-jitted.
+  """
+  def iteration(state: TrainState, source: episodes.EpisodeSource):
+    _, loop_key = run_keys(config.seed)
+    sample_key, step_key = jax.random.split(
+        jax.random.fold_in(loop_key, state.step))
+    tasks = sample_task_batch(
+        sample_key, source, batch_size=config.task_batch_size,
+        n_way=config.n_way, k_shot=config.k_shot, q_query=config.q_query,
+        sharding=sharding)
+    return train_step(state, tasks, step_key)
+  return iteration
+
+
+def jit_train_iteration(iteration, mesh: jax.sharding.Mesh):
+  """`jax.jit` of an iteration on `mesh`: replicated state (donated) and
+  source in; replicated state and metrics out. Compiles once."""
+  rep = replicated(mesh)
+  return jax.jit(iteration, in_shardings=(rep, rep), out_shardings=(rep, rep),
+                 donate_argnums=0)
+
+
 # --- checkpoints ------------------------------------------------------------
 
 def checkpoint_manager(workdir: str, *, max_to_keep: int = 3):
@@ -407,6 +543,9 @@ def train(config: TrainConfig, workdir: str, *,
   if tuple(train_split.image_shape) != exp.image_shape:
     raise ConfigError(f"the data's images are {train_split.image_shape}, the "
                       f"model expects {exp.image_shape}.")
+  mesh = make_mesh(config.num_devices)
+  check_task_batch(config.task_batch_size, mesh)
+  primary = jax.process_index() == 0
   # Only a config whose data checks passed is written: a refused run leaves
   # nothing behind that would block the corrected command.
   os.makedirs(workdir, exist_ok=True)
@@ -417,61 +556,77 @@ def train(config: TrainConfig, workdir: str, *,
   except ConfigError:
     manager.close()
     raise
-  _write_config(workdir, config)
+  if primary:
+    _write_config(workdir, config)
   logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
 
   optimizer = make_optimizer(config.meta_lr)
-  key = jax.random.key(config.seed)
-  init_key, loop_key = jax.random.split(key)
-  state = init_state(models.init_params(exp.model, init_key, exp.image_shape),
-                     optimizer)
+  init_key, _ = run_keys(config.seed)
+  state = replicate(init_state(models.init_params(exp.model, init_key,
+                                                  exp.image_shape), optimizer),
+                    mesh)
   restored = restore_checkpoint(manager, state)
   if restored is not None:
     state = restored
     logging.info("resumed from the checkpoint at step %d", int(state.step))
   start = int(state.step)
   metrics_path = os.path.join(workdir, METRICS_FILE)
-  _truncate_metrics(metrics_path, start)
-  logging.info("conv4: %d parameters; meta-training steps %d..%d",
-               models.num_params(state.params), start, config.num_steps)
+  if primary:
+    _truncate_metrics(metrics_path, start)
+  logging.info("conv4: %d parameters; meta-training steps %d..%d on %d "
+               "device(s)", models.num_params(state.params), start,
+               config.num_steps, mesh.devices.size)
 
-  source = episodes.make_source(train_split)
-  sample = episodes.make_sampler(
-      source, batch_size=config.task_batch_size, n_way=config.n_way,
-      k_shot=config.k_shot, q_query=config.q_query)
-  step_fn = jax.jit(
+  source = replicate(episodes.make_source(train_split, jax.local_devices()[0]),
+                     mesh)
+  step_fn = jit_train_iteration(make_train_iteration(
       make_train_step(learners.get(config.learner), exp.learner_config,
-                      optimizer), donate_argnums=0)
+                      optimizer), config, task_sharding(mesh)), mesh)
 
   bar = None
-  if progress and start < config.num_steps:
+  if progress and primary and start < config.num_steps:
     bar = tqdm.tqdm(total=config.num_steps, initial=start, unit="step",
                     dynamic_ncols=True,
                     mininterval=0.5 if sys.stderr.isatty() else 30.0)
   last_good = start if restored is not None else None
   t_last, n_since = time.perf_counter(), 0
+  # Steps dispatched whose loss has not been read yet: (step, metrics). A step
+  # is checked (one scalar read) after the next one is dispatched, so the host
+  # never idles the device, except at logged and checkpointed steps, which are
+  # checked at once (the callback and the saved state see a checked step).
+  unchecked = []
+
+  def check(done, metrics):
+    """Reads a step's metrics; stops at a non-finite loss (nothing saved)."""
+    metrics = _to_python(metrics)
+    if not np.isfinite(metrics["loss"]):
+      kept = (f"The last good checkpoint (step {last_good}) is kept in "
+              f"{os.path.join(workdir, CHECKPOINT_DIR)}."
+              if last_good is not None else "No checkpoint was saved yet.")
+      raise NonFiniteLossError(
+          f"the meta-training loss became {metrics['loss']} at step "
+          f"{done}. {kept} Try a smaller --meta_lr (now "
+          f"{config.meta_lr}) or --inner_lr (now {config.inner_lr}).")
+    return metrics
+
   try:
-    with open(metrics_path, "a") as metrics_file:
+    with open(metrics_path, "a") if primary else _NullFile() as metrics_file:
       for step in range(start, config.num_steps):
-        sample_key, step_key = jax.random.split(jax.random.fold_in(loop_key,
-                                                                   step))
-        tasks = sample(sample_key)
-        new_state, metrics = step_fn(state, tasks, step_key)
-        metrics = _to_python(metrics)   # one small host sync per step
-        if not np.isfinite(metrics["loss"]):
-          kept = (f"The last good checkpoint (step {last_good}) is kept in "
-                  f"{os.path.join(workdir, CHECKPOINT_DIR)}."
-                  if last_good is not None else "No checkpoint was saved yet.")
-          raise NonFiniteLossError(
-              f"the meta-training loss became {metrics['loss']} at step "
-              f"{step + 1}. {kept} Try a smaller --meta_lr (now "
-              f"{config.meta_lr}) or --inner_lr (now {config.inner_lr}).")
-        state = new_state
-        n_since += 1
         done = step + 1
+        state, metrics = step_fn(state, source)   # state is donated
+        unchecked.append((done, metrics))
+        while len(unchecked) > 1:
+          check(*unchecked.pop(0))
+        n_since += 1
         if bar is not None:
           bar.update(1)
-        if done % config.log_every == 0 or done == config.num_steps:
+        log_now = done % config.log_every == 0 or done == config.num_steps
+        save_now = done % config.checkpoint_every == 0 or (
+            done == config.num_steps)
+        if not (log_now or save_now):
+          continue
+        metrics = check(*unchecked.pop(0))
+        if log_now:
           now = time.perf_counter()
           metrics["steps_per_sec"] = n_since / (now - t_last)
           metrics["step"] = done
@@ -482,17 +637,20 @@ def train(config: TrainConfig, workdir: str, *,
             bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                             acc=f"{metrics['query_accuracy']:.3f}",
                             refresh=False)
-          else:
+          elif primary:
             logging.info("step %d: %s", done, metrics)
           if step_callback is not None:
             step_callback(done, metrics)
-        if done % config.checkpoint_every == 0 or done == config.num_steps:
+        if save_now:
           save_checkpoint(manager, state)
           last_good = done
   except KeyboardInterrupt:
-    # `state` is the last completed step unless the interruption hit while its
-    # buffers were donated to a step in flight; then the last checkpoint stands.
-    if not any(x.is_deleted() for x in jax.tree.leaves(state)):
+    # `state` is the last dispatched step unless the interruption hit while its
+    # buffers were donated to a step being dispatched; it is saved only if its
+    # loss and those of the steps before it are finite. Otherwise the last
+    # checkpoint stands.
+    if not any(x.is_deleted() for x in jax.tree.leaves(state)) and all(
+        np.isfinite(float(m["loss"])) for _, m in unchecked):
       logging.warning("interrupted: saving a checkpoint at step %d",
                       int(state.step))
       save_checkpoint(manager, state)
@@ -501,7 +659,30 @@ def train(config: TrainConfig, workdir: str, *,
     if bar is not None:
       bar.close()
     manager.close()
-  return state
+  return _to_local(state, mesh)
+
+
+class _NullFile:
+  """Stands for the metrics file on processes other than the first."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def write(self, text):
+    del text
+
+  def flush(self):
+    pass
+
+
+def _to_local(tree, mesh: jax.sharding.Mesh):
+  """A replicated pytree as plain single-device arrays (for evaluation)."""
+  if mesh.devices.size == 1:
+    return tree
+  return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
 
 
 def restore_run(workdir: str, config: TrainConfig,

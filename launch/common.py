@@ -40,6 +40,8 @@ _HELP = {
                "64 Omniglot).",
     "conv_impl": "Convolution formulation (same function): matmul is fastest "
                  "on CPU; xla is lax.conv.",
+    "num_devices": "Devices the task batch is sharded over (0: all devices "
+                   "of all hosts); task_batch_size must be a multiple.",
     "num_steps": "Meta-training steps (meta-updates).",
     "seed": "Seed of initialisation and episodes.",
     "log_every": "Write metrics every this many steps.",
@@ -96,6 +98,41 @@ def define_config_flags(only=None):
       flags.DEFINE_integer(name, None, help_)
     else:
       flags.DEFINE_string(name, default, help_)
+
+
+def define_distributed_flags():
+  """Flags of a multi-host (multi-process) run, for `initialize_distributed`."""
+  flags.DEFINE_bool("distributed", False,
+                    "Multi-host run: call jax.distributed.initialize before "
+                    "anything else (on TPU pods and SLURM/Open MPI clusters "
+                    "the three flags below are auto-detected).")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0 (implies --distributed).")
+  flags.DEFINE_integer("num_processes", None,
+                       "Number of processes (hosts) in the run (implies "
+                       "--distributed).")
+  flags.DEFINE_integer("process_id", None,
+                       "This process's index in [0, num_processes) (implies "
+                       "--distributed).")
+
+
+def initialize_distributed() -> None:
+  """Joins the multi-host run the distributed flags describe, if any.
+
+  Must run before any JAX computation. Afterwards `jax.devices()` lists the
+  devices of every host and `training.train` shards the task batch over all
+  of them.
+  """
+  values = {name: flags.FLAGS[name].value
+            for name in ("coordinator_address", "num_processes", "process_id")}
+  if not (flags.FLAGS.distributed or any(v is not None
+                                         for v in values.values())):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(**values)
+  logging.info("process %d of %d; %d local / %d global devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
 
 
 def config_from_flags() -> TrainConfig:

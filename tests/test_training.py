@@ -174,3 +174,65 @@ def test_data_that_cannot_give_the_episodes_is_refused_before_compiling(
   with pytest.raises(DataError, match=r"fewer than k_shot \+ q_query = 400"):
     training.train(tiny_config(k_shot=200, q_query=200), str(tmp_path / "b"),
                    progress=False)
+
+
+# --- data parallelism --------------------------------------------------------
+
+_MULTI_DEVICE_SCRIPT = r"""
+import json, sys, tempfile
+import jax, numpy as np
+from advmeta_jax import datasets, training
+from advmeta_jax.errors import ConfigError
+from tests.conftest import tiny_config
+
+assert jax.device_count() == 4, jax.devices()
+split = datasets.load("digits", "train")
+out = {}
+for learner, counts in (("maml", (1, 2, 4)), ("tafl", (1, 4))):
+  params = {}
+  for n in counts:
+    with tempfile.TemporaryDirectory() as workdir:
+      state = training.train(
+          tiny_config(task_batch_size=4, num_steps=3, num_devices=n,
+                      log_every=10, checkpoint_every=10, learner=learner,
+                      train_attack_steps=2),
+          workdir, train_split=split, progress=False)
+    assert int(state.step) == 3
+    params[n] = jax.tree.map(np.asarray, state.params)
+  for n in counts[1:]:
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                         params[1], params[n])
+    out[f"{learner}_max_diff_{n}"] = max(jax.tree.leaves(diffs))
+try:
+  with tempfile.TemporaryDirectory() as workdir:
+    training.train(tiny_config(task_batch_size=6, num_devices=4), workdir,
+                   train_split=split, progress=False)
+except ConfigError as e:
+  out["error"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_sharded_training_equals_single_device_training():
+  """On 4 forced CPU devices: 3 steps on 1, 2 and 4 devices give the same
+  parameters (float tolerance), for MAML and for TAFL (whose batch combine
+  couples tasks held by different devices); a task batch that does not divide
+  over the devices is refused with the allowed values."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=4"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT],
+                        cwd=root, env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+  out = json.loads(lines[0][len("RESULT "):])
+  for key in ("maml_max_diff_2", "maml_max_diff_4", "tafl_max_diff_4"):
+    assert out[key] < 1e-5, out
+  assert out["error"] == (
+      "task_batch_size=6 does not divide over 4 devices: each device adapts "
+      "the same number of tasks. Use a task_batch_size that is a multiple of "
+      "4, or num_devices in [1, 2, 3].")
