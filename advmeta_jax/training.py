@@ -70,6 +70,11 @@ class TrainConfig:
   inner_lr: float = 0.01
   inner_steps: int = 5
   first_order: bool = False
+  # Memory: rematerialize the inner steps; bfloat16 convolution inputs.
+  remat: bool = False
+  compute_dtype: str = "float32"
+  # Tasks adapted at once (0: the whole batch); fewer: less memory.
+  parallel_tasks: int = 0
   meta_lr: float = 1e-3
   filters: int = 32
   conv_impl: str = "matmul"
@@ -103,7 +108,8 @@ class TrainConfig:
   # of the steps already taken).
   RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
                        "eval_episodes", "eval_inner_steps", "eval_batch_size",
-                       "data_dir", "num_devices")
+                       "data_dir", "num_devices", "remat",
+                       "parallel_tasks")
 
   def validate(self) -> "TrainConfig":
     """Checks every field; raises `ConfigError` naming the field and the value."""
@@ -120,6 +126,13 @@ class TrainConfig:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
     if self.n_way < 2:
       raise ConfigError(f"n_way must be at least 2, got {self.n_way}.")
+    if (isinstance(self.parallel_tasks, bool) or int(self.parallel_tasks) !=
+        self.parallel_tasks or self.parallel_tasks < 0 or (
+            self.parallel_tasks and self.task_batch_size % self.parallel_tasks)):
+      raise ConfigError(
+          f"parallel_tasks must be 0 (the whole batch) or a divisor of "
+          f"task_batch_size={self.task_batch_size}, got "
+          f"{self.parallel_tasks!r}.")
     if (isinstance(self.num_devices, bool) or int(self.num_devices) !=
         self.num_devices or self.num_devices < 0):
       raise ConfigError(f"num_devices must be an integer >= 0 (0: all "
@@ -136,6 +149,9 @@ class TrainConfig:
       if models.feature_map_size(self.image_size) < 1:
         raise ConfigError(f"image_size must be at least 16 (conv4 pools four "
                           f"times by 2), got {self.image_size}.")
+    if self.compute_dtype not in models.COMPUTE_DTYPES:
+      raise ConfigError(f"unknown compute_dtype {self.compute_dtype!r}; "
+                        f"choose one of {', '.join(models.COMPUTE_DTYPES)}.")
     if self.conv_impl not in models.CONV_IMPLS:
       raise ConfigError(f"unknown conv_impl {self.conv_impl!r}; choose one of "
                         f"{', '.join(models.CONV_IMPLS)}.")
@@ -227,22 +243,55 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
                     opt_state=optimizer.init(params))
 
 
+def map_over_tasks(fn, tasks: episodes.Task, keys: Array, *,
+                   parallel_tasks: int = 0):
+  """`jax.vmap(fn)(tasks, keys)`, optionally `parallel_tasks` tasks at a time.
+
+  With `0 < parallel_tasks < B`, the tasks run in B/parallel_tasks sequential
+  rounds (`lax.map`) of `parallel_tasks` vmapped tasks, each round under
+  `jax.checkpoint`: the meta-gradient keeps only one round's intermediates
+  alive and recomputes each round's forward pass in the backward pass (the
+  training attacks' results are kept, not recomputed). The same function as
+  the plain vmap, in the same task order: memory over B tasks becomes that of
+  `parallel_tasks` for one extra forward pass. Round r holds tasks
+  `r, r + B/p, r + 2·B/p, ...`, so a task axis sharded over devices stays
+  sharded (`parallel_tasks` a multiple of the device count).
+  """
+  b = keys.shape[0]
+  if not parallel_tasks or parallel_tasks >= b:
+    return jax.vmap(fn)(tasks, keys)
+  if b % parallel_tasks:
+    raise ConfigError(f"parallel_tasks={parallel_tasks} does not divide the "
+                      f"task batch of {b}.")
+  rounds = b // parallel_tasks
+  split = lambda x: jnp.swapaxes(
+      x.reshape(parallel_tasks, rounds, *x.shape[1:]), 0, 1)
+  merge = lambda x: jnp.swapaxes(x, 0, 1).reshape(b, *x.shape[2:])
+  policy = jax.checkpoint_policies.save_only_these_names(
+      learners.ADVERSARIAL_IMAGES)
+  one_round = jax.checkpoint(lambda args: jax.vmap(fn)(*args), policy=policy)
+  out = jax.lax.map(one_round, jax.tree.map(split, (tasks, keys)))
+  return jax.tree.map(merge, out)
+
+
 def batch_outer_loss(outer_loss: learners.OuterLoss,
                      config: learners.LearnerConfig,
-                     batch_combine: Optional[learners.BatchCombine] = None):
+                     batch_combine: Optional[learners.BatchCombine] = None,
+                     parallel_tasks: int = 0):
   """`(params, tasks, key) -> (loss, metrics)` over a batch of tasks.
 
-  The per-task outer losses are vmapped over the tasks and combined by
-  `batch_combine` (default: the hook registered with `outer_loss`, the mean
-  for most learners). `metrics` are the batch means of the per-task aux plus
-  what the combine hook returns.
+  The per-task outer losses are vmapped over the tasks (`parallel_tasks` at
+  a time, see `map_over_tasks`) and combined by `batch_combine` (default: the
+  hook registered with `outer_loss`, the mean for most learners). `metrics`
+  are the batch means of the per-task aux plus what the combine hook returns.
   """
   combine = batch_combine or learners.batch_combine_of(outer_loss)
 
   def fn(params, tasks: episodes.Task, key: Array):
     keys = jax.random.split(key, tasks.query_labels.shape[0])
-    losses, aux = jax.vmap(lambda t, k: outer_loss(params, t, k, config))(
-        tasks, keys)
+    losses, aux = map_over_tasks(
+        lambda t, k: outer_loss(params, t, k, config), tasks, keys,
+        parallel_tasks=parallel_tasks)
     loss, extra = combine(losses, aux, config)
     metrics = jax.tree.map(jnp.mean, aux)
     metrics.update(extra)
@@ -252,7 +301,8 @@ def batch_outer_loss(outer_loss: learners.OuterLoss,
 
 def make_train_step(outer_loss: learners.OuterLoss,
                     config: learners.LearnerConfig,
-                    optimizer: optax.GradientTransformation):
+                    optimizer: optax.GradientTransformation, *,
+                    parallel_tasks: int = 0):
   """The meta-train step `(state, tasks, key) -> (state, metrics)`.
 
   Pure and un-jitted. The meta-gradient is the gradient of the batch outer
@@ -261,10 +311,11 @@ def make_train_step(outer_loss: learners.OuterLoss,
   turn for a learner with sequential update phases (ADML's
   `adml_sequential`). Then "loss" is the sum of the phases' losses, each at
   the parameters it updated, "grad_norm" the norm of all their gradients, and
-  the other metrics are those of the last phase.
+  the other metrics are those of the last phase. `parallel_tasks` bounds
+  the tasks adapted at once (memory; `map_over_tasks`).
   """
   phases = learners.update_phases_of(outer_loss, config)
-  loss_fns = [batch_outer_loss(outer_loss, config, combine)
+  loss_fns = [batch_outer_loss(outer_loss, config, combine, parallel_tasks)
               for combine in (phases or (None,))]
 
   def train_step(state: TrainState, tasks: episodes.Task, key: Array):
@@ -298,7 +349,8 @@ def build(config: TrainConfig) -> Experiment:
   info = datasets.info(config.dataset)
   size = config.image_size or info.default_image_size
   model = models.make_conv4(num_classes=config.n_way, filters=config.filters,
-                            conv_impl=config.conv_impl, image_size=size)
+                            conv_impl=config.conv_impl, image_size=size,
+                            compute_dtype=config.compute_dtype)
   apply_fn = models.make_apply_fn(model)
   learner_config = learners.LearnerConfig(
       apply_fn=apply_fn, train_attack=make_train_attack(config),
@@ -347,9 +399,16 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
                        devices=available[:n])
 
 
-def check_task_batch(task_batch_size: int, mesh: jax.sharding.Mesh) -> None:
-  """Raises `ConfigError` unless the task batch splits evenly over the mesh."""
+def check_task_batch(task_batch_size: int, mesh: jax.sharding.Mesh,
+                     parallel_tasks: int = 0) -> None:
+  """Raises `ConfigError` unless the task batch (and each round of
+  `parallel_tasks`) splits evenly over the mesh."""
   n = mesh.devices.size
+  if parallel_tasks and parallel_tasks < task_batch_size and parallel_tasks % n:
+    raise ConfigError(
+        f"parallel_tasks={parallel_tasks} does not divide over {n} devices: "
+        f"use a multiple of {n} that divides task_batch_size="
+        f"{task_batch_size}, or 0.")
   if task_batch_size % n:
     divisors = [d for d in range(1, n + 1) if task_batch_size % d == 0]
     raise ConfigError(
@@ -544,7 +603,7 @@ def train(config: TrainConfig, workdir: str, *,
     raise ConfigError(f"the data's images are {train_split.image_shape}, the "
                       f"model expects {exp.image_shape}.")
   mesh = make_mesh(config.num_devices)
-  check_task_batch(config.task_batch_size, mesh)
+  check_task_batch(config.task_batch_size, mesh, config.parallel_tasks)
   primary = jax.process_index() == 0
   # Only a config whose data checks passed is written: a refused run leaves
   # nothing behind that would block the corrected command.
@@ -581,7 +640,8 @@ def train(config: TrainConfig, workdir: str, *,
                      mesh)
   step_fn = jit_train_iteration(make_train_iteration(
       make_train_step(learners.get(config.learner), exp.learner_config,
-                      optimizer), config, task_sharding(mesh)), mesh)
+                      optimizer, parallel_tasks=config.parallel_tasks),
+      config, task_sharding(mesh)), mesh)
 
   bar = None
   if progress and primary and start < config.num_steps:

@@ -236,3 +236,53 @@ def test_sharded_training_equals_single_device_training():
       "task_batch_size=6 does not divide over 4 devices: each device adapts "
       "the same number of tasks. Use a task_batch_size that is a multiple of "
       "4, or num_devices in [1, 2, 3].")
+
+
+@pytest.mark.parametrize("learner", ["maml", "tafl"])
+def test_tasks_in_sequential_rounds_give_the_same_loss_and_meta_gradient(
+    learner):
+  """`parallel_tasks` (rematerialized rounds of tasks) is the same function
+  as vmapping the whole batch, remat of the inner steps too."""
+  cfg = tiny_config(learner=learner, train_attack_steps=2, inner_steps=2)
+  model = models.make_conv4(num_classes=3, filters=4, image_size=16)
+  apply_fn = models.make_apply_fn(model)
+  params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+  k = jax.random.split(jax.random.key(1), 2)
+  tasks = episodes.Task(
+      jax.random.uniform(k[0], (4, 3, 16, 16, 3)),
+      jnp.tile(jnp.arange(3), (4, 1)),
+      jax.random.uniform(k[1], (4, 6, 16, 16, 3)),
+      jnp.tile(jnp.arange(6) % 3, (4, 1)))
+  results = {}
+  for parallel, remat in ((0, False), (1, True), (2, False)):
+    config = learners.LearnerConfig(
+        apply_fn=apply_fn, inner_lr=0.1, inner_steps=2, remat=remat,
+        train_attack=training.make_train_attack(cfg))
+    fn = training.batch_outer_loss(learners.get(learner), config,
+                                   parallel_tasks=parallel)
+    results[parallel] = jax.jit(jax.value_and_grad(fn, has_aux=True))(
+        params, tasks, jax.random.key(2))
+  for parallel in (1, 2):
+    chex.assert_trees_all_close(results[parallel], results[0], rtol=1e-5,
+                                atol=1e-6)
+
+
+def test_parallel_tasks_must_divide_the_batch_and_the_devices():
+  with pytest.raises(ConfigError, match="parallel_tasks must be 0 .* divisor "
+                     "of task_batch_size=4, got 3"):
+    tiny_config(task_batch_size=4, parallel_tasks=3).validate()
+  mesh = training.make_mesh(1)
+  training.check_task_batch(4, mesh, 1)   # one device: any divisor
+
+
+def test_non_finite_loss_between_logged_steps_is_caught(tmp_path, digits_train,
+                                                        nan_learner):
+  """Steps between logs are checked one step late (the next step is already
+  dispatched): the run still stops at the first non-finite loss and names it."""
+  config = tiny_config(learner=nan_learner, num_steps=6, log_every=10,
+                       checkpoint_every=10)
+  with pytest.raises(NonFiniteLossError,
+                     match=r"loss became nan at step 2\. No checkpoint was "
+                     r"saved yet"):
+    training.train(config, str(tmp_path), train_split=digits_train,
+                   progress=False)
