@@ -286,3 +286,55 @@ def test_non_finite_loss_between_logged_steps_is_caught(tmp_path, digits_train,
                      r"saved yet"):
     training.train(config, str(tmp_path), train_split=digits_train,
                    progress=False)
+
+
+_MULTI_PROCESS_SCRIPT = r"""
+import os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, port, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                           num_processes=2, process_id=pid)
+import numpy as np
+from advmeta_jax import datasets, training
+from tests.conftest import tiny_config
+assert jax.device_count() == 2 and jax.local_device_count() == 1
+state = training.train(
+    tiny_config(task_batch_size=4, num_steps=3, log_every=10,
+                checkpoint_every=2),
+    workdir, train_split=datasets.load("digits", "train"), progress=False)
+np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, digits_train):
+  """Multi-host path on one machine: two processes (one CPU device each,
+  gloo collectives, jax.distributed) train the same parameters as one."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _MULTI_PROCESS_SCRIPT, str(pid), port,
+       str(tmp_path / "run"), str(tmp_path / f"params{pid}.npz")],
+      cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for pid in (0, 1)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+  reference = training.train(
+      tiny_config(task_batch_size=4, num_steps=3, log_every=10,
+                  checkpoint_every=2), str(tmp_path / "one"),
+      train_split=digits_train, progress=False)
+  want = [np.asarray(x) for x in jax.tree.leaves(reference.params)]
+  for pid in (0, 1):
+    got = np.load(tmp_path / f"params{pid}.npz")
+    for i, w in enumerate(want):
+      np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-6)
+  assert sorted(os.listdir(tmp_path / "run" / training.CHECKPOINT_DIR)) == [
+      "2", "3"]
