@@ -9,7 +9,7 @@ Markdown table and writes JSON to --out. Second-order MAML, conv4 F=32, 5-way,
 15 queries per class, task batch 4, 5 inner steps unless flags say otherwise.
 
   python -m launch.benchmark --learners=maml,aq --sizes=84 --shots=1 \
-      --variants=base,remat,bf16,remat+bf16,first_order --torch
+      --variants=base,remat,p1+remat,bf16,first_order --torch
 
 FLOPs per step are counted analytically (`analytic_step_flops`): with f the
 FLOPs of one image through conv4 (`models.conv4_forward_flops`), S support
@@ -26,7 +26,8 @@ compilation, ~0.4 GiB), peak device memory elsewhere, and XLA's own figure
 for the compiled step (arguments + outputs + temporaries).
 
 `--variants` trades memory and precision: `remat` rematerializes the inner
-steps (`jax.checkpoint`), `bf16` feeds the convolutions bfloat16 (float32
+steps (`jax.checkpoint`), `pN` adapts N tasks at a time in
+rematerialized rounds (`--parallel_tasks`), `bf16` feeds the convolutions bfloat16 (float32
 accumulation and parameters), `first_order` is FOMAML. `--torch` adds the
 plain PyTorch baseline (`launch/torch_baseline.py`: loop over tasks,
 `autograd.grad(create_graph=True)`, 2 threads) for maml and aq, and the ratio
@@ -74,7 +75,8 @@ flags.DEFINE_integer("filters", 32, "conv4 filters.")
 flags.DEFINE_list("variants", ["base"],
                   "Memory/precision variants, each '+'-joined options of: "
                   "base, remat (rematerialized inner steps), bf16 (bfloat16 "
-                  "convolution inputs), first_order.")
+                  "convolution inputs), first_order, pN (N tasks at a time, "
+                  "rematerialized rounds: --parallel_tasks).")
 flags.DEFINE_integer("attack_steps", 7, "PGD steps of the aq/tafl training "
                      "attack (section=train).")
 flags.DEFINE_bool("torch", False, "Also run the plain PyTorch second-order "
@@ -165,8 +167,9 @@ def run_single(cfg: dict) -> dict:
   optimizer = training.make_optimizer(1e-3)
   params = models.init_params(model, jax.random.key(0), (size, size, 3))
   state = training.init_state(params, optimizer)
-  step = jax.jit(training.make_train_step(learners.get(cfg["learner"]), config,
-                                          optimizer), donate_argnums=0)
+  step = jax.jit(training.make_train_step(
+      learners.get(cfg["learner"]), config, optimizer,
+      parallel_tasks=cfg.get("parallel_tasks", 0)), donate_argnums=0)
   b, n, q = cfg["task_batch_size"], cfg["n_way"], cfg["q_query"]
   keys = jax.random.split(jax.random.key(1), 3)
   tasks = episodes.Task(
@@ -321,14 +324,19 @@ VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
 
 
 def variant_fields(variant: str) -> dict:
-  """`remat`, `compute_dtype`, `first_order` of a '+'-joined variant name."""
+  """`remat`, `compute_dtype`, `first_order`, `parallel_tasks` of a
+  '+'-joined variant name ("pN": N tasks at a time, in rounds)."""
   parts = variant.split("+")
-  unknown = [p for p in parts if p not in VARIANT_OPTIONS]
+  parallel = [int(p[1:]) for p in parts if p[:1] == "p" and p[1:].isdigit()]
+  unknown = [p for p in parts if p not in VARIANT_OPTIONS and not (
+      p[:1] == "p" and p[1:].isdigit())]
   if unknown:
     raise app.UsageError(f"--variants: unknown option(s) {unknown} in "
-                         f"{variant!r}; choose from {VARIANT_OPTIONS}.")
+                         f"{variant!r}; choose from {VARIANT_OPTIONS} and pN "
+                         f"(N tasks at a time).")
   return dict(remat="remat" in parts, first_order="first_order" in parts,
-              compute_dtype="bfloat16" if "bf16" in parts else "float32")
+              compute_dtype="bfloat16" if "bf16" in parts else "float32",
+              parallel_tasks=parallel[0] if parallel else 0)
 
 
 def _torch_available() -> bool:

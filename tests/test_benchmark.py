@@ -42,9 +42,12 @@ def test_analytic_flops_count_the_attack_and_first_order():
 
 def test_variants_parse_and_unknown_options_are_refused():
   assert benchmark.variant_fields("remat+bf16") == dict(
-      remat=True, first_order=False, compute_dtype="bfloat16")
+      remat=True, first_order=False, compute_dtype="bfloat16",
+      parallel_tasks=0)
   assert benchmark.variant_fields("base") == dict(
-      remat=False, first_order=False, compute_dtype="float32")
+      remat=False, first_order=False, compute_dtype="float32",
+      parallel_tasks=0)
+  assert benchmark.variant_fields("p1+remat")["parallel_tasks"] == 1
   import pytest  # pylint: disable=g-import-not-at-top
   with pytest.raises(Exception, match="unknown option"):
     benchmark.variant_fields("fp8")
