@@ -21,9 +21,10 @@ is reported beside it but undercounts: it counts the body of the inner
 `lax.scan` (and of an attack's loop) once. Achieved FLOP/s are divided by a
 matmul peak measured in the same process with the step's compute dtype
 (float32 or bfloat16 inputs, float32 accumulation): model FLOP utilization,
-MFU. Memory: the process's peak RSS on the CPU (it includes the runtime and
-compilation, ~0.4 GiB), peak device memory elsewhere, and XLA's own figure
-for the compiled step (arguments + outputs + temporaries).
+MFU. Memory: the process's peak RSS on the CPU (it includes the runtime,
+~0.2 GiB, and the compiler's own peak), its RSS after the timed steps, peak
+device memory elsewhere, and XLA's own figure for the compiled step
+(arguments + outputs + temporaries).
 
 `--variants` trades memory and precision: `remat` rematerializes the inner
 steps (`jax.checkpoint`), `pN` adapts N tasks at a time in
@@ -153,10 +154,24 @@ def _learner_config(cfg: dict, apply_fn):
       train_attack=attack)
 
 
+def _current_rss_bytes() -> float:
+  """This process's resident memory now (Linux), NaN elsewhere."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return float(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return float("nan")
+
+
 def run_single(cfg: dict) -> dict:
   """Compiles and times one configuration in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   from advmeta_jax import episodes, learners, training  # pylint: disable=g-import-not-at-top
+  jax.numpy.zeros(()).block_until_ready()   # the runtime, before any step
+  runtime_rss = _current_rss_bytes()
   size, k_shot = cfg["size"], cfg["k_shot"]
   dtype = cfg.get("compute_dtype", "float32")
   model = models.make_conv4(num_classes=cfg["n_way"], filters=cfg["filters"],
@@ -200,6 +215,7 @@ def run_single(cfg: dict) -> dict:
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
+  rss_after_steps = _current_rss_bytes()
   device = jax.devices()[0]
   mem = None
   if device.platform != "cpu":
@@ -219,6 +235,8 @@ def run_single(cfg: dict) -> dict:
           "memory_kind": "peak RSS" if device.platform == "cpu"
                          else "peak device memory",
           "xla_program_bytes": program_bytes,
+          "runtime_rss_bytes": runtime_rss,
+          "rss_after_steps_bytes": rss_after_steps,
           "device": f"{device.platform}: {device.device_kind}",
           "load_average_1m": os.getloadavg()[0],
           "loss_finite": bool(np.isfinite(float(m["loss"])))}
@@ -358,7 +376,7 @@ def train_table(results, torch_results) -> str:
   torch_by = {key(r): r for r in torch_results}
   header = ("learner", "impl", "variant", "image", "shot", "s/step", "tasks/s",
             "× torch", "compile s", "GFLOP/step", "MFU %", "peak RSS GiB",
-            "XLA GiB")
+            "RSS after GiB", "XLA GiB")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in results + torch_results:
     ref = torch_by.get(key(r))
@@ -374,6 +392,7 @@ def train_table(results, torch_results) -> str:
         f"{r['flops_per_step'] / 1e9:.1f} | "
         f"{'–' if mfu is None else f'{100 * mfu:.1f}'} | "
         f"{_gib(r['peak_memory_bytes'])} | "
+        f"{_gib(r.get('rss_after_steps_bytes'))} | "
         f"{_gib(r.get('xla_program_bytes'))} |")
   return "\n".join(lines)
 
