@@ -18,12 +18,6 @@ Convolution is available in two formulations behind one API (`conv_impl`):
       kernel. Under `jax.vmap` over tasks (per-task weights in the inner loop)
       this becomes a batched matmul. Measured on a 2-core CPU it is 8-13× faster
       than "xla" for a second-order MAML step (see README, "Performance").
-  "matmul_cf": the same patches·matmul with the activations held channels
-      first, `[C, N, H, W]`, inside conv4 (input and head keep NHWC): the
-      forward pass is `kernelᵀ[F, 9C] @ patches[9C, N·H·W]` and the kernel
-      gradient `dY[F, M] @ patchesᵀ`, so no large activation is transposed
-      for the weight gradient (measured: XLA's CPU backend otherwise spends
-      ~15% of a MAML step transposing conv0's output gradient).
   "xla": `lax.conv_general_dilated`. Under `vmap` with per-task weights XLA
       lowers it to a grouped convolution, slow on the CPU backend; kept for
       other backends and as the reference the tests compare against.
@@ -49,7 +43,7 @@ import jax.numpy as jnp
 
 from advmeta_jax.errors import ConfigError
 
-CONV_IMPLS = ("matmul", "matmul_cf", "xla")
+CONV_IMPLS = ("matmul", "xla")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 Array = jax.Array
 
@@ -76,29 +70,6 @@ def conv3x3_matmul(x: Array, kernel: Array,
                     preferred_element_type=jnp.float32)
 
 
-def conv3x3_matmul_cf(x: Array, kernel: Array,
-                      compute_dtype: str = "float32") -> Array:
-  """`conv3x3_matmul` on channels-first activations.
-
-  Args:
-    x: `[C, N, H, W]` inputs.
-    kernel: `[3, 3, C, F]` weights (HWIO, as the other formulations).
-    compute_dtype: dtype of the matmul's inputs; it accumulates in float32.
-
-  Returns:
-    `[F, N, H, W]` float32 outputs.
-  """
-  x, kernel = x.astype(compute_dtype), kernel.astype(compute_dtype)
-  c, n, h, w = x.shape
-  xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-  patches = jnp.concatenate(
-      [xp[:, :, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)],
-      axis=0)  # [9·C, N, H, W], row index = (dy·3 + dx)·C + c
-  out = jnp.matmul(kernel.reshape(9 * c, -1).T, patches.reshape(9 * c, -1),
-                   preferred_element_type=jnp.float32)
-  return out.reshape(-1, n, h, w)
-
-
 def conv3x3_xla(x: Array, kernel: Array,
                 compute_dtype: str = "float32") -> Array:
   """3×3 SAME convolution, stride 1, with `lax.conv_general_dilated`."""
@@ -109,18 +80,12 @@ def conv3x3_xla(x: Array, kernel: Array,
       preferred_element_type=jnp.float32)
 
 
-def max_pool_2x2(x: Array, channels_first: bool = False) -> Array:
+def max_pool_2x2(x: Array) -> Array:
   """2×2 max-pool, stride 2, VALID (odd trailing rows/columns are dropped).
 
   Written as a reshape and a max so that its gradient (and the gradient of its
   gradient, needed by second-order MAML) is plain elementwise code.
-  `channels_first`: `x` is `[C, N, H, W]` instead of `[N, H, W, C]`.
   """
-  if channels_first:
-    c, n, h, w = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, :, :2 * h2, :2 * w2].reshape(c, n, h2, 2, w2, 2)
-    return x.max(axis=(3, 5))
   n, h, w, c = x.shape
   h2, w2 = h // 2, w // 2
   x = x[:, :2 * h2, :2 * w2, :].reshape(n, h2, 2, w2, 2, c)
@@ -135,36 +100,26 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    channels = x.shape[0 if self.conv_impl == "matmul_cf" else -1]
     kernel = self.param("kernel", nn.initializers.glorot_uniform(),
-                        (3, 3, channels, self.features), jnp.float32)
-    if self.conv_impl == "matmul_cf":
-      return conv3x3_matmul_cf(x, kernel, self.compute_dtype)
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
     if self.conv_impl == "matmul":
       return conv3x3_matmul(x, kernel, self.compute_dtype)
     return conv3x3_xla(x, kernel, self.compute_dtype)
 
 
 class TransductiveBatchNorm(nn.Module):
-  """BatchNorm over (N, H, W) with the statistics of the current batch only.
-
-  `channels_first`: `x` is `[C, N, H, W]` instead of `[N, H, W, C]`.
-  """
+  """BatchNorm over (N, H, W) with the statistics of the current batch only."""
   epsilon: float = 1e-5
-  channels_first: bool = False
 
   @nn.compact
   def __call__(self, x):
-    features = x.shape[0 if self.channels_first else -1]
+    features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    axes, shape = ((1, 2, 3), (-1, 1, 1, 1)) if self.channels_first else (
-        (0, 1, 2), (-1,))
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (y * scale.astype(x.dtype).reshape(shape)
-            + bias.astype(x.dtype).reshape(shape))
+    return y * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
 class Conv4(nn.Module):
@@ -182,18 +137,12 @@ class Conv4(nn.Module):
   compute_dtype: str = "float32"
 
   def embed(self, x):
-    channels_first = self.conv_impl == "matmul_cf"
-    if channels_first:
-      x = jnp.transpose(x, (3, 0, 1, 2))           # NHWC -> CNHW
     for i in range(4):
       x = Conv3x3(self.filters, self.conv_impl, self.compute_dtype,
                   name=f"conv{i}")(x)
-      x = TransductiveBatchNorm(channels_first=channels_first,
-                                name=f"bn{i}")(x)
+      x = TransductiveBatchNorm(name=f"bn{i}")(x)
       x = nn.relu(x)
-      x = max_pool_2x2(x, channels_first)
-    if channels_first:
-      x = jnp.transpose(x, (1, 2, 3, 0))           # back to NHWC flattening
+      x = max_pool_2x2(x)
     return x.reshape(x.shape[0], -1)
 
   @nn.compact

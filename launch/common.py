@@ -47,9 +47,8 @@ _HELP = {
     "meta_lr": "beta: Adam step size of the meta-update.",
     "filters": "F: filters per conv4 convolution (32 MiniImageNet/CIFAR-FS, "
                "64 Omniglot).",
-    "conv_impl": "Convolution formulation (same function): matmul "
-                 "(patches x kernel), matmul_cf (the same, activations "
-                 "channels-first), xla (lax.conv; slow under vmap on CPU).",
+    "conv_impl": "Convolution formulation (same function): matmul is fastest "
+                 "on CPU; xla is lax.conv.",
     "num_devices": "Devices the task batch is sharded over (0: all devices "
                    "of all hosts); task_batch_size must be a multiple.",
     "num_steps": "Meta-training steps (meta-updates).",
