@@ -40,6 +40,7 @@ import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -53,6 +54,9 @@ Array = jax.Array
 TAFL_REDUCTIONS = ("mean", "sum")
 # The robust loss wrapped around a learner's adaptation ("none": its own loss).
 ROBUST_LOSSES = ("none", "aq", "tafl")
+# The `checkpoint_name` of every training attack's result (a rematerialized
+# train step saves it instead of running the attack again).
+ADVERSARIAL_IMAGES = "adversarial_images"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,7 @@ class LearnerConfig:
     inner_lr: α, the inner-loop step size.
     inner_steps: inner steps in meta-training.
     first_order: FOMAML (no gradient through inner gradients).
+    remat: rematerialize the inner steps in the meta-gradient (memory).
     train_attack: the training attack `(logits_fn, x, y, *, key) -> x_adv`
       (built by `attacks.make_attack`); required by the robust learners.
     adv_fraction: MAML-AD: the fraction of the support and of the query that
@@ -92,6 +97,7 @@ class LearnerConfig:
   inner_lr: float = 0.01
   inner_steps: int = 5
   first_order: bool = False
+  remat: bool = False
   train_attack: Optional[Callable[..., Array]] = None
   adv_fraction: float = 1.0
   adml_inner_lr_adv: float = 0.01
@@ -209,17 +215,18 @@ def gradient_adaptation(config: "LearnerConfig") -> Adaptation:
   meta-test functions.
   """
   return _gradient_adaptation(config.apply_fn, config.inner_lr,
-                              config.first_order)
+                              config.first_order, config.remat)
 
 
 @functools.lru_cache(maxsize=None)
-def _gradient_adaptation(apply_fn, inner_lr: float,
-                         first_order: bool) -> Adaptation:
+def _gradient_adaptation(apply_fn, inner_lr: float, first_order: bool,
+                         remat: bool) -> Adaptation:
 
   def adapt(params, images, labels, *, num_steps, track_fn=None):
     return maml.adapt(apply_fn, params, images, labels,
                       inner_lr=inner_lr, num_steps=num_steps,
-                      first_order=first_order, track_fn=track_fn)
+                      first_order=first_order, remat=remat,
+                      track_fn=track_fn)
 
   def initial_logits(params, support_images, support_labels, images):
     del support_images, support_labels
@@ -428,7 +435,7 @@ def adapt_to_support(params, task: Task, config: LearnerConfig,
                     task.support_labels, inner_lr=config.inner_lr,
                     num_steps=config.inner_steps if num_steps is None
                     else num_steps,
-                    first_order=config.first_order)
+                    first_order=config.first_order, remat=config.remat)
 
 
 def _support_metrics(curve: Dict[str, Array]) -> Dict[str, Array]:
@@ -516,15 +523,17 @@ def attack_images(config: LearnerConfig, params, images: Array, labels: Array,
   """
   logits_of = config.apply_fn if logits_fn is None else logits_fn
   frozen = jax.lax.stop_gradient(params)
-  return jax.lax.stop_gradient(config.train_attack(
+  x_adv = jax.lax.stop_gradient(config.train_attack(
       lambda x: logits_of(frozen, x), images, labels, key=key))
+  # Named so that a rematerialized train step keeps it, not the attack.
+  return checkpoint_name(x_adv, ADVERSARIAL_IMAGES)
 
 
 def _adapt(params, images: Array, labels: Array, config: LearnerConfig,
            inner_lr: float):
   return maml.adapt(config.apply_fn, params, images, labels,
                     inner_lr=inner_lr, num_steps=config.inner_steps,
-                    first_order=config.first_order)
+                    first_order=config.first_order, remat=config.remat)
 
 
 def _subset(images: Array, labels: Array, fraction: float, key: Array):

@@ -4,7 +4,11 @@
 The loop is a `lax.scan`, so the step count is not unrolled into the graph.
 Second-order by default: the meta-gradient flows through every inner step,
 including through ∇θ L (Hessian-vector products). `first_order=True`
-`stop_gradient`s the inner gradients (FOMAML).
+`stop_gradient`s the inner gradients (FOMAML). `remat=True` wraps each inner
+step in `jax.checkpoint`: the meta-gradient then keeps only the parameters
+between steps and recomputes each step's activations when it needs them, so
+the memory of the inner loop no longer grows with the images × steps (one
+extra forward and backward per step; the same function, tested).
 
 `adapt` is one task; batch it with `jax.vmap` over a leading task axis. It is
 not jitted, so callers compose it under their own `jit`/`vmap`/`grad`.
@@ -39,7 +43,7 @@ def sgd_step(params, grads, lr: float):
 
 def adapt(apply_fn: ApplyFn, params, images: Array, labels: Array, *,
           inner_lr: float, num_steps: int, first_order: bool = False,
-          track_fn: Optional[Callable[[dict], Dict[str, Array]]] = None
+          remat: bool = False, track_fn: Optional[Callable[[dict], Dict[str, Array]]] = None
           ) -> Tuple[dict, Dict[str, Array]]:
   """Adapts `params` to one task's support set by `num_steps` SGD steps.
 
@@ -51,6 +55,8 @@ def adapt(apply_fn: ApplyFn, params, images: Array, labels: Array, *,
     inner_lr: α, the inner step size.
     num_steps: number of inner steps (0 returns `params`).
     first_order: stop the gradient through the inner gradients (FOMAML).
+    remat: rematerialize each inner step in the backward pass
+      (`jax.checkpoint`), trading compute for memory.
     track_fn: optional `adapted_params -> {name: scalar}` evaluated after every
       step (e.g. query loss and accuracy for the meta-test curves).
 
@@ -75,4 +81,5 @@ def adapt(apply_fn: ApplyFn, params, images: Array, labels: Array, *,
 
   if num_steps == 0:
     return params, {}
-  return jax.lax.scan(step, params, None, length=num_steps)
+  return jax.lax.scan(jax.checkpoint(step) if remat else step, params, None,
+                      length=num_steps)

@@ -8,14 +8,31 @@ Each configuration runs in a fresh subprocess so that its peak resident memory
 Markdown table and writes JSON to --out. Second-order MAML, conv4 F=32, 5-way,
 15 queries per class, task batch 4, 5 inner steps unless flags say otherwise.
 
-FLOPs per step are counted analytically for MAML: with f the FLOPs of one
-image through conv4 (`models.conv4_forward_flops`), S support and Q query
-images per task, a second-order step costs B·(9·steps·S + 3·Q)·f (each inner
-step is a forward and backward pass, 3f per image, differentiated again by the
-meta-gradient, ×3; the query is one forward and backward). XLA's own cost
-analysis is reported beside it but undercounts: it counts the body of the
-inner `lax.scan` once. Achieved FLOP/s are divided by a float32 matmul peak
-measured in the same process (model FLOP utilization, MFU).
+  python -m launch.benchmark --learners=maml,aq --sizes=84 --shots=1 \
+      --variants=base,remat,p1+remat,bf16,first_order --torch
+
+FLOPs per step are counted analytically (`analytic_step_flops`): with f the
+FLOPs of one image through conv4 (`models.conv4_forward_flops`), S support
+and Q query images per task, a second-order MAML step costs
+B·(9·steps·S + 3·Q)·f (each inner step is a forward and backward pass, 3f per
+image, differentiated again by the meta-gradient, ×3; the query is one forward
+and backward); the robust learners add their attacks. XLA's own cost analysis
+is reported beside it but undercounts: it counts the body of the inner
+`lax.scan` (and of an attack's loop) once. Achieved FLOP/s are divided by a
+matmul peak measured in the same process with the step's compute dtype
+(float32 or bfloat16 inputs, float32 accumulation): model FLOP utilization,
+MFU. Memory: the process's peak RSS on the CPU (it includes the runtime,
+~0.2 GiB, and the compiler's own peak), its RSS after the timed steps, peak
+device memory elsewhere, and XLA's own figure for the compiled step
+(arguments + outputs + temporaries).
+
+`--variants` trades memory and precision: `remat` rematerializes the inner
+steps (`jax.checkpoint`), `pN` adapts N tasks at a time in
+rematerialized rounds (`--parallel_tasks`), `bf16` feeds the convolutions bfloat16 (float32
+accumulation and parameters), `first_order` is FOMAML. `--torch` adds the
+plain PyTorch baseline (`launch/torch_baseline.py`: loop over tasks,
+`autograd.grad(create_graph=True)`, 2 threads) for maml and aq, and the ratio
+of tasks/s to it.
 
 `--section=attacks` measures attack throughput instead: images per second of
 each attack in `--attacks` on conv4 (F=32) at each image size, on a batch of
@@ -49,27 +66,43 @@ flags.DEFINE_list("sizes", ["32", "84"], "Image sides (32: CIFAR-FS, 84: "
                   "MiniImageNet).")
 flags.DEFINE_list("shots", ["1", "5"], "K values.")
 flags.DEFINE_list("conv_impls", ["matmul"], "Convolution formulations.")
-flags.DEFINE_list("learners", ["maml"], "Learners.")
+flags.DEFINE_list("learners", ["maml"], "Learners (maml, maml_ad, adml, aq, "
+                  "tafl).")
 flags.DEFINE_integer("n_way", 5, "N.")
 flags.DEFINE_integer("q_query", 15, "Queries per class.")
 flags.DEFINE_integer("task_batch_size", 4, "B.")
 flags.DEFINE_integer("inner_steps", 5, "Inner steps.")
 flags.DEFINE_integer("filters", 32, "conv4 filters.")
-flags.DEFINE_bool("first_order", False, "First-order MAML.")
+flags.DEFINE_list("variants", ["base"],
+                  "Memory/precision variants, each '+'-joined options of: "
+                  "base, remat (rematerialized inner steps), bf16 (bfloat16 "
+                  "convolution inputs), first_order, pN (N tasks at a time, "
+                  "rematerialized rounds: --parallel_tasks).")
+flags.DEFINE_integer("attack_steps", 7, "PGD steps of the aq/tafl training "
+                     "attack (section=train).")
+flags.DEFINE_bool("torch", False, "Also run the plain PyTorch second-order "
+                  "MAML/AQ baseline (launch/torch_baseline.py) on each "
+                  "configuration, when torch is importable.")
+flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads of the "
+                     "baseline.")
 flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
 flags.DEFINE_string("out", "benchmark.json", "JSON output path.")
 flags.DEFINE_string("single", None, "Internal: run one configuration (JSON) "
                     "and print its result as JSON.")
 flags.DEFINE_string("single_attack", None, "Internal: time one attack (JSON).")
+flags.DEFINE_string("single_torch", None, "Internal: time the PyTorch "
+                    "baseline on one configuration (JSON).")
 FLAGS = flags.FLAGS
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of an n×n float32 matmul, best of `repeats`."""
+def matmul_peak_flops(n: int = 2048, repeats: int = 10,
+                      dtype: str = "float32") -> float:
+  """FLOP/s of an n×n matmul with `dtype` inputs (float32 accumulation),
+  best of `repeats`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -79,22 +112,79 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
+def analytic_step_flops(cfg: dict) -> float:
+  """Matmul FLOPs of one meta-train step, counted by hand (module docstring).
+
+  With f the FLOPs of one image through conv4, T inner steps, A attack steps,
+  S support and Q query images per task, per task:
+    maml:        9·T·S + 3·Q
+    aq, tafl:    9·T·S + 2·A·Q (PGD at θ', input gradient only) + 3·Q
+                 (adversarial query, differentiated) + Q (clean query)
+    maml_ad:     2·S (FGSM at θ) + 9·T·2S + 2·Q (FGSM at θ') + 3·2Q
+    adml:        2·S + 2·9·T·S + 2·Q + 3·2·Q + Q
+  (first-order: 3 instead of 9 per inner image-step), times B·f.
+  """
+  f = models.conv4_forward_flops(image_size=cfg["size"], channels=3,
+                                 filters=cfg["filters"],
+                                 num_classes=cfg["n_way"])
+  t, a = cfg["inner_steps"], cfg.get("attack_steps", 7)
+  s, q = cfg["n_way"] * cfg["k_shot"], cfg["n_way"] * cfg["q_query"]
+  inner = 3 if cfg.get("first_order") else 9
+  per_task = {
+      "maml": inner * t * s + 3 * q,
+      "aq": inner * t * s + 2 * a * q + 4 * q,
+      "tafl": inner * t * s + 2 * a * q + 4 * q,
+      "maml_ad": 2 * s + inner * t * 2 * s + 2 * q + 6 * q,
+      "adml": 2 * s + 2 * inner * t * s + 2 * q + 7 * q,
+  }.get(cfg["learner"])
+  if per_task is None:
+    return float("nan")
+  return float(cfg["task_batch_size"] * per_task * f)
+
+
+def _learner_config(cfg: dict, apply_fn):
+  """The `LearnerConfig` of a benchmark configuration (the learner's default
+  training attack, `attack_steps` steps)."""
+  from advmeta_jax import learners, training  # pylint: disable=g-import-not-at-top
+  attack = training.make_train_attack(training.TrainConfig(
+      learner=cfg["learner"], train_attack_steps=cfg.get("attack_steps", 7)))
+  return learners.LearnerConfig(
+      apply_fn=apply_fn, inner_lr=0.01, inner_steps=cfg["inner_steps"],
+      first_order=cfg["first_order"], remat=cfg.get("remat", False),
+      train_attack=attack)
+
+
+def _current_rss_bytes() -> float:
+  """This process's resident memory now (Linux), NaN elsewhere."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return float(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return float("nan")
+
+
 def run_single(cfg: dict) -> dict:
   """Compiles and times one configuration in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   from advmeta_jax import episodes, learners, training  # pylint: disable=g-import-not-at-top
+  jax.numpy.zeros(()).block_until_ready()   # the runtime, before any step
+  runtime_rss = _current_rss_bytes()
   size, k_shot = cfg["size"], cfg["k_shot"]
+  dtype = cfg.get("compute_dtype", "float32")
   model = models.make_conv4(num_classes=cfg["n_way"], filters=cfg["filters"],
-                            conv_impl=cfg["conv_impl"], image_size=size)
+                            conv_impl=cfg["conv_impl"], image_size=size,
+                            compute_dtype=dtype)
   apply_fn = models.make_apply_fn(model)
-  config = learners.LearnerConfig(apply_fn=apply_fn, inner_lr=0.01,
-                                  inner_steps=cfg["inner_steps"],
-                                  first_order=cfg["first_order"])
+  config = _learner_config(cfg, apply_fn)
   optimizer = training.make_optimizer(1e-3)
   params = models.init_params(model, jax.random.key(0), (size, size, 3))
   state = training.init_state(params, optimizer)
-  step = jax.jit(training.make_train_step(learners.get(cfg["learner"]), config,
-                                          optimizer), donate_argnums=0)
+  step = jax.jit(training.make_train_step(
+      learners.get(cfg["learner"]), config, optimizer,
+      parallel_tasks=cfg.get("parallel_tasks", 0)), donate_argnums=0)
   b, n, q = cfg["task_batch_size"], cfg["n_way"], cfg["q_query"]
   keys = jax.random.split(jax.random.key(1), 3)
   tasks = episodes.Task(
@@ -108,11 +198,14 @@ def run_single(cfg: dict) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  f = models.conv4_forward_flops(image_size=size, channels=3,
-                                 filters=cfg["filters"], num_classes=n)
-  flops = float(b * (9 * cfg["inner_steps"] * n * k_shot + 3 * n * q) * f)
-  if cfg["learner"] != "maml":
-    flops = float("nan")  # the analytic count above is MAML's
+  program_bytes = float("nan")
+  try:
+    mem = compiled.memory_analysis()
+    program_bytes = float(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                          + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    pass   # not every backend reports it
+  flops = analytic_step_flops(cfg)
   state, m = step(state, tasks, keys[2])          # warm-up
   jax.block_until_ready(m)
   times = []
@@ -122,6 +215,7 @@ def run_single(cfg: dict) -> dict:
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
+  rss_after_steps = _current_rss_bytes()
   device = jax.devices()[0]
   mem = None
   if device.platform != "cpu":
@@ -129,16 +223,33 @@ def run_single(cfg: dict) -> dict:
     mem = stats.get("peak_bytes_in_use")
   else:
     mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  peak = matmul_peak_flops()
+  peaks = {d: matmul_peak_flops(dtype=d) for d in ("float32", "bfloat16")}
+  peak = peaks[dtype]
   return {**cfg, "compile_s": compile_s, "step_s": step_s,
           "tasks_per_s": b / step_s, "flops_per_step": flops,
           "xla_cost_analysis_flops": xla_flops,
           "achieved_flops": flops / step_s, "matmul_peak_flops": peak,
+          "matmul_peak_flops_float32": peaks["float32"],
+          "matmul_peak_flops_bfloat16": peaks["bfloat16"],
           "mfu": flops / step_s / peak, "peak_memory_bytes": mem,
           "memory_kind": "peak RSS" if device.platform == "cpu"
                          else "peak device memory",
+          "xla_program_bytes": program_bytes,
+          "runtime_rss_bytes": runtime_rss,
+          "rss_after_steps_bytes": rss_after_steps,
           "device": f"{device.platform}: {device.device_kind}",
+          "load_average_1m": os.getloadavg()[0],
           "loss_finite": bool(np.isfinite(float(m["loss"])))}
+
+
+def run_torch_single(cfg: dict) -> dict:
+  """The PyTorch baseline (`launch/torch_baseline.py`) on one configuration."""
+  from launch import torch_baseline  # pylint: disable=g-import-not-at-top
+  r = torch_baseline.benchmark(cfg, threads=FLAGS.torch_threads)
+  r["flops_per_step"] = analytic_step_flops(cfg)
+  r["achieved_flops"] = r["flops_per_step"] / r["step_s"]
+  r["load_average_1m"] = os.getloadavg()[0]
+  return r
 
 
 ATTACK_HPARAMS = {
@@ -195,7 +306,8 @@ def _run_in_subprocess(mode: str, cfg: dict):
 
 def _machine():
   return {"platform": platform.platform(), "cpus": os.cpu_count(),
-          "python": platform.python_version(), "command": " ".join(sys.argv)}
+          "python": platform.python_version(), "command": " ".join(sys.argv),
+          "load_average": os.getloadavg()}
 
 
 def attacks_main():
@@ -226,6 +338,65 @@ def attacks_main():
   print(f"device: {results[0]['device'] if results else '?'}; {machine}")
 
 
+VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
+
+
+def variant_fields(variant: str) -> dict:
+  """`remat`, `compute_dtype`, `first_order`, `parallel_tasks` of a
+  '+'-joined variant name ("pN": N tasks at a time, in rounds)."""
+  parts = variant.split("+")
+  parallel = [int(p[1:]) for p in parts if p[:1] == "p" and p[1:].isdigit()]
+  unknown = [p for p in parts if p not in VARIANT_OPTIONS and not (
+      p[:1] == "p" and p[1:].isdigit())]
+  if unknown:
+    raise app.UsageError(f"--variants: unknown option(s) {unknown} in "
+                         f"{variant!r}; choose from {VARIANT_OPTIONS} and pN "
+                         f"(N tasks at a time).")
+  return dict(remat="remat" in parts, first_order="first_order" in parts,
+              compute_dtype="bfloat16" if "bf16" in parts else "float32",
+              parallel_tasks=parallel[0] if parallel else 0)
+
+
+def _torch_available() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+def _gib(x):
+  return "–" if x is None or not np.isfinite(x) else f"{x / 2**30:.2f}"
+
+
+def train_table(results, torch_results) -> str:
+  """The Markdown table of the train section (ratio to PyTorch if any)."""
+  def key(r):
+    return (r["learner"], r["size"], r["k_shot"])
+  torch_by = {key(r): r for r in torch_results}
+  header = ("learner", "impl", "variant", "image", "shot", "s/step", "tasks/s",
+            "× torch", "compile s", "GFLOP/step", "MFU %", "peak RSS GiB",
+            "RSS after GiB", "XLA GiB")
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in results + torch_results:
+    ref = torch_by.get(key(r))
+    ratio = (f"{r['tasks_per_s'] / ref['tasks_per_s']:.2f}"
+             if ref is not None and r.get("impl") != "pytorch" else "–")
+    impl = (f"pytorch {r['torch_version']}" if r.get("impl") == "pytorch"
+            else f"jax {r['conv_impl']}")
+    mfu = r.get("mfu")
+    lines.append(
+        f"| {r['learner']} | {impl} | {r.get('variant', '–')} | {r['size']} | "
+        f"{r['k_shot']} | {r['step_s']:.3f} | {r['tasks_per_s']:.2f} | "
+        f"{ratio} | {r.get('compile_s', float('nan')):.1f} | "
+        f"{r['flops_per_step'] / 1e9:.1f} | "
+        f"{'–' if mfu is None else f'{100 * mfu:.1f}'} | "
+        f"{_gib(r['peak_memory_bytes'])} | "
+        f"{_gib(r.get('rss_after_steps_bytes'))} | "
+        f"{_gib(r.get('xla_program_bytes'))} |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   if FLAGS.single:
@@ -235,36 +406,49 @@ def main(argv):
     print("RESULT " + json.dumps(run_attack_single(
         json.loads(FLAGS.single_attack))))
     return
+  if FLAGS.single_torch:
+    print("RESULT " + json.dumps(run_torch_single(
+        json.loads(FLAGS.single_torch))))
+    return
   if FLAGS.section == "attacks":
     attacks_main()
     return
-  results = []
-  for learner, impl, size, shot in itertools.product(
-      FLAGS.learners, FLAGS.conv_impls, FLAGS.sizes, FLAGS.shots):
-    cfg = dict(learner=learner, conv_impl=impl, size=int(size),
-               k_shot=int(shot), n_way=FLAGS.n_way, q_query=FLAGS.q_query,
-               task_batch_size=FLAGS.task_batch_size,
-               inner_steps=FLAGS.inner_steps, filters=FLAGS.filters,
-               first_order=FLAGS.first_order, steps=FLAGS.steps)
-    r = _run_in_subprocess("single", cfg)
-    if r is None:
-      continue
-    results.append(r)
-    print(f"{learner} {impl} {size}x{size} {shot}-shot: {r['step_s']:.3f} s/step,"
-          f" {r['tasks_per_s']:.2f} tasks/s, compile {r['compile_s']:.1f} s, "
-          f"MFU {100 * r['mfu']:.1f}%, {r['memory_kind']} "
-          f"{r['peak_memory_bytes'] / 2**30:.2f} GiB", flush=True)
+  variants = {v: variant_fields(v) for v in FLAGS.variants}
+  results, torch_results = [], []
+  for learner, size, shot in itertools.product(FLAGS.learners, FLAGS.sizes,
+                                               FLAGS.shots):
+    base = dict(learner=learner, size=int(size), k_shot=int(shot),
+                n_way=FLAGS.n_way, q_query=FLAGS.q_query,
+                task_batch_size=FLAGS.task_batch_size,
+                inner_steps=FLAGS.inner_steps, filters=FLAGS.filters,
+                attack_steps=FLAGS.attack_steps, steps=FLAGS.steps)
+    for impl, (variant, fields) in itertools.product(FLAGS.conv_impls,
+                                                     variants.items()):
+      cfg = dict(base, conv_impl=impl, variant=variant, **fields)
+      r = _run_in_subprocess("single", cfg)
+      if r is None:
+        continue
+      results.append(r)
+      print(f"{learner} {impl} {variant} {size}x{size} {shot}-shot: "
+            f"{r['step_s']:.3f} s/step, {r['tasks_per_s']:.2f} tasks/s, "
+            f"compile {r['compile_s']:.1f} s, MFU {100 * r['mfu']:.1f}%, "
+            f"{r['memory_kind']} {_gib(r['peak_memory_bytes'])} GiB, XLA "
+            f"{_gib(r['xla_program_bytes'])} GiB", flush=True)
+    if FLAGS.torch and learner in ("maml", "aq") and _torch_available():
+      r = _run_in_subprocess("single_torch", dict(base, first_order=False))
+      if r is not None:
+        torch_results.append(r)
+        print(f"{learner} pytorch {size}x{size} {shot}-shot: "
+              f"{r['step_s']:.3f} s/step, {r['tasks_per_s']:.2f} tasks/s, "
+              f"peak RSS {_gib(r['peak_memory_bytes'])} GiB", flush=True)
+  if FLAGS.torch and not _torch_available():
+    print("--torch: torch is not importable here; no baseline.",
+          file=sys.stderr)
   machine = _machine()
   with open(FLAGS.out, "w") as f:
-    json.dump({"machine": machine, "results": results}, f, indent=2)
-  header = ("learner", "conv", "image", "shot", "s/step", "tasks/s",
-            "compile s", "GFLOP/step", "MFU %", "peak mem GiB")
-  print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-  for r in results:
-    print(f"| {r['learner']} | {r['conv_impl']} | {r['size']} | {r['k_shot']} | "
-          f"{r['step_s']:.3f} | {r['tasks_per_s']:.2f} | {r['compile_s']:.1f} | "
-          f"{r['flops_per_step'] / 1e9:.1f} | {100 * r['mfu']:.1f} | "
-          f"{r['peak_memory_bytes'] / 2**30:.2f} |")
+    json.dump({"machine": machine, "results": results,
+               "torch_results": torch_results}, f, indent=2)
+  print(train_table(results, torch_results))
   print(f"device: {results[0]['device'] if results else '?'}; {machine}")
 
 

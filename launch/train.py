@@ -8,6 +8,10 @@ CIFAR-FS, 5-way 5-shot:
       --workdir=/tmp/maml_cifar_fs_5shot
 
 Running the same command again resumes from the last checkpoint in --workdir.
+The task batch is sharded over all devices (--num_devices to use fewer); for
+several hosts, run the same command on every host with --distributed (TPU
+pods) or --coordinator_address/--num_processes/--process_id (README,
+"Multi-device and multi-host").
 """
 
 from absl import flags
@@ -22,12 +26,14 @@ flags.DEFINE_string("workdir", None, "Directory for config, metrics and "
                     "checkpoints; an existing run there is resumed.",
                     required=True)
 common.define_config_flags()
+common.define_distributed_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  common.initialize_distributed()
   config = common.config_from_flags()
   # Load and check both splits before training, not after a long run.
   train_split = training.load_split(config, "train")

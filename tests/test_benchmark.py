@@ -26,3 +26,65 @@ def test_attack_benchmark_reports_throughput():
                              "num_steps": 2},
       size=16, batch=4, filters=4, steps=1))
   assert r["images_per_s"] > 0 and r["call_s"] > 0
+
+
+def test_analytic_flops_count_the_attack_and_first_order():
+  cfg = dict(learner="maml", size=16, filters=4, n_way=3, k_shot=1, q_query=2,
+             inner_steps=2, task_batch_size=2, attack_steps=3)
+  f = benchmark.models.conv4_forward_flops(image_size=16, channels=3,
+                                           filters=4, num_classes=3)
+  assert benchmark.analytic_step_flops(cfg) == 2 * (9 * 2 * 3 + 3 * 6) * f
+  assert benchmark.analytic_step_flops(dict(cfg, first_order=True)) == (
+      2 * (3 * 2 * 3 + 3 * 6) * f)
+  assert benchmark.analytic_step_flops(dict(cfg, learner="aq")) == (
+      2 * (9 * 2 * 3 + 2 * 3 * 6 + 4 * 6) * f)
+
+
+def test_variants_parse_and_unknown_options_are_refused():
+  assert benchmark.variant_fields("remat+bf16") == dict(
+      remat=True, first_order=False, compute_dtype="bfloat16",
+      parallel_tasks=0)
+  assert benchmark.variant_fields("base") == dict(
+      remat=False, first_order=False, compute_dtype="float32",
+      parallel_tasks=0)
+  assert benchmark.variant_fields("p1+remat")["parallel_tasks"] == 1
+  import pytest  # pylint: disable=g-import-not-at-top
+  with pytest.raises(Exception, match="unknown option"):
+    benchmark.variant_fields("fp8")
+
+
+def test_pytorch_baseline_computes_the_same_meta_gradient():
+  """The baseline is the same second-order MAML: same meta-loss and
+  meta-gradient as advmeta_jax from the same parameters and tasks."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  torch = pytest.importorskip("torch")
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import episodes, learners, training  # pylint: disable=g-import-not-at-top
+  from launch import torch_baseline  # pylint: disable=g-import-not-at-top
+  model = benchmark.models.make_conv4(num_classes=3, filters=4, image_size=16)
+  apply_fn = benchmark.models.make_apply_fn(model)
+  params = benchmark.models.init_params(model, jax.random.key(0), (16, 16, 3))
+  k = jax.random.split(jax.random.key(1), 2)
+  tasks = episodes.Task(
+      jax.random.uniform(k[0], (2, 6, 16, 16, 3)),
+      jax.numpy.tile(jax.numpy.arange(6) % 3, (2, 1)),
+      jax.random.uniform(k[1], (2, 9, 16, 16, 3)),
+      jax.numpy.tile(jax.numpy.arange(9) % 3, (2, 1)))
+  config = learners.LearnerConfig(apply_fn=apply_fn, inner_lr=0.1,
+                                  inner_steps=2)
+  (loss, _), grads = jax.value_and_grad(
+      training.batch_outer_loss(learners.maml_loss, config), has_aux=True)(
+          params, tasks, jax.random.key(2))
+  nchw = lambda a: torch.tensor(np.transpose(np.asarray(a), (0, 1, 4, 2, 3)))
+  t_loss, t_grads = torch_baseline.meta_loss_and_grads(
+      torch_baseline.params_from_jax(params),
+      (nchw(tasks.support_images), torch.tensor(np.asarray(
+          tasks.support_labels)).long(), nchw(tasks.query_images),
+       torch.tensor(np.asarray(tasks.query_labels)).long()),
+      inner_lr=0.1, steps=2)
+  np.testing.assert_allclose(t_loss, float(loss), rtol=1e-5)
+  expected = [g.detach().numpy() for g in torch_baseline.params_from_jax(
+      grads)]
+  for got, want in zip(t_grads, expected):
+    np.testing.assert_allclose(got.numpy(), want, rtol=2e-4, atol=2e-6)

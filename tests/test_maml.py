@@ -1,5 +1,6 @@
 """The inner loop: SGD steps, second-order meta-gradients, first-order mode."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +124,24 @@ def test_maml_outer_loss_on_conv4_differs_between_first_and_second_order():
       jax.flatten_util.ravel_pytree(grads[False])[0]
   assert float(jnp.linalg.norm(d)) > 1e-6
   assert np.isfinite(np.asarray(d)).all()
+
+
+def test_remat_gives_the_same_meta_gradient_on_conv4():
+  """`remat=True` (jax.checkpoint per inner step) is the same function."""
+  model = models.make_conv4(num_classes=3, filters=4, image_size=16)
+  apply_fn = models.make_apply_fn(model)
+  params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+  k = jax.random.split(jax.random.key(1), 2)
+  task = Task(jax.random.uniform(k[0], (3, 16, 16, 3)), jnp.arange(3),
+              jax.random.uniform(k[1], (6, 16, 16, 3)), jnp.arange(6) % 3)
+
+  def loss(p, remat):
+    adapted, _ = maml.adapt(apply_fn, p, task.support_images,
+                            task.support_labels, inner_lr=0.1, num_steps=2,
+                            remat=remat)
+    return maml.cross_entropy(apply_fn(adapted, task.query_images),
+                              task.query_labels)
+
+  plain = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(params)
+  remat = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(params)
+  chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-6)

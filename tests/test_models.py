@@ -1,5 +1,6 @@
 """conv4: shapes, parameter count, the two convolution formulations, BatchNorm."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +73,8 @@ def test_jit_and_eager_agree():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(conv_impl="cudnn"), "unknown conv_impl 'cudnn'; choose one of"),
+    (dict(compute_dtype="float16"),
+     "unknown compute_dtype .float16.; choose one of float32, bfloat16"),
     (dict(image_size=8), "image_size 8 is too small"),
     (dict(num_classes=1), "at least 2, got 1"),
     (dict(filters=0), "positive integer, got 0"),
@@ -81,3 +84,23 @@ def test_bad_model_hyperparameters_are_refused_clearly(kwargs, message):
   args.update(kwargs)
   with pytest.raises(ConfigError, match=message):
     models.make_conv4(**args)
+
+
+def test_bfloat16_compute_is_close_and_keeps_float32_parameters_and_outputs():
+  f32 = models.make_conv4(num_classes=5, filters=8, image_size=16)
+  bf16 = models.make_conv4(num_classes=5, filters=8, image_size=16,
+                           compute_dtype="bfloat16")
+  params = models.init_params(f32, jax.random.key(0), (16, 16, 3))
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      params, models.init_params(bf16, jax.random.key(0), (16, 16, 3)))
+  x = jax.random.uniform(jax.random.key(1), (10, 16, 16, 3))
+  ref = models.make_apply_fn(f32)(params, x)
+  for impl in models.CONV_IMPLS:
+    model = models.make_conv4(num_classes=5, filters=8, image_size=16,
+                              conv_impl=impl, compute_dtype="bfloat16")
+    out = models.make_apply_fn(model)(params, x)
+    assert out.dtype == jnp.float32
+    # bfloat16 keeps ~3 significant digits; BatchNorm renormalizes each layer.
+    np.testing.assert_allclose(out, ref, atol=0.05 * float(jnp.abs(ref).max()))
+    grads = jax.grad(lambda p: models.make_apply_fn(model)(p, x).sum())(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))

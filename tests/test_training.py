@@ -175,3 +175,167 @@ def test_data_that_cannot_give_the_episodes_is_refused_before_compiling(
   with pytest.raises(DataError, match=r"fewer than k_shot \+ q_query = 400"):
     training.train(tiny_config(k_shot=200, q_query=200), str(tmp_path / "b"),
                    progress=False)
+
+
+# --- data parallelism --------------------------------------------------------
+
+_MULTI_DEVICE_SCRIPT = r"""
+import json, sys, tempfile
+import jax, numpy as np
+from advmeta_jax import datasets, training
+from advmeta_jax.errors import ConfigError
+from tests.conftest import tiny_config
+
+assert jax.device_count() == 4, jax.devices()
+split = datasets.load("digits", "train")
+out = {}
+for learner, counts in (("maml", (1, 2, 4)), ("tafl", (1, 4))):
+  params = {}
+  for n in counts:
+    with tempfile.TemporaryDirectory() as workdir:
+      state = training.train(
+          tiny_config(task_batch_size=4, num_steps=3, num_devices=n,
+                      log_every=10, checkpoint_every=10, learner=learner,
+                      train_attack_steps=2),
+          workdir, train_split=split, progress=False)
+    assert int(state.step) == 3
+    params[n] = jax.tree.map(np.asarray, state.params)
+  for n in counts[1:]:
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                         params[1], params[n])
+    out[f"{learner}_max_diff_{n}"] = max(jax.tree.leaves(diffs))
+try:
+  with tempfile.TemporaryDirectory() as workdir:
+    training.train(tiny_config(task_batch_size=6, num_devices=4), workdir,
+                   train_split=split, progress=False)
+except ConfigError as e:
+  out["error"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_sharded_training_equals_single_device_training():
+  """On 4 forced CPU devices: 3 steps on 1, 2 and 4 devices give the same
+  parameters (float tolerance), for MAML and for TAFL (whose batch combine
+  couples tasks held by different devices); a task batch that does not divide
+  over the devices is refused with the allowed values."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=4"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT],
+                        cwd=root, env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+  out = json.loads(lines[0][len("RESULT "):])
+  for key in ("maml_max_diff_2", "maml_max_diff_4", "tafl_max_diff_4"):
+    assert out[key] < 1e-5, out
+  assert out["error"] == (
+      "task_batch_size=6 does not divide over 4 devices: each device adapts "
+      "the same number of tasks. Use a task_batch_size that is a multiple of "
+      "4, or num_devices in [1, 2, 3].")
+
+
+@pytest.mark.parametrize("learner", ["maml", "tafl"])
+def test_tasks_in_sequential_rounds_give_the_same_loss_and_meta_gradient(
+    learner):
+  """`parallel_tasks` (rematerialized rounds of tasks) is the same function
+  as vmapping the whole batch, remat of the inner steps too."""
+  cfg = tiny_config(learner=learner, train_attack_steps=2, inner_steps=2)
+  model = models.make_conv4(num_classes=3, filters=4, image_size=16)
+  apply_fn = models.make_apply_fn(model)
+  params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+  k = jax.random.split(jax.random.key(1), 2)
+  tasks = episodes.Task(
+      jax.random.uniform(k[0], (4, 3, 16, 16, 3)),
+      jnp.tile(jnp.arange(3), (4, 1)),
+      jax.random.uniform(k[1], (4, 6, 16, 16, 3)),
+      jnp.tile(jnp.arange(6) % 3, (4, 1)))
+  results = {}
+  for parallel, remat in ((0, False), (1, True), (2, False)):
+    config = learners.LearnerConfig(
+        apply_fn=apply_fn, inner_lr=0.1, inner_steps=2, remat=remat,
+        train_attack=training.make_train_attack(cfg))
+    fn = training.batch_outer_loss(learners.get(learner), config,
+                                   parallel_tasks=parallel)
+    results[parallel] = jax.jit(jax.value_and_grad(fn, has_aux=True))(
+        params, tasks, jax.random.key(2))
+  for parallel in (1, 2):
+    chex.assert_trees_all_close(results[parallel], results[0], rtol=1e-5,
+                                atol=1e-6)
+
+
+def test_parallel_tasks_must_divide_the_batch_and_the_devices():
+  with pytest.raises(ConfigError, match="parallel_tasks must be 0 .* divisor "
+                     "of task_batch_size=4, got 3"):
+    tiny_config(task_batch_size=4, parallel_tasks=3).validate()
+  mesh = training.make_mesh(1)
+  training.check_task_batch(4, mesh, 1)   # one device: any divisor
+
+
+def test_non_finite_loss_between_logged_steps_is_caught(tmp_path, digits_train,
+                                                        nan_learner):
+  """Steps between logs are checked one step late (the next step is already
+  dispatched): the run still stops at the first non-finite loss and names it."""
+  config = tiny_config(learner=nan_learner, num_steps=6, log_every=10,
+                       checkpoint_every=10)
+  with pytest.raises(NonFiniteLossError,
+                     match=r"loss became nan at step 2\. No checkpoint was "
+                     r"saved yet"):
+    training.train(config, str(tmp_path), train_split=digits_train,
+                   progress=False)
+
+
+_MULTI_PROCESS_SCRIPT = r"""
+import os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, port, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                           num_processes=2, process_id=pid)
+import numpy as np
+from advmeta_jax import datasets, training
+from tests.conftest import tiny_config
+assert jax.device_count() == 2 and jax.local_device_count() == 1
+state = training.train(
+    tiny_config(task_batch_size=4, num_steps=3, log_every=10,
+                checkpoint_every=2),
+    workdir, train_split=datasets.load("digits", "train"), progress=False)
+np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, digits_train):
+  """Multi-host path on one machine: two processes (one CPU device each,
+  gloo collectives, jax.distributed) train the same parameters as one."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _MULTI_PROCESS_SCRIPT, str(pid), port,
+       str(tmp_path / "run"), str(tmp_path / f"params{pid}.npz")],
+      cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for pid in (0, 1)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+  reference = training.train(
+      tiny_config(task_batch_size=4, num_steps=3, log_every=10,
+                  checkpoint_every=2), str(tmp_path / "one"),
+      train_split=digits_train, progress=False)
+  want = [np.asarray(x) for x in jax.tree.leaves(reference.params)]
+  for pid in (0, 1):
+    got = np.load(tmp_path / f"params{pid}.npz")
+    for i, w in enumerate(want):
+      np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-6)
+  assert sorted(os.listdir(tmp_path / "run" / training.CHECKPOINT_DIR)) == [
+      "2", "3"]
