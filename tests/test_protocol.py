@@ -241,6 +241,7 @@ def _reproduce_shrunk(name, tmp_path):
   return out
 
 
+@pytest.mark.slow
 def test_tafl_table1_runs_end_to_end_shrunk(tmp_path):
   out = _reproduce_shrunk("tafl_table1", tmp_path)
   assert "kde" in out["written"]
