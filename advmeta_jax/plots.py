@@ -1,5 +1,7 @@
 """Figures of the evaluation protocol (matplotlib, written as PNG files).
 
+    plot_training meta-training loss and query accuracy per logged step, one
+                  line per run (clean and, for robust learners, adversarial)
     plot_curves   query loss and top-1 accuracy per test-time inner step, one
                   line per learner, one column per test case (ADML Figs. 2-5)
     plot_kde      kernel density of TAFL's L_AR(τ) over tasks, one curve per
@@ -30,6 +32,38 @@ def _save(fig, path: str) -> str:
   fig.savefig(path, dpi=110, bbox_inches="tight")
   _pyplot().close(fig)
   return path
+
+
+def plot_training(histories: Mapping[str, Sequence[Mapping[str, float]]],
+                  path: str, *, title: str = "") -> str:
+  """Meta-training curves: outer loss and query accuracy per logged step.
+
+  Args:
+    histories: `{run: [metrics per logged step]}` as `training.load_metrics`
+      returns them (each with "step", "loss", "query_accuracy" and, for the
+      robust learners, "adv_query_accuracy").
+    path: the PNG to write.
+    title: figure title.
+  """
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+  for run, history in histories.items():
+    steps = [m["step"] for m in history]
+    axes[0].plot(steps, [m["loss"] for m in history], marker=".", label=run)
+    line, = axes[1].plot(steps, [100 * m["query_accuracy"] for m in history],
+                         marker=".", label=f"{run} clean")
+    if history and "adv_query_accuracy" in history[0]:
+      axes[1].plot(steps, [100 * m["adv_query_accuracy"] for m in history],
+                   marker=".", linestyle="--", color=line.get_color(),
+                   label=f"{run} adversarial")
+  axes[0].set_ylabel("outer loss")
+  axes[1].set_ylabel("meta-train query accuracy (%)")
+  for ax in axes:
+    ax.set_xlabel("meta-training step")
+  axes[1].legend(fontsize="small")
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
 
 
 def plot_curves(curves: Mapping[str, Mapping[str, Dict[str, Sequence[float]]]],

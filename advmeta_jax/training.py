@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from absl import logging
 import jax
@@ -46,7 +46,7 @@ from advmeta_jax import datasets
 from advmeta_jax import episodes
 from advmeta_jax import learners
 from advmeta_jax import models
-from advmeta_jax.errors import ConfigError, NonFiniteLossError
+from advmeta_jax.errors import ConfigError, DataError, NonFiniteLossError
 
 Array = jax.Array
 CONFIG_FILE = "config.json"
@@ -590,6 +590,21 @@ def _check_resumable(workdir: str, config: TrainConfig) -> None:
         f"workdir {workdir!r} holds a run with a different config ("
         + "; ".join(diffs) + "). Resume with the same flags, or use a new "
         "--workdir.")
+
+
+def load_metrics(workdir: str) -> List[Dict[str, float]]:
+  """The logged training metrics of a run, one dict per logged step.
+
+  Raises:
+    DataError: `workdir` has no metrics file (not a training workdir, or no
+      step was logged yet).
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    raise DataError(f"no training metrics in {workdir!r} (expected "
+                    f"{METRICS_FILE}; is it the workdir of a training run?).")
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _write_config(workdir: str, config: TrainConfig) -> None:

@@ -196,7 +196,12 @@ def test_plots_are_written_and_non_empty(tmp_path):
                       "floor": np.full(10, 1e-3)}, str(tmp_path / "k.png"),
                      threshold=1.0),
       plots.plot_heatmap(rng.uniform(20, 40, (2, 3)), [0, 2], [.5, 1, 2],
-                         str(tmp_path / "h.png"))]
+                         str(tmp_path / "h.png")),
+      plots.plot_training(
+          {"maml": [{"step": 1, "loss": 1.5, "query_accuracy": .4},
+                    {"step": 2, "loss": 1.2, "query_accuracy": .5}],
+           "tafl": [{"step": 1, "loss": 2.0, "query_accuracy": .3,
+                     "adv_query_accuracy": .1}]}, str(tmp_path / "t.png"))]
   for path in paths:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ from advmeta_jax import episodes
 from advmeta_jax import learners
 from advmeta_jax import models
 from advmeta_jax import training
-from advmeta_jax.errors import ConfigError, NonFiniteLossError
+from advmeta_jax.errors import ConfigError, DataError, NonFiniteLossError
 from tests.conftest import tiny_config
 
 
@@ -56,8 +56,7 @@ def test_train_step_compiles_once(digits_train):
 
 
 def _read_metrics(workdir):
-  with open(os.path.join(workdir, training.METRICS_FILE)) as f:
-    return [json.loads(line) for line in f]
+  return training.load_metrics(str(workdir))
 
 
 def test_train_writes_config_metrics_and_checkpoints(tmp_path, digits_train):
@@ -73,6 +72,8 @@ def test_train_writes_config_metrics_and_checkpoints(tmp_path, digits_train):
   assert training.load_config(str(tmp_path)) == config
   saved = sorted(os.listdir(tmp_path / training.CHECKPOINT_DIR))
   assert saved == ["2", "3"]
+  with pytest.raises(DataError, match="no training metrics"):
+    training.load_metrics(str(tmp_path / training.CHECKPOINT_DIR))
   restored = training.restore_run(str(tmp_path), config)
   chex.assert_trees_all_equal(restored, state)
 
