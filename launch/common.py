@@ -191,8 +191,14 @@ def run(main):
 
 # --- meta-test protocol flags (evaluate, sweep) -------------------------------
 
-def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255"):
-  """Flags of the meta-test protocol: cases, attacks, ε, episodes, steps, seed."""
+def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255",
+                          run_flags: bool = True):
+  """Flags of the meta-test protocol: cases, attacks, ε, episodes, steps, seed.
+
+  With `run_flags=False` the episodes, test-time inner steps and seed are left
+  out, for a launcher that also defines the training flags (whose
+  `--eval_episodes`, `--eval_inner_steps` and `--seed` serve instead).
+  """
   flags.DEFINE_string(
       "cases", cases, "Test cases: 'all' (the six of ADML), 'robust' "
       "(clean/clean, clean/adv) or a comma-separated list of support/query "
@@ -205,6 +211,8 @@ def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255"):
                     "ignores them.")
   flags.DEFINE_integer("attack_steps", 20, "Iterations of PGD, MI-FGSM and "
                        "APGD at test time.")
+  if not run_flags:
+    return
   flags.DEFINE_integer("episodes", None, "Episodes per cell (default: the "
                        "run's eval_episodes).")
   flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: "

@@ -1,11 +1,13 @@
 r"""TAFL's γ × k sensitivity study: train TAFL on a grid, draw robust accuracy.
 
   python -m launch.sweep --workdir=/tmp/tafl_sweep --gammas=0,1,2,4 \
-      --ks=0.5,1,2 --num_steps=300 --episodes=600
+      --ks=0.5,1,2 --num_steps=300 --eval_episodes=600
 
 Every grid point is its own resumable run in --workdir/gamma<γ>_k<k>; the
 heatmap (sensitivity_heatmap.png), sweep.md and sweep.json go to --workdir.
-The other TrainConfig flags set the rest of the TAFL run (dataset, shots...).
+The other TrainConfig flags set the rest of the TAFL run (dataset, shots...);
+--eval_episodes, --eval_inner_steps and --eval_batch_size set the meta-test of
+every grid point (the same episodes for all, from --test_seed).
 """
 
 from absl import flags
@@ -18,8 +20,10 @@ flags.DEFINE_string("workdir", None, "Directory of the grid's runs and "
                     "report.", required=True)
 flags.DEFINE_list("gammas", "0,1,2,4", "TAFL γ values.")
 flags.DEFINE_list("ks", "0.5,1,2", "TAFL k values.")
+flags.DEFINE_integer("test_seed", 0, "Seed of the test episodes and attack "
+                     "random starts (the same for every grid point).")
 common.define_config_flags()
-common.define_protocol_flags(cases="clean/adv")
+common.define_protocol_flags(cases="clean/adv", run_flags=False)
 FLAGS = flags.FLAGS
 
 
@@ -41,8 +45,8 @@ def main(argv):
   out = protocol.sensitivity_sweep(
       base, FLAGS.workdir, gammas=_floats(FLAGS.gammas, "gammas"),
       ks=_floats(FLAGS.ks, "ks"), attack=specs[0],
-      num_episodes=FLAGS.episodes or base.eval_episodes,
-      inner_steps=FLAGS.inner_steps or base.eval_inner_steps, seed=FLAGS.seed)
+      num_episodes=base.eval_episodes, inner_steps=base.eval_inner_steps,
+      seed=FLAGS.test_seed)
   print(out["markdown"])
   print(f"heatmap: {out['heatmap']}")
 

@@ -291,3 +291,32 @@ def test_a_refused_run_does_not_block_the_corrected_command(refusals):
   # (q_query is too large), not a conflict with the refused run's config.
   result = _run("launch.train", f"--workdir={workdir}", "--q_query=500")
   _assert_refused(result, "error: ", "k_shot + q_query = 501")
+
+
+# --- every launcher ---------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["launch.train", "launch.evaluate",
+                                    "launch.reproduce", "launch.sweep",
+                                    "launch.benchmark"])
+def test_every_launcher_defines_its_flags(module):
+  """`--help` imports the launcher and defines all its flags (a flag defined
+  twice, e.g. by the training and the protocol flags, fails here)."""
+  result = _run(module, "--help")
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "Error" not in result.stderr, result.stderr[-3000:]
+  assert f"{module.replace('.', '/')}.py:" in result.stdout  # its flags
+
+
+def test_sweep_trains_the_grid_and_draws_the_heatmap(tmp_path):
+  result = _run("launch.sweep", f"--workdir={tmp_path}", "--gammas=0",
+                "--ks=1", "--filters=4", "--q_query=3", "--task_batch_size=2",
+                "--inner_steps=1", "--num_steps=2", "--log_every=1",
+                "--checkpoint_every=2", "--train_attack_steps=1",
+                "--eval_episodes=2", "--eval_inner_steps=1",
+                "--eval_batch_size=2", "--attack_steps=2")
+  _assert_ok(result)
+  assert re.search(r"^\| 0 \| \d+\.\d\d ± \d+\.\d\d \|$", result.stdout,
+                   re.MULTILINE), result.stdout
+  assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
+  sweep = json.loads((tmp_path / "sweep.json").read_text())
+  assert sweep["episodes"] == 2 and sweep["gammas"] == [0.0]
