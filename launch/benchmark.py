@@ -34,6 +34,15 @@ plain PyTorch baseline (`launch/torch_baseline.py`: loop over tasks,
 `autograd.grad(create_graph=True)`, 2 threads) for maml and aq, and the ratio
 of tasks/s to it.
 
+`--section=conv` times each of conv4's four convolutions alone, forward and
+backward (input and kernel gradients: the unit every MAML step is made of),
+in each `--conv_impls` formulation and, when torch imports, PyTorch's
+`conv2d` (oneDNN) on the same shapes and threads; the formulations are first
+checked to compute the same outputs and gradients. It separates the cost of
+the convolution kernels from the rest of a step.
+
+  python -m launch.benchmark --section=conv --sizes=32,84 --conv_impls=matmul,xla
+
 `--section=attacks` measures attack throughput instead: images per second of
 each attack in `--attacks` on conv4 (F=32) at each image size, on a batch of
 `--attack_batch` images (75 = one 5-way 15-query query set), jitted, after a
@@ -56,8 +65,11 @@ import numpy as np
 
 from advmeta_jax import models
 
-flags.DEFINE_enum("section", "train", ["train", "attacks"],
-                  "What to measure: the meta-train step or attack throughput.")
+flags.DEFINE_enum("section", "train", ["train", "attacks", "conv"],
+                  "What to measure: the meta-train step, attack throughput, "
+                  "or conv4's convolutions one by one (forward + backward).")
+flags.DEFINE_integer("conv_images", 75, "Images per convolution call "
+                     "(section=conv; 75 = one 5-way 15-query query set).")
 flags.DEFINE_list("attacks", ["pgd", "cw_l2"], "Attacks (section=attacks).")
 flags.DEFINE_integer("attack_batch", 75, "Images per attack call.")
 flags.DEFINE_integer("pgd_steps", 20, "PGD steps (section=attacks).")
@@ -338,6 +350,110 @@ def attacks_main():
   print(f"device: {results[0]['device'] if results else '?'}; {machine}")
 
 
+def conv_layer_shapes(size: int, channels: int = 3, filters: int = 32):
+  """`(layer, side, input channels)` of conv4's four convolutions."""
+  shapes, side, c = [], size, channels
+  for layer in range(4):
+    shapes.append((layer, side, c))
+    side, c = side // 2, filters
+  return shapes
+
+
+def _median_time(fn, steps: int) -> float:
+  fn()   # warm-up (and compilation)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def run_conv_layer(cfg: dict) -> dict:
+  """Times one 3×3 convolution's forward + backward (input and kernel
+  gradients of a fixed random projection of the output) in every formulation
+  of `cfg["conv_impls"]`, and in PyTorch when `cfg["torch"]` and torch
+  imports. Checks first that all of them agree with `conv3x3_xla`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n, side, c, f = cfg["images"], cfg["side"], cfg["channels"], cfg["filters"]
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (n, side, side, c))
+  kernel = jax.random.normal(keys[1], (3, 3, c, f)) / np.sqrt(9 * c)
+  proj = jax.random.normal(keys[2], (n, side, side, f))
+  impls = {"matmul": models.conv3x3_matmul, "xla": models.conv3x3_xla}
+
+  def grads_of(conv):
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * proj),
+                            argnums=(0, 1)))
+  reference = grads_of(models.conv3x3_xla)(x, kernel)
+  flops = 3 * 2 * n * side * side * 9 * c * f   # forward, dx, dkernel
+  out = {**cfg, "flops": flops, "ms": {}}
+  for name in cfg["conv_impls"]:
+    fn = grads_of(impls[name])
+    got = fn(x, kernel)
+    for g, r in zip(got, reference):
+      err = float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-12))
+      if err > 1e-4:
+        raise AssertionError(f"conv_impl {name} disagrees with lax.conv on "
+                             f"{cfg}: relative error {err:.2e}")
+    out["ms"][name] = 1e3 * _median_time(
+        lambda: jax.block_until_ready(fn(x, kernel)), cfg["steps"])
+  if cfg.get("torch") and _torch_available():
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(cfg.get("torch_threads", 2))
+    nchw = lambda a: torch.tensor(np.transpose(np.asarray(a), (0, 3, 1, 2)))
+    tx = nchw(x).requires_grad_()
+    tk = torch.tensor(np.transpose(np.asarray(kernel), (3, 2, 0, 1))
+                      ).requires_grad_()
+    tproj = nchw(proj)
+
+    def torch_step():
+      y = torch.nn.functional.conv2d(tx, tk, padding=1)
+      return torch.autograd.grad((y * tproj).sum(), (tx, tk))
+    gx, gk = torch_step()
+    err = float(np.max(np.abs(gk.numpy().transpose(2, 3, 1, 0)
+                              - np.asarray(reference[1]))) /
+                np.max(np.abs(np.asarray(reference[1]))))
+    if err > 1e-4:
+      raise AssertionError(f"torch conv2d disagrees on {cfg}: {err:.2e}")
+    out["ms"]["pytorch"] = 1e3 * _median_time(torch_step, cfg["steps"])
+    out["torch_version"] = torch.__version__
+  device = jax.devices()[0]
+  out["device"] = f"{device.platform}: {device.device_kind}"
+  return out
+
+
+def conv_main():
+  rows = []
+  for size in FLAGS.sizes:
+    for layer, side, c in conv_layer_shapes(int(size), filters=FLAGS.filters):
+      rows.append(run_conv_layer(dict(
+          layer=layer, size=int(size), side=side, channels=c,
+          filters=FLAGS.filters, images=FLAGS.conv_images,
+          conv_impls=FLAGS.conv_impls, torch=FLAGS.torch,
+          torch_threads=FLAGS.torch_threads, steps=FLAGS.steps)))
+  impls = list(rows[0]["ms"]) if rows else []
+  lines = ["| image | layer | input | " + " | ".join(
+      f"{i} ms (GFLOP/s)" for i in impls) + " |",
+           "|" + "---|" * (3 + len(impls))]
+  for r in rows:
+    cells = [f"{r['ms'][i]:.2f} ({r['flops'] / r['ms'][i] / 1e6:.0f})"
+             for i in impls]
+    lines.append(f"| {r['size']} | conv{r['layer']} | {r['images']}×"
+                 f"{r['side']}×{r['side']}×{r['channels']} | "
+                 + " | ".join(cells) + " |")
+  for size in FLAGS.sizes:
+    sub = [r for r in rows if r["size"] == int(size)]
+    lines.append(f"| {size} | all four | | " + " | ".join(
+        f"{sum(r['ms'][i] for r in sub):.2f}" for i in impls) + " |")
+  machine = _machine()
+  with open(FLAGS.out, "w") as f:
+    json.dump({"machine": machine, "conv_results": rows}, f, indent=2)
+  print("\n".join(lines))
+  print(f"device: {rows[0]['device'] if rows else '?'}; {machine}")
+
+
 VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
 
 
@@ -412,6 +528,9 @@ def main(argv):
     return
   if FLAGS.section == "attacks":
     attacks_main()
+    return
+  if FLAGS.section == "conv":
+    conv_main()
     return
   variants = {v: variant_fields(v) for v in FLAGS.variants}
   results, torch_results = [], []

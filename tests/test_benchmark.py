@@ -88,3 +88,15 @@ def test_pytorch_baseline_computes_the_same_meta_gradient():
       grads)]
   for got, want in zip(t_grads, expected):
     np.testing.assert_allclose(got.numpy(), want, rtol=2e-4, atol=2e-6)
+
+
+def test_conv_section_checks_and_times_every_formulation():
+  assert benchmark.conv_layer_shapes(84, filters=32) == [
+      (0, 84, 3), (1, 42, 32), (2, 21, 32), (3, 10, 32)]
+  r = benchmark.run_conv_layer(dict(
+      layer=1, size=16, side=8, channels=4, filters=4, images=3,
+      conv_impls=["matmul", "xla"], torch=True, steps=1))
+  # forward, input gradient and kernel gradient: 3 × 2·N·H·W·9·C·F
+  assert r["flops"] == 3 * 2 * 3 * 8 * 8 * 9 * 4 * 4
+  assert {"matmul", "xla"} <= set(r["ms"])
+  assert all(math.isfinite(t) and t > 0 for t in r["ms"].values())
