@@ -195,15 +195,17 @@ def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255",
                           run_flags: bool = True):
   """Flags of the meta-test protocol: cases, attacks, ε, episodes, steps, seed.
 
-  With `run_flags=False` the episodes, test-time inner steps and seed are left
+  `cases=None` leaves out --cases, for a launcher whose cases are fixed. With
+  `run_flags=False` the episodes, test-time inner steps and seed are left
   out, for a launcher that also defines the training flags (whose
   `--eval_episodes`, `--eval_inner_steps` and `--seed` serve instead).
   """
-  flags.DEFINE_string(
-      "cases", cases, "Test cases: 'all' (the six of ADML), 'robust' "
-      "(clean/clean, clean/adv) or a comma-separated list of support/query "
-      "with support in clean, adv, mixed (40% adversarial, K >= 2) and query "
-      "in clean, adv.")
+  if cases is not None:
+    flags.DEFINE_string(
+        "cases", cases, "Test cases: 'all' (the six of ADML), 'robust' "
+        "(clean/clean, clean/adv) or a comma-separated list of support/query "
+        "with support in clean, adv, mixed (40% adversarial, K >= 2) and "
+        "query in clean, adv.")
   flags.DEFINE_list("attacks", attacks, "Test-time attacks (comma-separated): "
                     "fgsm, pgd, mi_fgsm, apgd, cw_l2.")
   flags.DEFINE_list("eps", eps, "L-inf budgets (comma-separated, e.g. "

@@ -7,7 +7,8 @@ Every grid point is its own resumable run in --workdir/gamma<γ>_k<k>; the
 heatmap (sensitivity_heatmap.png), sweep.md and sweep.json go to --workdir.
 The other TrainConfig flags set the rest of the TAFL run (dataset, shots...);
 --eval_episodes, --eval_inner_steps and --eval_batch_size set the meta-test of
-every grid point (the same episodes for all, from --test_seed).
+every grid point (the same episodes for all, from --test_seed): clean and
+adversarial query after a clean support, under the one --attacks × --eps.
 """
 
 from absl import flags
@@ -23,7 +24,7 @@ flags.DEFINE_list("ks", "0.5,1,2", "TAFL k values.")
 flags.DEFINE_integer("test_seed", 0, "Seed of the test episodes and attack "
                      "random starts (the same for every grid point).")
 common.define_config_flags()
-common.define_protocol_flags(cases="clean/adv", run_flags=False)
+common.define_protocol_flags(cases=None, run_flags=False)
 FLAGS = flags.FLAGS
 
 

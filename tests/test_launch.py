@@ -315,6 +315,9 @@ def test_sweep_trains_the_grid_and_draws_the_heatmap(tmp_path):
                 "--eval_episodes=2", "--eval_inner_steps=1",
                 "--eval_batch_size=2", "--attack_steps=2")
   _assert_ok(result)
+  # Its cases are fixed (clean and adversarial query): no --cases to ignore.
+  helpfull = _run("launch.sweep", "--helpfull").stdout
+  assert "--attacks" in helpfull and "--cases" not in helpfull
   assert re.search(r"^\| 0 \| \d+\.\d\d ± \d+\.\d\d \|$", result.stdout,
                    re.MULTILINE), result.stdout
   assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
