@@ -322,6 +322,25 @@ def _machine():
           "load_average": os.getloadavg()}
 
 
+def _run_and_print(mode: str, cfg: dict, describe, into: list) -> None:
+  """Runs one configuration in a subprocess; on success appends its result to
+  `into` and prints `describe(result)`."""
+  r = _run_in_subprocess(mode, cfg)
+  if r is not None:
+    into.append(r)
+    print(describe(r), flush=True)
+
+
+def _save_and_print(table: str, rows: list, **payload) -> None:
+  """Writes `payload` and the machine to --out as JSON, prints the table and
+  the device (that of `rows[0]`)."""
+  machine = _machine()
+  with open(FLAGS.out, "w") as f:
+    json.dump({"machine": machine, **payload}, f, indent=2)
+  print(table)
+  print(f"device: {rows[0]['device'] if rows else '?'}; {machine}")
+
+
 def attacks_main():
   results = []
   for name, size in itertools.product(FLAGS.attacks, FLAGS.sizes):
@@ -331,23 +350,18 @@ def attacks_main():
     cfg = dict(attack=name, hparams=ATTACK_HPARAMS[name](), size=int(size),
                batch=FLAGS.attack_batch, filters=FLAGS.filters,
                steps=FLAGS.steps)
-    r = _run_in_subprocess("single_attack", cfg)
-    if r is None:
-      continue
-    results.append(r)
-    print(f"{name} {size}x{size}: {r['images_per_s']:.1f} images/s "
-          f"({r['call_s']:.3f} s per batch of {r['batch']}, compile "
-          f"{r['compile_s']:.1f} s)", flush=True)
-  machine = _machine()
-  with open(FLAGS.out, "w") as f:
-    json.dump({"machine": machine, "attack_results": results}, f, indent=2)
-  print("| attack | hyperparameters | image | images/s | s per batch | "
-        "compile s |\n|---|---|---|---|---|---|")
+    _run_and_print("single_attack", cfg, lambda r: (
+        f"{r['attack']} {r['size']}x{r['size']}: {r['images_per_s']:.1f} "
+        f"images/s ({r['call_s']:.3f} s per batch of {r['batch']}, compile "
+        f"{r['compile_s']:.1f} s)"), results)
+  lines = ["| attack | hyperparameters | image | images/s | s per batch | "
+           "compile s |", "|---|---|---|---|---|---|"]
   for r in results:
     hp = ", ".join(f"{k}={v}" for k, v in r["hparams"].items())
-    print(f"| {r['attack']} | {hp} | {r['size']} | {r['images_per_s']:.1f} | "
-          f"{r['call_s']:.3f} | {r['compile_s']:.1f} |")
-  print(f"device: {results[0]['device'] if results else '?'}; {machine}")
+    lines.append(f"| {r['attack']} | {hp} | {r['size']} | "
+                 f"{r['images_per_s']:.1f} | {r['call_s']:.3f} | "
+                 f"{r['compile_s']:.1f} |")
+  _save_and_print("\n".join(lines), results, attack_results=results)
 
 
 def conv_layer_shapes(size: int, channels: int = 3, filters: int = 32):
@@ -447,11 +461,7 @@ def conv_main():
     sub = [r for r in rows if r["size"] == int(size)]
     lines.append(f"| {size} | all four | | " + " | ".join(
         f"{sum(r['ms'][i] for r in sub):.2f}" for i in impls) + " |")
-  machine = _machine()
-  with open(FLAGS.out, "w") as f:
-    json.dump({"machine": machine, "conv_results": rows}, f, indent=2)
-  print("\n".join(lines))
-  print(f"device: {rows[0]['device'] if rows else '?'}; {machine}")
+  _save_and_print("\n".join(lines), rows, conv_results=rows)
 
 
 VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
@@ -544,31 +554,26 @@ def main(argv):
     for impl, (variant, fields) in itertools.product(FLAGS.conv_impls,
                                                      variants.items()):
       cfg = dict(base, conv_impl=impl, variant=variant, **fields)
-      r = _run_in_subprocess("single", cfg)
-      if r is None:
-        continue
-      results.append(r)
-      print(f"{learner} {impl} {variant} {size}x{size} {shot}-shot: "
-            f"{r['step_s']:.3f} s/step, {r['tasks_per_s']:.2f} tasks/s, "
-            f"compile {r['compile_s']:.1f} s, MFU {100 * r['mfu']:.1f}%, "
-            f"{r['memory_kind']} {_gib(r['peak_memory_bytes'])} GiB, XLA "
-            f"{_gib(r['xla_program_bytes'])} GiB", flush=True)
+      _run_and_print("single", cfg, lambda r: (
+          f"{_name(r)} {r['conv_impl']} {r['variant']}: {r['step_s']:.3f} "
+          f"s/step, {r['tasks_per_s']:.2f} tasks/s, compile "
+          f"{r['compile_s']:.1f} s, MFU {100 * r['mfu']:.1f}%, "
+          f"{r['memory_kind']} {_gib(r['peak_memory_bytes'])} GiB, XLA "
+          f"{_gib(r['xla_program_bytes'])} GiB"), results)
     if FLAGS.torch and learner in ("maml", "aq") and _torch_available():
-      r = _run_in_subprocess("single_torch", dict(base, first_order=False))
-      if r is not None:
-        torch_results.append(r)
-        print(f"{learner} pytorch {size}x{size} {shot}-shot: "
-              f"{r['step_s']:.3f} s/step, {r['tasks_per_s']:.2f} tasks/s, "
-              f"peak RSS {_gib(r['peak_memory_bytes'])} GiB", flush=True)
+      _run_and_print("single_torch", dict(base, first_order=False), lambda r: (
+          f"{_name(r)} pytorch: {r['step_s']:.3f} s/step, "
+          f"{r['tasks_per_s']:.2f} tasks/s, peak RSS "
+          f"{_gib(r['peak_memory_bytes'])} GiB"), torch_results)
   if FLAGS.torch and not _torch_available():
     print("--torch: torch is not importable here; no baseline.",
           file=sys.stderr)
-  machine = _machine()
-  with open(FLAGS.out, "w") as f:
-    json.dump({"machine": machine, "results": results,
-               "torch_results": torch_results}, f, indent=2)
-  print(train_table(results, torch_results))
-  print(f"device: {results[0]['device'] if results else '?'}; {machine}")
+  _save_and_print(train_table(results, torch_results), results,
+                  results=results, torch_results=torch_results)
+
+
+def _name(r: dict) -> str:
+  return f"{r['learner']} {r['size']}x{r['size']} {r['k_shot']}-shot"
 
 
 if __name__ == "__main__":
