@@ -400,11 +400,13 @@ def run_conv_layer(cfg: dict) -> dict:
   def grads_of(conv):
     return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * proj),
                             argnums=(0, 1)))
-  reference = grads_of(models.conv3x3_xla)(x, kernel)
+  fns = {name: grads_of(impls[name])
+         for name in dict.fromkeys([*cfg["conv_impls"], "xla"])}
+  reference = fns["xla"](x, kernel)
   flops = 3 * 2 * n * side * side * 9 * c * f   # forward, dx, dkernel
   out = {**cfg, "flops": flops, "ms": {}}
   for name in cfg["conv_impls"]:
-    fn = grads_of(impls[name])
+    fn = fns[name]
     got = fn(x, kernel)
     for g, r in zip(got, reference):
       err = float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-12))
