@@ -383,6 +383,17 @@ def _median_time(fn, steps: int) -> float:
   return float(np.median(times))
 
 
+def _check_close(name: str, got, want, cfg: dict) -> None:
+  """Raises unless each of `got` is within 1e-4 (relative to its max) of the
+  matching `want` (the input and kernel gradients of `lax.conv`)."""
+  for g, w in zip(got, want):
+    g, w = np.asarray(g), np.asarray(w)
+    err = float(np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-12))
+    if err > 1e-4:
+      raise AssertionError(f"{name} disagrees with lax.conv on {cfg}: "
+                           f"relative error {err:.2e}")
+
+
 def run_conv_layer(cfg: dict) -> dict:
   """Times one 3×3 convolution's forward + backward (input and kernel
   gradients of a fixed random projection of the output) in every formulation
@@ -407,12 +418,7 @@ def run_conv_layer(cfg: dict) -> dict:
   out = {**cfg, "flops": flops, "ms": {}}
   for name in cfg["conv_impls"]:
     fn = fns[name]
-    got = fn(x, kernel)
-    for g, r in zip(got, reference):
-      err = float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-12))
-      if err > 1e-4:
-        raise AssertionError(f"conv_impl {name} disagrees with lax.conv on "
-                             f"{cfg}: relative error {err:.2e}")
+    _check_close(f"conv_impl {name}", fn(x, kernel), reference, cfg)
     out["ms"][name] = 1e3 * _median_time(
         lambda: jax.block_until_ready(fn(x, kernel)), cfg["steps"])
   if cfg.get("torch") and _torch_available():
@@ -428,11 +434,9 @@ def run_conv_layer(cfg: dict) -> dict:
       y = torch.nn.functional.conv2d(tx, tk, padding=1)
       return torch.autograd.grad((y * tproj).sum(), (tx, tk))
     gx, gk = torch_step()
-    err = float(np.max(np.abs(gk.numpy().transpose(2, 3, 1, 0)
-                              - np.asarray(reference[1]))) /
-                np.max(np.abs(np.asarray(reference[1]))))
-    if err > 1e-4:
-      raise AssertionError(f"torch conv2d disagrees on {cfg}: {err:.2e}")
+    _check_close("torch conv2d", (gx.numpy().transpose(0, 2, 3, 1),
+                                  gk.numpy().transpose(2, 3, 1, 0)),
+                 reference, cfg)
     out["ms"]["pytorch"] = 1e3 * _median_time(torch_step, cfg["steps"])
     out["torch_version"] = torch.__version__
   device = jax.devices()[0]

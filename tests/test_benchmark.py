@@ -101,22 +101,3 @@ def test_conv_section_checks_and_times_every_formulation():
   assert {"matmul", "xla"} <= set(r["ms"])
   assert all(math.isfinite(t) and t > 0 for t in r["ms"].values())
 
-
-def test_the_command_prints_the_table_and_writes_json(tmp_path):
-  """`python -m launch.benchmark` end to end on a tiny configuration."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "bench.json"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run(
-      [sys.executable, "-m", "launch.benchmark", "--sizes=16", "--shots=1",
-       "--filters=4", "--q_query=2", "--steps=1", "--inner_steps=1",
-       f"--out={out}"], capture_output=True, text=True, cwd=root,
-      check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "| maml | jax matmul | base | 16 | 1 |" in proc.stdout, proc.stdout
-  saved = json.loads(out.read_text())
-  assert {"machine", "results", "torch_results"} <= set(saved)
-  assert saved["results"][0]["loss_finite"]

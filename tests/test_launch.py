@@ -307,6 +307,17 @@ def test_every_launcher_defines_its_flags(module):
   assert f"{module.replace('.', '/')}.py:" in result.stdout  # its flags
 
 
+def test_benchmark_prints_the_table_and_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  result = _run("launch.benchmark", "--sizes=16", "--shots=1", "--filters=4",
+                "--q_query=2", "--steps=1", "--inner_steps=1", f"--out={out}")
+  _assert_ok(result)
+  assert "| maml | jax matmul | base | 16 | 1 |" in result.stdout, result.stdout
+  saved = json.loads(out.read_text())
+  assert {"machine", "results", "torch_results"} <= set(saved)
+  assert saved["results"][0]["loss_finite"]
+
+
 def test_sweep_trains_the_grid_and_draws_the_heatmap(tmp_path):
   result = _run("launch.sweep", f"--workdir={tmp_path}", "--gammas=0",
                 "--ks=1", "--filters=4", "--q_query=3", "--task_batch_size=2",
