@@ -1,7 +1,97 @@
-"""Adversarial attacks (the module moved to `advmeta_jax.attacks.linf`)."""
+"""Adversarial attacks as pure, jit-able, batched JAX functions.
 
-from advmeta_jax.attacks.linf import *  # noqa: F401,F403
-from advmeta_jax.attacks.linf import __all__  # noqa: F401
-from advmeta_jax.attacks.linf import Array  # noqa: F401
-from advmeta_jax.attacks.linf import ConfigError  # noqa: F401
-from advmeta_jax.attacks.linf import LogitsFn  # noqa: F401
+Every attack has the same shape
+
+    attack(logits_fn, x, y, *, <keyword-only hyperparameters>) -> x_adv
+
+  logits_fn: maps a batch `[N, H, W, C]` of images in [0, 1] to logits
+      `[N, classes]`. It may close over parameters (e.g. `lambda z:
+      apply_fn(params, z)`); the attacks differentiate w.r.t. the images only.
+  x: float images `[N, H, W, C]` in [0, 1].
+  y: integer labels `[N]`.
+  x_adv: the shape and dtype of `x`, in [0, 1]; for the L∞ attacks also inside
+      the ε-ball around `x`. ε = 0 returns `x` exactly.
+
+Attacks implemented (all untargeted):
+  fgsm               Goodfellow et al. 2015 (ADML's training attack).
+  pgd                Madry et al. 2018, L∞ with random start (AQ/TAFL).
+  mi_fgsm            Dong et al. 2018, momentum iterative FGSM (TAFL Table 1).
+  carlini_wagner_l2  Carlini & Wagner 2017, L2, tanh space, Adam, binary search.
+  apgd               Croce & Hein 2020, APGD-CE / APGD-DLR, the step-size-free
+                     evaluation attack of AutoAttack.
+
+Conventions that hold for all of them:
+  * The loss whose gradient drives an attack is the SUM over the batch of the
+    per-example losses, so each example's gradient is not scaled by 1/N.
+  * conv4's BatchNorm is transductive (models.py): the logits of one image
+    depend on the whole batch. The attacks therefore attack the batch jointly,
+    as the reference MAML/AQ code does. Per-example bookkeeping (APGD's best
+    point, C&W's smallest successful perturbation) assembles the returned
+    batch from different iterations: for APGD re-evaluating it changes the
+    accuracy by about a point (measured); C&W's minimal perturbations sit on
+    the boundary and need a check in the returned batch (see
+    `carlini_wagner_l2`, `batch_consistent`). Without batch coupling these
+    coincide with the reference algorithms.
+  * Loops over steps are `lax.fori_loop`/`lax.scan`; `num_steps` (and C&W's
+    `binary_search_steps`) must be Python ints. ε, step sizes and `c` may be
+    traced values (e.g. an ε sweep under one `jax.jit`).
+  * The functions are not jitted: compose them under your own `jit`/`vmap`.
+    Batch over tasks with `jax.vmap` (each task its own `logits_fn`
+    parameters, images, labels and key).
+  * The caller applies `jax.lax.stop_gradient` to the result before it
+    enters a loss of the model parameters: the attack is a constant of
+    that loss, no gradient flows through it into the parameters.
+  * Hyperparameters that are concrete Python/NumPy numbers are validated and a
+    `ConfigError` names the value and what is allowed; traced values are not
+    checked (they cannot be without breaking `jit`).
+
+Flags map to attacks through a small registry: `names()`, `get(name)`,
+`make_attack(name, hparams)` (a uniform `(logits_fn, x, y, *, key=None)`
+callable), and `parse_eps("8/255")`.
+
+`check_attack_strength` runs the sanity checks of Carlini et al. 2019 ("On
+Evaluating Adversarial Robustness", §5) that reveal gradient masking: PGD at
+least as strong as FGSM, more steps never weaker, APGD at least as strong as
+PGD, accuracy non-increasing in ε and ~0 at a large ε.
+
+Modules (everything public is re-exported here; import from
+`advmeta_jax.attacks`):
+  linf      fgsm, pgd, mi_fgsm, apgd, apgd_checkpoints; the losses margin,
+            cross_entropy_per_example, dlr_loss; Array, LogitsFn.
+  cw        carlini_wagner_l2.
+  registry  names, get, hyperparameters, make_attack, parse_eps, ATTACKS.
+  masking   check_attack_strength, StrengthReport, attack_accuracy.
+  _checks   validation of hyperparameters and inputs (private).
+"""
+
+from advmeta_jax.attacks.cw import carlini_wagner_l2
+from advmeta_jax.attacks.linf import APGD_LOSSES
+from advmeta_jax.attacks.linf import apgd
+from advmeta_jax.attacks.linf import apgd_checkpoints
+from advmeta_jax.attacks.linf import Array
+from advmeta_jax.attacks.linf import cross_entropy_per_example
+from advmeta_jax.attacks.linf import dlr_loss
+from advmeta_jax.attacks.linf import fgsm
+from advmeta_jax.attacks.linf import LogitsFn
+from advmeta_jax.attacks.linf import margin
+from advmeta_jax.attacks.linf import mi_fgsm
+from advmeta_jax.attacks.linf import pgd
+from advmeta_jax.attacks.masking import attack_accuracy
+from advmeta_jax.attacks.masking import check_attack_strength
+from advmeta_jax.attacks.masking import StrengthReport
+from advmeta_jax.attacks.registry import ATTACKS
+from advmeta_jax.attacks.registry import get
+from advmeta_jax.attacks.registry import hyperparameters
+from advmeta_jax.attacks.registry import make_attack
+from advmeta_jax.attacks.registry import names
+from advmeta_jax.attacks.registry import parse_eps
+# Reachable as `attacks.ConfigError` before the split (an import of the old
+# module); kept so that such code keeps working.
+from advmeta_jax.errors import ConfigError
+
+__all__ = [
+    "APGD_LOSSES", "ATTACKS", "StrengthReport", "apgd", "apgd_checkpoints",
+    "attack_accuracy", "carlini_wagner_l2", "check_attack_strength",
+    "cross_entropy_per_example", "dlr_loss", "fgsm", "get", "hyperparameters",
+    "make_attack", "margin", "mi_fgsm", "names", "parse_eps", "pgd",
+]

@@ -1,0 +1,83 @@
+"""Validation of attack hyperparameters and inputs, shared by every attack.
+
+Concrete Python/NumPy values are checked and a `ConfigError` names the value
+and what is allowed; traced values pass unchecked (checking them would break
+`jit`). Loop lengths must be concrete Python integers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advmeta_jax.errors import ConfigError
+
+
+def _is_traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _concrete_scalar(value, name: str) -> Optional[float]:
+  """`float(value)` for a concrete scalar; None for a traced one."""
+  if _is_traced(value):
+    return None
+  if isinstance(value, bool):
+    raise ConfigError(f"{name} must be a number, got the bool {value!r}.")
+  try:
+    array = np.asarray(value)
+  except Exception:  # pylint: disable=broad-except
+    array = None
+  if array is None or array.ndim != 0 or not np.issubdtype(array.dtype,
+                                                            np.number):
+    raise ConfigError(f"{name} must be a scalar number, got {value!r}.")
+  result = float(array)
+  if math.isnan(result):
+    raise ConfigError(f"{name} must be a number, got nan.")
+  return result
+
+
+def _check_eps(eps, name: str = "eps") -> None:
+  value = _concrete_scalar(eps, name)
+  if value is not None and not 0.0 <= value <= 1.0:
+    raise ConfigError(
+        f"{name} must lie in [0, 1] (images are in [0, 1]; write 8/255 for 8 "
+        f"grey levels), got {eps!r}.")
+
+
+def _check_positive(value, name: str) -> None:
+  concrete = _concrete_scalar(value, name)
+  if concrete is not None and not concrete > 0:
+    raise ConfigError(f"{name} must be > 0, got {value!r}.")
+
+
+def _check_non_negative(value, name: str) -> None:
+  concrete = _concrete_scalar(value, name)
+  if concrete is not None and not concrete >= 0:
+    raise ConfigError(f"{name} must be >= 0, got {value!r}.")
+
+
+def _check_steps(value, name: str = "num_steps", minimum: int = 0) -> int:
+  """A loop length: a Python (or NumPy) integer >= `minimum`."""
+  if (isinstance(value, bool) or _is_traced(value) or
+      not isinstance(value, (int, np.integer))):
+    raise ConfigError(
+        f"{name} must be a Python integer >= {minimum} (it fixes the length of "
+        f"the attack's loop), got {value!r}.")
+  if value < minimum:
+    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def _check_inputs(x, y) -> None:
+  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    raise ConfigError(
+        f"attack inputs must be float images in [0, 1], got dtype "
+        f"{jnp.result_type(x)} (convert uint8 images with x / 255).")
+  if jnp.ndim(y) != 1 or jnp.shape(y)[0] != jnp.shape(x)[0]:
+    raise ConfigError(
+        f"labels must have shape [N] matching images [N, ...]; got labels "
+        f"{jnp.shape(y)} for images {jnp.shape(x)}.")
