@@ -12,11 +12,16 @@ The pieces compose as pure functions:
     apply_fn = models.make_apply_fn(model)                  # (params, x) -> logits
     adapted, metrics = maml.adapt(apply_fn, params, x_support, y_support,
                                   inner_lr=0.01, num_steps=5)
-    step = training.make_train_step(learners.get("maml"), learner_config,
-                                    training.make_optimizer(1e-3))
+    config = advmeta_jax.Config.make(learner="tafl", k_shot=5)  # flat names
+    exp = builders.build(config)            # model + bound learner
+    step = training.make_train_step(exp.learner, training.make_optimizer(1e-3))
 """
 
+from advmeta_jax import adaptations
 from advmeta_jax import attacks
+from advmeta_jax import builders
+from advmeta_jax import checkpoints
+from advmeta_jax import config
 from advmeta_jax import datasets
 from advmeta_jax import episodes
 from advmeta_jax import errors
@@ -24,7 +29,9 @@ from advmeta_jax import evaluation
 from advmeta_jax import learners
 from advmeta_jax import maml
 from advmeta_jax import models
+from advmeta_jax import objectives
 from advmeta_jax import reports
+from advmeta_jax import sharding
 from advmeta_jax import training
 from advmeta_jax.episodes import Task
 from advmeta_jax.errors import AdvMetaError
@@ -33,13 +40,14 @@ from advmeta_jax.errors import DataError
 from advmeta_jax.errors import NonFiniteLossError
 from advmeta_jax.evaluation import confidence_interval_95
 from advmeta_jax.evaluation import meta_test
-from advmeta_jax.learners import LearnerConfig
+from advmeta_jax.config import Config
+from advmeta_jax.config import MetaConfig
 from advmeta_jax.learners import tafl_weights
 from advmeta_jax.maml import adapt
 from advmeta_jax.models import Conv4
 from advmeta_jax.models import make_conv4
 from advmeta_jax.training import make_train_step
-from advmeta_jax.training import TrainConfig
+from advmeta_jax.config import Config as TrainConfig
 from advmeta_jax.training import TrainState
 
 __version__ = "0.1.0"

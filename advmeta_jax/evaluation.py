@@ -1,17 +1,17 @@
 """Meta-testing: adapt to unseen tasks, score the query, report mean ± 95% CI.
 
-The protocol of the seeds' tables (SPEC, "Meta-testing"): each test case is a
-support mode × a query mode,
+The protocol of the ADML and TAFL tables: each test case is a support mode ×
+a query mode,
 
     support ∈ {clean, adv, mixed}   (mixed: 40% of each class's support
                                      images adversarial; needs K ≥ 2)
     query   ∈ {clean, adv}
 
-under one attack (name, ε and its other hyperparameters). Who is attacked
-(SPEC, "Attacks"): the support attack targets the meta-initialization θ (the
+under one attack (name, ε and its other hyperparameters). Who is attacked:
+the support attack targets the meta-initialization θ (the
 model before adaptation), the query attack targets the classifier adapted to
 that task's (possibly attacked) support, θ'. A learner is seen only through
-its `learners.Adaptation`, so the same code tests MAML-style and metric
+its `adaptations.Adaptation`, so the same code tests MAML-style and metric
 learners.
 
 Every episode `i` is sampled from `fold_in(key(seed), i)`, and its attack keys
@@ -37,7 +37,8 @@ import numpy as np
 import optax
 
 from advmeta_jax import episodes
-from advmeta_jax import learners
+from advmeta_jax import adaptations
+from advmeta_jax import builders
 from advmeta_jax import maml
 from advmeta_jax.errors import ConfigError
 
@@ -158,7 +159,7 @@ def _metrics(logits: Array, labels: Array, prefix: str) -> Dict[str, Array]:
           f"{prefix}_accuracy": maml.accuracy(logits, labels)}
 
 
-def attack_support(adaptation: learners.Adaptation, params, task: episodes.Task,
+def attack_support(adaptation: adaptations.Adaptation, params, task: episodes.Task,
                    key: Array, *, mode: str, attack: Optional[Attack],
                    n_way: int) -> Array:
   """The support images of `mode`, attacked against the model before
@@ -181,7 +182,7 @@ def attack_support(adaptation: learners.Adaptation, params, task: episodes.Task,
   return jnp.where(mask[:, None, None, None], x_adv, xs)
 
 
-def evaluate_case(adaptation: learners.Adaptation, params, task: episodes.Task,
+def evaluate_case(adaptation: adaptations.Adaptation, params, task: episodes.Task,
                   key: Array, *, case: TestCase, attack: Optional[Attack],
                   inner_steps: int, n_way: int, curves: bool = False
                   ) -> Dict[str, Array]:
@@ -290,7 +291,7 @@ def _check_protocol_args(inner_steps, num_episodes, batch_size):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_case(adaptation: learners.Adaptation, case: TestCase,
+def _compiled_case(adaptation: adaptations.Adaptation, case: TestCase,
                    attack: Optional[Attack], n_way: int, k_shot: int,
                    q_query: int, inner_steps: int, curves: bool):
   """The jitted `(params, keys, source) -> per-episode metrics` of a case.
@@ -311,7 +312,7 @@ def _compiled_case(adaptation: learners.Adaptation, case: TestCase,
   return run_batch
 
 
-def run_case(adaptation: learners.Adaptation, params,
+def run_case(adaptation: adaptations.Adaptation, params,
              source: episodes.EpisodeSource, *, case: TestCase,
              attack: Optional[Attack], n_way: int, k_shot: int, q_query: int,
              inner_steps: int, num_episodes: int, batch_size: int = 20,
@@ -319,7 +320,7 @@ def run_case(adaptation: learners.Adaptation, params,
   """Meta-tests `params` under one test case on `num_episodes` tasks.
 
   Args:
-    adaptation: the learner's `learners.Adaptation`.
+    adaptation: the learner's `adaptations.Adaptation`.
     params: meta-trained parameters.
     source: the meta-test split on device (`episodes.make_source`).
     case: the `TestCase`.
@@ -365,11 +366,10 @@ def meta_test(apply_fn: Callable, params, source: episodes.EpisodeSource, *,
               seed: int = 0, curves: bool = False) -> MetaTestResult:
   """Clean meta-test of a MAML-style model `apply_fn` (SGD adaptation).
 
-  The clean/clean case of `run_case` with `learners.gradient_adaptation`;
+  The clean/clean case of `run_case` with `adaptations.gradient_adaptation`;
   see `run_case` for the arguments.
   """
-  adaptation = learners.gradient_adaptation(
-      learners.LearnerConfig(apply_fn=apply_fn, inner_lr=inner_lr))
+  adaptation = adaptations.gradient_adaptation(apply_fn, inner_lr=inner_lr)
   return run_case(adaptation, params, source, case=TestCase(), attack=None,
                   n_way=n_way, k_shot=k_shot, q_query=q_query,
                   inner_steps=inner_steps, num_episodes=num_episodes,
@@ -414,8 +414,8 @@ def default_test_attack(name: str, eps: str, num_steps: int = 20
                         ) -> AttackSpec:
   """The test-time attack `name` at budget `eps` with the protocol defaults.
 
-  PGD: step ε/4 (2/255 at 8/255), `num_steps` steps, random start (SPEC: 20
-  at test). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD: `num_steps`.
+  PGD: step ε/4 (2/255 at 8/255), `num_steps` steps, random start (20 steps
+  at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD: `num_steps`.
   FGSM: one step of ε. C&W-L2 (no ε): c = 1, 100 Adam steps.
   """
   from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
@@ -437,11 +437,9 @@ def default_test_attack(name: str, eps: str, num_steps: int = 20
                     "of: fgsm, pgd, mi_fgsm, apgd, cw_l2.")
 
 
-def adaptation_for(config, exp=None) -> learners.Adaptation:
-  """The test-time `Adaptation` of a run's learner (`training.TrainConfig`)."""
-  from advmeta_jax import training  # pylint: disable=g-import-not-at-top
-  exp = exp or training.build(config)
-  return learners.adaptation_of(config.learner, exp.learner_config)
+def adaptation_for(config, exp=None) -> adaptations.Adaptation:
+  """The test-time `Adaptation` of a run's learner (a `config.Config`)."""
+  return (exp or builders.build(config)).learner.adaptation
 
 
 def meta_test_config(config, params, split: str = "test", *,
@@ -449,7 +447,7 @@ def meta_test_config(config, params, split: str = "test", *,
                      curves: bool = False, data=None,
                      case: TestCase = TestCase(),
                      attack: Optional[AttackSpec] = None) -> MetaTestResult:
-  """Meta-tests `params` of a run of `config` (a `training.TrainConfig`).
+  """Meta-tests `params` of a run of `config` (a `config.Config`).
 
   Loads `split` of the run's dataset (unless `data`, an already loaded
   `ClassSplit`, is given) and uses the run's episode shape and learner; the
@@ -457,9 +455,8 @@ def meta_test_config(config, params, split: str = "test", *,
   `eval_episodes`, `eval_inner_steps` and `seed`. `case` and `attack` select
   the test case (default clean/clean).
   """
-  from advmeta_jax import training  # pylint: disable=g-import-not-at-top
   if data is None:
-    data = training.load_split(config, split)
+    data = builders.load_split(config, split)
   return run_case(
       adaptation_for(config), params, episodes.make_source(data), case=case,
       attack=None if attack is None else attack.build(), n_way=config.n_way,

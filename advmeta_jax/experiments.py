@@ -1,7 +1,7 @@
 """The seeds' experiments as ready configs, with the papers' numbers.
 
 An `ExperimentConfig` names the learners of a table (each a set of
-`TrainConfig` overrides), the meta-test protocol (test cases, attacks, ε,
+`config.Config` overrides (flat field names)), the meta-test protocol (test cases, attacks, ε,
 episodes, test-time inner steps) and the published accuracies
 (`PaperResult`), so that `python -m launch.reproduce --experiment=NAME` trains
 every learner, runs the protocol and prints the paper's number beside ours.
@@ -10,9 +10,9 @@ offline `digits` dataset, which the tests run end to end in seconds.
 
 The papers' numbers were transcribed from the seeds' text (ADML Tables 1-4,
 TAFL Table 1) by a script that parsed the tables; a test checks their count and
-a few values. ADML's "ε = 2" and "ε = 0.2" are on the 0-255 scale (SPEC):
-2/255 and 0.2/255 here. TAFL's seed gives no attack budgets; we use SPEC's AQ/
-TAFL defaults (PGD ε 8/255, step 2/255, 20 steps at test; MI-FGSM at the same
+a few values. ADML's "ε = 2" and "ε = 0.2" are on the 0-255 scale:
+2/255 and 0.2/255 here. The TAFL paper gives no attack budgets; we use AQ's
+defaults (PGD ε 8/255, step 2/255, 20 steps at test; MI-FGSM at the same
 ε; C&W-L2 with c = 1, 100 Adam steps), so that table compares like with like
 only as far as those choices match the paper's.
 """
@@ -146,8 +146,8 @@ class ExperimentConfig:
   Attributes:
     name: the `--experiment` value.
     description: what the table is.
-    train: `TrainConfig` fields shared by every row.
-    rows: `(row name, TrainConfig overrides)`; the row name is the learner
+    train: `config.Config` fields (flat names) shared by every row.
+    rows: `(row name, config overrides)`; the row name is the learner
       name the paper's numbers use.
     cases: test cases (`evaluation.parse_cases` syntax).
     attacks: `(attack name, ε or None)` of the meta-test; hyperparameters
@@ -183,7 +183,7 @@ class ExperimentConfig:
 
   def train_fields(self, row: str, *, shrink: bool = False,
                    **overrides) -> Dict[str, Any]:
-    """The `TrainConfig` fields of `row` (at toy scale with `shrink`)."""
+    """The flat config fields of `row` (at toy scale with `shrink`)."""
     rows = dict(self.rows)
     if row not in rows:
       raise ConfigError(f"experiment {self.name!r} has no row {row!r}; rows: "

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from advmeta_jax import attacks
+from advmeta_jax import builders
 from advmeta_jax import episodes
 from advmeta_jax import evaluation
 from advmeta_jax import experiments
@@ -35,6 +36,7 @@ from advmeta_jax import learners
 from advmeta_jax import plots
 from advmeta_jax import reports
 from advmeta_jax import training
+from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import TestCase
@@ -46,7 +48,7 @@ TAFL_DELTA = 1e-3   # the δ floor of L_AR in the analysis (TAFL's default)
 class Run:
   """A trained learner: its name in the tables, its config and parameters."""
   name: str
-  config: training.TrainConfig
+  config: Config
   params: Any
   step: Optional[int] = None   # the checkpoint's step, when loaded from one
 
@@ -57,7 +59,7 @@ def load_run(workdir: str, *, name: Optional[str] = None,
   """The run in a training workdir (latest checkpoint unless `step`)."""
   config = training.load_config(workdir)
   if data_dir:
-    config = dataclasses.replace(config, data_dir=data_dir)
+    config = config.replace(data_dir=data_dir)
   state = training.restore_run(workdir, config, step)
   return Run(name or config.learner_label, config, state.params,
              int(state.step))
@@ -77,7 +79,7 @@ class Cell:
     return "none" if self.attack is None else self.attack.label
 
 
-def _episode_shape(config: training.TrainConfig) -> Tuple:
+def _episode_shape(config: Config) -> Tuple:
   return (config.dataset, config.data_dir, config.image_size, config.n_way,
           config.k_shot, config.q_query)
 
@@ -134,7 +136,7 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
   if any(c.needs_attack for c in cases) and not attack_specs:
     raise ConfigError("adversarial test cases need at least one attack.")
   if data is None:
-    data = training.load_split(first, split)
+    data = builders.load_split(first, split)
   source = episodes.make_source(data)
   batch_size = batch_size or first.eval_batch_size
   built = {spec: spec.build() for spec in attack_specs}
@@ -432,7 +434,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   """
   t0 = time.perf_counter()
   chosen = _available_rows(experiment, rows)
-  configs = {row: training.TrainConfig(**experiment.train_fields(
+  configs = {row: Config.make(**experiment.train_fields(
       row, shrink=shrink, data_dir=data_dir)).validate() for row in chosen}
   first = configs[chosen[0]]
   cases = experiment.test_cases()
@@ -442,8 +444,8 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   protocol = experiment.protocol(shrink=shrink)
   num_episodes = episodes_ or protocol["episodes"]
   # Check the data before any training.
-  train_data = training.load_split(first, "train")
-  test_data = training.load_split(first, "test")
+  train_data = builders.load_split(first, "train")
+  test_data = builders.load_split(first, "test")
   runs = []
   for row in chosen:
     config = configs[row]
@@ -485,7 +487,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
           "seconds": seconds}
 
 
-def sensitivity_sweep(base: training.TrainConfig, workdir: str, *,
+def sensitivity_sweep(base: Config, workdir: str, *,
                       gammas: Sequence[float], ks: Sequence[float],
                       attack: AttackSpec, num_episodes: int = 600,
                       inner_steps: int = 10, seed: int = 0,
@@ -504,15 +506,15 @@ def sensitivity_sweep(base: training.TrainConfig, workdir: str, *,
                       f"{base.learner}.")
   if not gammas or not ks:
     raise ConfigError("the sweep needs at least one γ and one k.")
-  train_data = training.load_split(base, "train")
-  test_data = training.load_split(base, "test")
+  train_data = builders.load_split(base, "train")
+  test_data = builders.load_split(base, "test")
   robust = np.zeros((len(gammas), len(ks)))
   robust_ci = np.zeros_like(robust)
   clean = np.zeros_like(robust)
   for i, gamma in enumerate(gammas):
     for j, k in enumerate(ks):
-      config = dataclasses.replace(base, tafl_gamma=float(gamma),
-                                   tafl_k=float(k)).validate()
+      config = base.replace(tafl_gamma=float(gamma),
+                            tafl_k=float(k)).validate()
       rundir = os.path.join(workdir, f"gamma{gamma:g}_k{k:g}")
       log(f"== TAFL γ={gamma:g} k={k:g} in {rundir}")
       state = training.train(config, rundir, train_split=train_data,

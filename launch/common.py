@@ -1,11 +1,11 @@
 """Flags shared by the launch scripts, and the error handling they all use.
 
-Every field of `advmeta_jax.training.TrainConfig` is a flag of the same name;
-choices (datasets, learners, conv formulations) are enum flags, so `--helpfull`
-lists them and absl rejects an unknown value with the allowed ones.
+Every field of `advmeta_jax.config.Config` is a flag of the same (flat) name,
+generated from the config's one declaration (`config.define_flags`); choices
+(datasets, learners, conv formulations) are enum flags, so `--helpfull` lists
+them and absl rejects an unknown value with the allowed ones.
 """
 
-import dataclasses
 import functools
 import logging as py_logging
 import sys
@@ -14,111 +14,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advmeta_jax import datasets
-from advmeta_jax import learners
-from advmeta_jax import models
-from advmeta_jax import training
+from advmeta_jax import config as config_lib
 from advmeta_jax.errors import AdvMetaError
-from advmeta_jax.training import TrainConfig
-
-_HELP = {
-    "dataset": "Few-shot dataset: " + "; ".join(
-        f"{n}: {datasets.info(n).description}" for n in datasets.names()),
-    "data_dir": "Directory of the data (mini_imagenet, image_folder) or the "
-                "tensorflow-datasets data_dir (cifar_fs, omniglot).",
-    "image_size": "Resize images to this side (default: the dataset's own).",
-    "learner": "Meta-learner (outer loss); protonet and matchingnet are "
-               "metric learners on conv4's embedding (no head, no inner "
-               "loop: --inner_steps is not used).",
-    "robust": "Robust loss around the learner's adaptation, for maml, "
-              "protonet, matchingnet: aq (adversarial querying) or tafl "
-              "(aq weighted per task; --tafl_* flags); maml with aq/tafl is "
-              "the aq/tafl learner. none: the learner's own loss.",
-    "n_way": "N: classes per task.",
-    "k_shot": "K: support images per class.",
-    "q_query": "Q: query images per class.",
-    "task_batch_size": "B: tasks per meta-update.",
-    "inner_lr": "alpha: inner-loop SGD step size.",
-    "inner_steps": "Inner steps in meta-training.",
-    "first_order": "First-order MAML (no gradient through inner gradients).",
-    "remat": "Rematerialize the inner steps in the meta-gradient (same "
-             "result, less memory, ~1/3 more compute).",
-    "compute_dtype": "Convolution input dtype (float32 accumulation and "
-                     "parameters either way): bfloat16 halves activation "
-                     "memory and is faster where the hardware has bf16 "
-                     "matmuls.",
-    "parallel_tasks": "Tasks adapted at once (0: the whole task batch); "
-                      "fewer run in sequential rounds, rematerialized: same "
-                      "result, memory of parallel_tasks tasks.",
-    "meta_lr": "beta: Adam step size of the meta-update.",
-    "filters": "F: filters per conv4 convolution (32 MiniImageNet/CIFAR-FS, "
-               "64 Omniglot).",
-    "conv_impl": "Convolution formulation (same function): matmul is fastest "
-                 "on CPU; xla is lax.conv.",
-    "num_devices": "Devices the task batch is sharded over (0: all devices "
-                   "of all hosts); task_batch_size must be a multiple.",
-    "num_steps": "Meta-training steps (meta-updates).",
-    "seed": "Seed of initialisation and episodes.",
-    "log_every": "Write metrics every this many steps.",
-    "checkpoint_every": "Save a checkpoint every this many steps.",
-    "eval_episodes": "Meta-test episodes (0: no meta-test after training).",
-    "eval_inner_steps": "Inner steps at meta-test time.",
-    "eval_batch_size": "Meta-test tasks adapted in parallel (memory knob).",
-    "train_attack": "Training attack of the robust learners (default: fgsm "
-                    "for adml/maml_ad, pgd for aq/tafl and --robust=aq/tafl; "
-                    "maml, protonet, matchingnet use none).",
-    "train_eps": "L-inf budget of the training attack, e.g. 8/255 (default: "
-                 "2/255 for adml/maml_ad, 8/255 for aq/tafl and "
-                 "--robust=aq/tafl).",
-    "train_attack_steps": "Steps of an iterative training attack (PGD).",
-    "train_step_size": "Step size of a PGD training attack, e.g. 2/255.",
-    "adv_fraction": "maml_ad: fraction of support and query that gets an "
-                    "adversarial copy appended (1: full copies).",
-    "adml_inner_lr_adv": "adml: alpha1, inner step size on the adversarial "
-                         "support (alpha2 is --inner_lr).",
-    "adml_beta_clean": "adml: beta1, weight of L(theta'_adv, clean query).",
-    "adml_beta_adv": "adml: beta2, weight of L(theta'_clean, adversarial "
-                     "query).",
-    "adml_sequential": "adml: two sequential meta-updates per step (Algorithm "
-                       "1, line 11 as written) instead of one on the "
-                       "weighted sum.",
-    "tafl_gamma": "tafl: gamma, exponent of the modulating factor (0: aq).",
-    "tafl_k": "tafl: k, scale of L_AR in the modulating factor.",
-    "tafl_delta": "tafl: delta > 0, floor of L_AR.",
-    "tafl_reduction": "tafl: per-task cross-entropy over the queries, mean or "
-                      "sum (the paper's).",
-}
-_ENUMS = {"dataset": datasets.names, "learner": learners.names,
-          "robust": lambda: learners.ROBUST_LOSSES,
-          "conv_impl": lambda: models.CONV_IMPLS,
-          "compute_dtype": lambda: models.COMPUTE_DTYPES,
-          "train_attack": lambda: training.TRAIN_ATTACKS,
-          "tafl_reduction": lambda: learners.TAFL_REDUCTIONS}
 
 
 def define_config_flags(only=None, flag_values=flags.FLAGS):
-  """Defines one flag per `TrainConfig` field (or the fields in `only`) in
+  """Defines one flag per config field (or the fields in `only`) in
   `flag_values` (default: the global absl flags)."""
-  defaults = TrainConfig()
-  for field in dataclasses.fields(TrainConfig):
-    name = field.name
-    if only is not None and name not in only:
-      continue
-    default = getattr(defaults, name)
-    help_ = _HELP[name]
-    kw = dict(flag_values=flag_values)
-    if name in _ENUMS:
-      flags.DEFINE_enum(name, default, list(_ENUMS[name]()), help_, **kw)
-    elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_, **kw)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_, **kw)
-    elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_, **kw)
-    elif name == "image_size":
-      flags.DEFINE_integer(name, None, help_, **kw)
-    else:
-      flags.DEFINE_string(name, default, help_, **kw)
+  config_lib.define_flags(flag_values, only=only)
 
 
 def define_distributed_flags():
@@ -156,10 +59,9 @@ def initialize_distributed() -> None:
                jax.local_device_count(), jax.device_count())
 
 
-def config_from_flags(flag_values=flags.FLAGS) -> TrainConfig:
-  values = {f.name: flag_values[f.name].value
-            for f in dataclasses.fields(TrainConfig)}
-  return TrainConfig(**values).validate()
+def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
+  """The validated config of the flags `define_config_flags` defined."""
+  return config_lib.from_flags(flag_values)
 
 
 def quiet_library_logs():

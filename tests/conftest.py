@@ -18,7 +18,7 @@ def tiny_config(**overrides) -> training.TrainConfig:
               log_every=1, checkpoint_every=2, eval_episodes=10,
               eval_inner_steps=2, eval_batch_size=5)
   base.update(overrides)
-  return training.TrainConfig(**base)
+  return training.TrainConfig.make(**base)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from advmeta_jax import checkpoints
 from advmeta_jax import episodes
 from advmeta_jax import learners
 from advmeta_jax import models
+from advmeta_jax import objectives
 from advmeta_jax import training
 from advmeta_jax.errors import ConfigError, DataError, NonFiniteLossError
 from tests.conftest import tiny_config
@@ -23,8 +25,7 @@ def _step_setup(config, split):
   state = training.init_state(
       models.init_params(exp.model, jax.random.key(0), exp.image_shape),
       optimizer)
-  step = training.make_train_step(learners.get(config.learner),
-                                  exp.learner_config, optimizer)
+  step = training.make_train_step(exp.learner, optimizer)
   source = episodes.make_source(split)
   sample = lambda key: episodes.sample_tasks(
       key, source, batch_size=config.task_batch_size, n_way=config.n_way,
@@ -101,7 +102,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, digits_train,
     training.train(config, workdir, train_split=digits_train, progress=False,
                    step_callback=interrupt)
   expected_latest = 3 if interruption is KeyboardInterrupt else 2
-  manager = training.checkpoint_manager(workdir)
+  manager = checkpoints.manager(workdir)
   assert manager.latest_step() == expected_latest
   manager.close()
   resumed = training.train(config, workdir, train_split=digits_train,
@@ -124,14 +125,17 @@ def test_resume_refuses_a_different_config(tmp_path, digits_train):
 @pytest.fixture
 def nan_learner():
   """A learner whose loss turns NaN once the meta-parameters have moved."""
-  def loss(params, task, key, config):
-    value, aux = learners.maml_loss(params, task, key, config)
+  def loss(adaptation, params, task, key, *, attack, config):
+    value, aux = objectives.clean_query_loss(adaptation, params, task, key,
+                                             attack=attack, config=config)
     moved = jnp.any(params["head"]["bias"] != 0)
     return jnp.where(moved, jnp.nan, value), aux
 
-  learners.register("nan_after_first_update")(loss)
+  learners.register("nan_after_first_update", objective=objectives.Objective(
+      "nan_after_first_update", loss))
   yield "nan_after_first_update"
   del learners._REGISTRY["nan_after_first_update"]  # pylint: disable=protected-access
+  del objectives.OBJECTIVES["nan_after_first_update"]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
@@ -257,11 +261,10 @@ def test_tasks_in_sequential_rounds_give_the_same_loss_and_meta_gradient(
       jnp.tile(jnp.arange(6) % 3, (4, 1)))
   results = {}
   for parallel, remat in ((0, False), (1, True), (2, False)):
-    config = learners.LearnerConfig(
-        apply_fn=apply_fn, inner_lr=0.1, inner_steps=2, remat=remat,
-        train_attack=training.make_train_attack(cfg))
-    fn = training.batch_outer_loss(learners.get(learner), config,
-                                   parallel_tasks=parallel)
+    bound = learners.get(learner).bind(
+        apply_fn, training.make_train_attack(cfg),
+        cfg.replace(inner_lr=0.1, inner_steps=2, remat=remat))
+    fn = training.batch_outer_loss(bound, parallel_tasks=parallel)
     results[parallel] = jax.jit(jax.value_and_grad(fn, has_aux=True))(
         params, tasks, jax.random.key(2))
   for parallel in (1, 2):

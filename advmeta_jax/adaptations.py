@@ -1,0 +1,193 @@
+"""Adaptations: how a learner turns a support set into a classifier.
+
+An `Adaptation` is the learner as the objectives, the meta-test protocol and
+the test-time attacks see it, so they run unchanged on gradient-based
+learners (θ' = adapt(θ, S), MAML's inner loop) and on metric learners
+(class prototypes or the attention over the support embeddings, built from S
+in one function, with no inner loop).
+
+Three kinds are registered (`KINDS`), each built from a model function and a
+run's config (`Kind.build(apply_fn, config)`):
+
+    gradient   MAML's SGD steps on the support loss (conv4 with its head)
+    prototype  Prototypical Networks (conv4's embedding, no head)
+    matching   Matching Networks without FCE (conv4's embedding, no head)
+
+Who is attacked: a query attack targets the adapted classifier
+(`Adaptation.logits` at the adapted state); a support attack targets the
+classifier before adaptation (`Adaptation.initial_logits`, at the
+meta-initialization θ).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Tuple
+
+import jax
+
+from advmeta_jax import maml
+from advmeta_jax import metric
+
+Array = jax.Array
+
+
+class Adaptation(NamedTuple):
+  """A learner's classifier built from a support set.
+
+  Attributes:
+    adapt: `(params, images, labels, *, num_steps, track_fn=None) ->
+      (state, curve)`: the adapted classifier `state` from a support set, and
+      `curve`, a dict of `[num_steps]` arrays holding `track_fn(state)` after
+      each step (`{}` when `track_fn` is None or there are no steps).
+      `num_steps` is the number of inner steps (ignored by learners without
+      an inner loop, which return their single state's `track_fn` as a
+      `[1]` curve). The gradient adaptation also takes `inner_lr=` (ADML's
+      α1 on the adversarial support).
+    logits: `(state, images) -> logits`: the adapted classifier. A query
+      attack is an attack on `lambda x: logits(state, x)` (the adapted model).
+    initial_logits: `(params, support_images, support_labels, images) ->
+      logits`: the model before adaptation, the target of a support attack
+      (the meta-initialization).
+  """
+  adapt: Callable[..., Tuple[Any, Dict[str, Array]]]
+  logits: Callable[[Any, Array], Array]
+  initial_logits: Callable[[Any, Array, Array, Array], Array]
+
+
+@functools.lru_cache(maxsize=None)
+def gradient_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
+                        remat: bool = False) -> Adaptation:
+  """MAML's adaptation: SGD steps of size `inner_lr` on the support loss.
+
+  Cached on what it depends on (model, α, first-order, remat), so every
+  MAML-style learner of one architecture shares one `Adaptation` and its
+  compiled meta-test functions.
+  """
+  default_lr = inner_lr
+
+  def adapt(params, images, labels, *, num_steps, track_fn=None,
+            inner_lr=None):
+    return maml.adapt(apply_fn, params, images, labels,
+                      inner_lr=default_lr if inner_lr is None else inner_lr,
+                      num_steps=num_steps, first_order=first_order,
+                      remat=remat, track_fn=track_fn)
+
+  def initial_logits(params, support_images, support_labels, images):
+    del support_images, support_labels
+    return apply_fn(params, images)
+
+  return Adaptation(adapt, apply_fn, initial_logits)
+
+
+class PrototypeState(NamedTuple):
+  """ProtoNet adapted to a support set: the embedding's parameters and the
+  `[N, D]` class prototypes."""
+  params: Any
+  prototypes: Array
+
+
+class MatchingState(NamedTuple):
+  """Matching Networks adapted to a support set: the embedding's parameters,
+  the `[S, D]` support embeddings and their `[S]` labels."""
+  params: Any
+  support_embeddings: Array
+  support_labels: Array
+
+
+def _metric_adaptation(build: Callable[[Any, Array, Array], Any],
+                       logits: Callable[[Any, Array], Array]) -> Adaptation:
+  """An `Adaptation` whose adaptation is one function of the support.
+
+  There is no inner loop: `num_steps` is ignored and the curve is the single
+  point `track_fn(state)` (`[1]` arrays). The classifier "before adaptation"
+  (`initial_logits`, the target of a support attack) is the classifier built
+  from the given clean support at the meta-parameters, which is the same as
+  the adapted one: a metric learner has no other.
+  """
+  def adapt(params, images, labels, *, num_steps, track_fn=None):
+    del num_steps
+    state = build(params, images, labels)
+    curve = ({} if track_fn is None
+             else {k: v[None] for k, v in track_fn(state).items()})
+    return state, curve
+
+  def initial_logits(params, support_images, support_labels, images):
+    return logits(build(params, support_images, support_labels), images)
+
+  return Adaptation(adapt, logits, initial_logits)
+
+
+@functools.lru_cache(maxsize=None)
+def prototype_adaptation(embed, *, n_way: int) -> Adaptation:
+  """Prototypical Networks (Snell et al. 2017): prototypes from the support,
+  logits −‖f(x) − c_k‖² (metric.py). `embed` is the embedding f."""
+  def build(params, images, labels):
+    return PrototypeState(params, metric.class_prototypes(
+        embed(params, images), labels, n_way))
+
+  def logits(state, images):
+    return metric.prototype_logits(embed(state.params, images),
+                                   state.prototypes)
+
+  return _metric_adaptation(build, logits)
+
+
+@functools.lru_cache(maxsize=None)
+def matching_adaptation(embed, *, n_way: int) -> Adaptation:
+  """Matching Networks (Vinyals et al. 2016) without FCE: cosine attention
+  over the support embeddings; logits log p(y = k | x) (metric.py). `embed`
+  is the embedding f = g."""
+  def build(params, images, labels):
+    return MatchingState(params, embed(params, images), labels)
+
+  def logits(state, images):
+    return metric.matching_log_probs(embed(state.params, images),
+                                     state.support_embeddings,
+                                     state.support_labels, n_way)
+
+  return _metric_adaptation(build, logits)
+
+
+class Kind(NamedTuple):
+  """A registered adaptation: its name, how a run's config builds it, and
+  whether its model is conv4's embedding without a head (`metric`)."""
+  name: str
+  build: Callable[[Callable, Any], Adaptation]
+  metric: bool = False
+
+
+KINDS: Dict[str, Kind] = {
+    "gradient": Kind("gradient", lambda apply_fn, config: gradient_adaptation(
+        apply_fn, inner_lr=config.meta.inner_lr,
+        first_order=config.meta.first_order, remat=config.loop.remat)),
+    "prototype": Kind("prototype", lambda embed, config: prototype_adaptation(
+        embed, n_way=config.data.n_way), metric=True),
+    "matching": Kind("matching", lambda embed, config: matching_adaptation(
+        embed, n_way=config.data.n_way), metric=True),
+}
+
+
+def get(name: str) -> Kind:
+  """The adaptation kind `name`; a clear error for unknown names."""
+  from advmeta_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if name not in KINDS:
+    raise ConfigError(f"unknown adaptation {name!r}; choose one of: "
+                      f"{', '.join(KINDS)}.")
+  return KINDS[name]
+
+
+def register(kind: Kind) -> Kind:
+  """Adds an adaptation kind (a new way to build a classifier from a
+  support set); returns it."""
+  KINDS[kind.name] = kind
+  return kind
+
+
+def support_metrics(curve: Dict[str, Array]) -> Dict[str, Array]:
+  """The support loss before adaptation, where the adaptation reports one
+  (gradient learners; a metric learner has no support loss)."""
+  if "support_loss" in curve:
+    return {"support_loss": curve["support_loss"][0]}
+  return {}
+

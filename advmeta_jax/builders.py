@@ -1,0 +1,102 @@
+"""What a `config.Config` builds: the model, the bound learner, the training
+attack, and the data splits checked against the episode shape.
+
+    config ──build──▶ Experiment(model, apply_fn, learner (bound), image_shape)
+
+`build` is the one place where a run's learner is looked up by name
+(`learners.get`); everything downstream receives the bound learner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Callable, Optional, Tuple
+
+from advmeta_jax import attacks
+from advmeta_jax import datasets
+from advmeta_jax import episodes
+from advmeta_jax import learners
+from advmeta_jax import models
+from advmeta_jax.config import Config
+
+
+def make_train_attack(config: Config, learner: Optional[learners.Learner] = None):
+  """The training attack of `config` (`config.attack`, or the objective's
+  default when --train_attack / --train_eps are not given); None for a clean
+  objective without a configured attack. Equal settings give the same
+  function object, so equal runs share compiled steps."""
+  learner = learner or learners.get(config.meta.learner, config.meta.robust)
+  default_attack, default_eps = learner.default_attack() or (None, None)
+  a = config.attack
+  return _train_attack(a.train_attack or default_attack,
+                       a.train_eps or default_eps or "0",
+                       a.train_attack_steps, a.train_step_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _train_attack(name: Optional[str], eps_text: str, steps: int,
+                  step_size_text: str):
+  """Attack `name` at budget `eps_text` (None for a learner that uses none).
+
+  Iterative attacks get `steps` steps (`train_attack_steps`); PGD (random
+  start) steps of `train_step_size`, while MI-FGSM keeps its own a = ε/T and
+  APGD needs none. FGSM ignores both.
+  """
+  if name is None:
+    return None
+  eps = attacks.parse_eps(eps_text, "train_eps")
+  allowed = attacks.hyperparameters(name)
+  hparams = {"eps": eps}
+  if "num_steps" in allowed:
+    hparams["num_steps"] = steps
+  if allowed.get("step_size", None) is inspect.Parameter.empty:
+    hparams["step_size"] = attacks.parse_eps(step_size_text,
+                                             "train_step_size")
+  return attacks.make_attack(name, hparams)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds: the model, its function, the bound learner.
+
+  For a metric learner (`learner.learner.metric`) the model is conv4 without
+  its head and `apply_fn` returns embeddings.
+  """
+  config: Config
+  model: models.Conv4
+  apply_fn: Callable
+  learner: learners.Bound
+  image_shape: Tuple[int, int, int]
+
+
+def image_shape(config: Config) -> Tuple[int, int, int]:
+  info = datasets.info(config.data.dataset)
+  size = config.data.image_size or info.default_image_size
+  return (size, size, info.channels)
+
+
+def build(config: Config) -> Experiment:
+  """Builds model and bound learner from a validated `Config`."""
+  entry = learners.get(config.meta.learner, config.meta.robust)
+  shape = image_shape(config)
+  common = dict(filters=config.model.filters, conv_impl=config.loop.conv_impl,
+                image_size=shape[0], compute_dtype=config.model.compute_dtype)
+  if entry.metric:
+    model = models.make_conv4_embedding(**common)
+  else:
+    model = models.make_conv4(num_classes=config.data.n_way, **common)
+  apply_fn = models.make_apply_fn(model)
+  bound = entry.bind(apply_fn, make_train_attack(config, entry), config)
+  return Experiment(config, model, apply_fn, bound, shape)
+
+
+def load_split(config: Config, split: str) -> datasets.ClassSplit:
+  """Loads a split and checks it can give the configured episodes."""
+  d = config.data
+  data = datasets.load(d.dataset, split, data_dir=config.loop.data_dir,
+                       image_size=d.image_size)
+  episodes.check_episode_shape(data, n_way=d.n_way, k_shot=d.k_shot,
+                               q_query=d.q_query)
+  return data

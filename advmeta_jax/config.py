@@ -1,0 +1,490 @@
+"""The one declaration of every setting of a meta-training run.
+
+A run's `Config` is six frozen sections, each field declared once with its
+default, its help text and its check (`setting(...)` metadata):
+
+    data    the episodes: dataset, image size, N-way K-shot Q-query
+    model   conv4's width and compute dtype
+    meta    the learner (--learner, --robust), inner loop, meta-optimizer,
+            seed and the learners' own hyperparameters (ADML, TAFL)
+    attack  the training attack of the robust learners
+    loop    how the steps are run: their number, logging, checkpoints,
+            devices, memory/speed options and where the data is read from;
+            none of these changes the result of a step
+    eval    the meta-test after training
+
+Every field is also an absl flag of the same (flat) name, generated here by
+`define_flags`: `--learner`, `--tafl_gamma`, `--k_shot`, `--train_eps`, ...
+Flat names are unique across sections, so `Config.make(k_shot=5)`,
+`config.replace(tafl_gamma=0.)` and `config.k_shot` (read access) take them
+as well as the nested `config.data.k_shot`.
+
+Resuming a run may change the `loop` and `eval` sections
+(`RESUMABLE_SECTIONS`); a change to any other field is refused with the list
+of differences (`Config.resume_differences`).
+
+A new hyperparameter is one `setting(...)` line in its section, plus the code
+that reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from advmeta_jax.errors import ConfigError
+
+Check = Callable[[Any, str], None]
+
+
+# --- checks -----------------------------------------------------------------
+
+def _is_int(value) -> bool:
+  return (not isinstance(value, bool) and isinstance(value, (int, float))
+          and float(value).is_integer())
+
+
+def positive_int(value, name: str) -> None:
+  if not _is_int(value) or value < 1:
+    raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def non_negative_int(value, name: str) -> None:
+  if not _is_int(value) or value < 0:
+    raise ConfigError(f"{name} must be >= 0 (an integer), got {value!r}.")
+
+
+def integer(value, name: str) -> None:
+  if not _is_int(value):
+    raise ConfigError(f"{name} must be an integer, got {value!r}.")
+
+
+def positive_float(value, name: str) -> None:
+  if isinstance(value, bool) or not (
+      isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    raise ConfigError(f"{name} must be a finite number > 0, got {value}.")
+
+
+def non_negative_float(value, name: str) -> None:
+  if isinstance(value, bool) or not (
+      isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+    raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def fraction(value, name: str) -> None:
+  if isinstance(value, bool) or not (isinstance(value, (int, float))
+                                     and 0 < value <= 1):
+    raise ConfigError(f"{name} must be in (0, 1], got {value}.")
+
+
+def n_way_check(value, name: str) -> None:
+  positive_int(value, name)
+  if value < 2:
+    raise ConfigError(f"{name} must be at least 2, got {value}.")
+
+
+def image_size_check(value, name: str) -> None:
+  if value is None:
+    return
+  from advmeta_jax import models  # pylint: disable=g-import-not-at-top
+  if not _is_int(value) or models.feature_map_size(int(value)) < 1:
+    raise ConfigError(f"{name} must be at least 16 (conv4 pools four times "
+                      f"by 2), got {value}.")
+
+
+def eps_text(value, name: str) -> None:
+  """An L-inf budget as text ("8/255", "0.03"); "" means the default."""
+  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
+  attacks.parse_eps(value or "0", name)
+
+
+def positive_eps_text(value, name: str) -> None:
+  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
+  if attacks.parse_eps(value, name) <= 0:
+    raise ConfigError(f"{name} must be > 0, got {value!r}.")
+
+
+# --- the declaration ---------------------------------------------------------
+
+def setting(default, help, *, check: Optional[Check] = None,  # pylint: disable=redefined-builtin
+            choices: Optional[Callable[[], Sequence[str]]] = None,
+            kind: Optional[type] = None, what: Optional[str] = None):
+  """A config field: its default, help text and check, declared once.
+
+  Args:
+    default: the default value.
+    help: the flag's help text (or a function returning it, for text built
+      from a registry).
+    check: `(value, name) -> None`, raising `ConfigError` naming the value
+      and what is allowed.
+    choices: `() -> allowed values` (an enum flag; resolved late, so
+      registries may grow after import).
+    kind: the flag type when the default does not tell it (None defaults).
+    what: how an error names the field ("robust loss"; default its name).
+  """
+  return dataclasses.field(default=default, metadata=dict(
+      help=help, check=check, choices=choices, kind=kind, what=what))
+
+
+def _datasets():
+  from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
+  return datasets.names()
+
+
+def _dataset_help() -> str:
+  from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
+  return "Few-shot dataset: " + "; ".join(
+      f"{n}: {datasets.info(n).description}" for n in datasets.names())
+
+
+def _learners():
+  from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
+  return learners.names()
+
+
+def _robust_losses():
+  from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
+  return learners.ROBUST_LOSSES
+
+
+def _tafl_reductions():
+  from advmeta_jax import objectives  # pylint: disable=g-import-not-at-top
+  return objectives.TAFL_REDUCTIONS
+
+
+def _conv_impls():
+  from advmeta_jax import models  # pylint: disable=g-import-not-at-top
+  return models.CONV_IMPLS
+
+
+def _compute_dtypes():
+  from advmeta_jax import models  # pylint: disable=g-import-not-at-top
+  return models.COMPUTE_DTYPES
+
+
+def train_attacks() -> Tuple[str, ...]:
+  """The attacks with an L-inf budget eps (the possible training attacks)."""
+  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
+  return tuple(n for n in attacks.names()
+               if "eps" in attacks.hyperparameters(n))
+
+
+class _Section:
+  """Shared behaviour of the sections: field-wise checks."""
+
+  def validate(self):
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      choices = f.metadata.get("choices")
+      if choices is not None and value is not None and value not in choices():
+        raise ConfigError(
+            f"unknown {f.metadata.get('what') or f.name} {value!r}; choose "
+            f"one of: {', '.join(choices())}.")
+      if f.metadata.get("check") is not None:
+        f.metadata["check"](value, f.name)
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+  """The episodes: which data, at what size, and the task shape."""
+  dataset: str = setting("digits", _dataset_help, choices=_datasets)
+  image_size: Optional[int] = setting(
+      None, "Resize images to this side (default: the dataset's own).",
+      check=image_size_check, kind=int)
+  n_way: int = setting(5, "N: classes per task.", check=n_way_check)
+  k_shot: int = setting(1, "K: support images per class.", check=positive_int)
+  q_query: int = setting(15, "Q: query images per class.", check=positive_int)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+  """conv4: 4 x (3x3 conv, BatchNorm, ReLU, 2x2 max-pool) + linear head."""
+  filters: int = setting(32, "F: filters per conv4 convolution (32 "
+                         "MiniImageNet/CIFAR-FS, 64 Omniglot).",
+                         check=positive_int)
+  compute_dtype: str = setting(
+      "float32", "Convolution input dtype (float32 accumulation and "
+      "parameters either way): bfloat16 halves activation memory and is "
+      "faster where the hardware has bf16 matmuls.", choices=_compute_dtypes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig(_Section):
+  """Meta-learning: the learner, its inner loop and meta-optimizer, the seed,
+  and the hyperparameters of the learners' objectives (the static config an
+  outer loss receives)."""
+  learner: str = setting(
+      "maml", "Meta-learner: an adaptation (maml's gradient steps, "
+      "protonet's prototypes, matchingnet's attention) with its objective; "
+      "protonet and matchingnet have no head and no inner loop.",
+      choices=_learners)
+  robust: str = setting(
+      "none", "Robust objective around the learner's adaptation, for maml, "
+      "protonet, matchingnet: aq (adversarial querying) or tafl (aq weighted "
+      "per task; --tafl_* flags); maml with aq/tafl is the aq/tafl learner. "
+      "none: the learner's own objective.", choices=_robust_losses,
+      what="robust loss")
+  task_batch_size: int = setting(4, "B: tasks per meta-update.",
+                                 check=positive_int)
+  inner_lr: float = setting(0.01, "alpha: inner-loop SGD step size.",
+                            check=positive_float)
+  inner_steps: int = setting(5, "Inner steps in meta-training.",
+                             check=positive_int)
+  first_order: bool = setting(False, "First-order MAML (no gradient through "
+                              "inner gradients).")
+  meta_lr: float = setting(1e-3, "beta: Adam step size of the meta-update.",
+                           check=positive_float)
+  seed: int = setting(0, "Seed of initialisation and episodes.",
+                      check=integer)
+  adv_fraction: float = setting(
+      1.0, "maml_ad: fraction of support and query that gets an adversarial "
+      "copy appended (1: full copies).", check=fraction)
+  adml_inner_lr_adv: float = setting(
+      0.01, "adml: alpha1, inner step size on the adversarial support "
+      "(alpha2 is --inner_lr).", check=positive_float)
+  adml_beta_clean: float = setting(
+      1.0, "adml: beta1, weight of L(theta'_adv, clean query).",
+      check=non_negative_float)
+  adml_beta_adv: float = setting(
+      1.0, "adml: beta2, weight of L(theta'_clean, adversarial query).",
+      check=non_negative_float)
+  adml_sequential: bool = setting(
+      False, "adml: two sequential meta-updates per step (Algorithm 1, line "
+      "11 as written) instead of one on the weighted sum.")
+  tafl_gamma: float = setting(
+      2.0, "tafl: gamma, exponent of the modulating factor (0: aq).",
+      check=non_negative_float)
+  tafl_k: float = setting(1.0, "tafl: k, scale of L_AR in the modulating "
+                          "factor.", check=non_negative_float)
+  tafl_delta: float = setting(1e-3, "tafl: delta > 0, floor of L_AR.",
+                              check=positive_float)
+  tafl_reduction: str = setting(
+      "mean", "tafl: per-task cross-entropy over the queries, mean or sum "
+      "(the paper's).", choices=_tafl_reductions)
+
+  def validate(self):
+    super().validate()
+    if self.adml_beta_clean + self.adml_beta_adv == 0:
+      raise ConfigError("adml_beta_clean and adml_beta_adv are both 0: the "
+                        "ADML loss would be 0.")
+    from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
+    learners.get(self.learner, self.robust)   # refuses a bad combination
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig(_Section):
+  """The training attack of the robust learners (maml, protonet and
+  matchingnet without --robust use none)."""
+  train_attack: Optional[str] = setting(
+      None, "Training attack of the robust learners (default: fgsm for "
+      "adml/maml_ad, pgd for aq/tafl and --robust=aq/tafl).",
+      choices=train_attacks, kind=str)
+  train_eps: str = setting(
+      "", "L-inf budget of the training attack, e.g. 8/255 (default: 2/255 "
+      "for adml/maml_ad, 8/255 for aq/tafl and --robust=aq/tafl).",
+      check=eps_text)
+  train_attack_steps: int = setting(
+      7, "Steps of an iterative training attack (PGD).", check=positive_int)
+  train_step_size: str = setting(
+      "2/255", "Step size of a PGD training attack, e.g. 2/255.",
+      check=positive_eps_text)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig(_Section):
+  """How the steps run; none of these changes what a step computes (beyond
+  float rounding), so a resumed run may change them."""
+  num_steps: int = setting(300, "Meta-training steps (meta-updates).",
+                           check=positive_int)
+  log_every: int = setting(50, "Write metrics every this many steps.",
+                           check=positive_int)
+  checkpoint_every: int = setting(100, "Save a checkpoint every this many "
+                                  "steps.", check=positive_int)
+  keep_checkpoints: int = setting(3, "Checkpoints kept (the newest).",
+                                  check=positive_int)
+  num_devices: int = setting(
+      0, "Devices the task batch is sharded over (0: all devices of all "
+      "hosts); task_batch_size must be a multiple.", check=non_negative_int)
+  remat: bool = setting(False, "Rematerialize the inner steps in the "
+                        "meta-gradient (same result, less memory, ~1/3 more "
+                        "compute).")
+  parallel_tasks: int = setting(
+      0, "Tasks adapted at once (0: the whole task batch); fewer run in "
+      "sequential rounds, rematerialized: same result, memory of "
+      "parallel_tasks tasks.")
+  conv_impl: str = setting(
+      "matmul", "Convolution formulation (same function): matmul is fastest "
+      "on CPU; xla is lax.conv.", choices=_conv_impls)
+  data_dir: Optional[str] = setting(
+      None, "Directory of the data (mini_imagenet, image_folder) or the "
+      "tensorflow-datasets data_dir (cifar_fs, omniglot).", kind=str)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_Section):
+  """The meta-test after training (and the defaults of launch.evaluate)."""
+  eval_episodes: int = setting(
+      600, "Meta-test episodes (0: no meta-test after training).",
+      check=non_negative_int)
+  eval_inner_steps: int = setting(10, "Inner steps at meta-test time.",
+                                  check=positive_int)
+  eval_batch_size: int = setting(20, "Meta-test tasks adapted in parallel "
+                                 "(memory knob).", check=positive_int)
+
+
+SECTIONS: Dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "meta": MetaConfig,
+    "attack": AttackConfig, "loop": LoopConfig, "eval": EvalConfig}
+# The sections a resumed run may change.
+RESUMABLE_SECTIONS = ("loop", "eval")
+
+
+def fields() -> Iterator[Tuple[str, dataclasses.Field]]:
+  """`(section name, field)` of every setting, in declaration order."""
+  for section, cls in SECTIONS.items():
+    for f in dataclasses.fields(cls):
+      yield section, f
+
+
+# flat name -> section name
+SECTION_OF: Dict[str, str] = {f.name: s for s, f in fields()}
+
+
+def _split_flat(flat: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+  unknown = sorted(set(flat) - set(SECTION_OF))
+  if unknown:
+    raise ConfigError(f"unknown config fields {unknown}; known: "
+                      f"{sorted(SECTION_OF)}.")
+  nested: Dict[str, Dict[str, Any]] = {s: {} for s in SECTIONS}
+  for name, value in flat.items():
+    nested[SECTION_OF[name]][name] = value
+  return nested
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a meta-training run (saved as config.json).
+
+  The defaults are the quickstart: MAML, 5-way 1-shot on the offline digits.
+  Hashable: equal configs share compiled steps.
+  """
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  meta: MetaConfig = MetaConfig()
+  attack: AttackConfig = AttackConfig()
+  loop: LoopConfig = LoopConfig()
+  eval: EvalConfig = EvalConfig()
+
+  RESUMABLE_SECTIONS: ClassVar[Tuple[str, ...]] = RESUMABLE_SECTIONS
+
+  @classmethod
+  def make(cls, **flat) -> "Config":
+    """A config from flat field names (`Config.make(learner="tafl")`)."""
+    return cls(**{s: SECTIONS[s](**values)
+                  for s, values in _split_flat(flat).items()})
+
+  def replace(self, **flat) -> "Config":
+    """A copy with the flat-named fields changed."""
+    return dataclasses.replace(self, **{
+        s: dataclasses.replace(getattr(self, s), **values)
+        for s, values in _split_flat(flat).items() if values})
+
+  def __getattr__(self, name: str):
+    # Read access by flat name: config.k_shot is config.data.k_shot. Only
+    # called for names that are not attributes (the sections are).
+    section = SECTION_OF.get(name)
+    if section is None:
+      raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+    return getattr(getattr(self, section), name)
+
+  def flat(self) -> Dict[str, Any]:
+    """`{flat name: value}` of every field."""
+    return {f.name: getattr(getattr(self, s), f.name) for s, f in fields()}
+
+  def to_dict(self) -> Dict[str, Dict[str, Any]]:
+    """`{section: {field: value}}` (the JSON of config.json)."""
+    return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+  @classmethod
+  def from_dict(cls, d: Dict[str, Any]) -> "Config":
+    """The inverse of `to_dict`; also reads the flat dict of earlier
+    versions' config.json."""
+    if d and all(isinstance(v, dict) for v in d.values()) and set(d) <= set(
+        SECTIONS):
+      flat = {}
+      for section, values in d.items():
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(
+            SECTIONS[section])})
+        if unknown:
+          raise ConfigError(f"unknown fields {unknown} in config section "
+                            f"{section!r}.")
+        flat.update(values)
+      return cls.make(**flat)
+    return cls.make(**d)
+
+  def validate(self) -> "Config":
+    """Checks every field; raises `ConfigError` naming the field and value."""
+    for s in SECTIONS:
+      getattr(self, s).validate()
+    p, b = self.loop.parallel_tasks, self.meta.task_batch_size
+    if not _is_int(p) or p < 0 or (p and b % p):
+      raise ConfigError(
+          f"parallel_tasks must be 0 (the whole batch) or a divisor of "
+          f"task_batch_size={b}, got {p!r}.")
+    return self
+
+  def resume_differences(self, old: "Config") -> List[str]:
+    """What differs from `old` outside `RESUMABLE_SECTIONS`, as
+    `"name: old -> new"` lines (empty: this config may resume `old`'s run)."""
+    return [f"{f.name}: {getattr(getattr(old, s), f.name)!r} -> "
+            f"{getattr(getattr(self, s), f.name)!r}"
+            for s, f in fields() if s not in self.RESUMABLE_SECTIONS
+            and getattr(getattr(old, s), f.name) != getattr(
+                getattr(self, s), f.name)]
+
+  @property
+  def learner_label(self) -> str:
+    """The learner as a results row names it: "protonet+tafl", or "maml"."""
+    if self.meta.robust == "none":
+      return self.meta.learner
+    return f"{self.meta.learner}+{self.meta.robust}"
+
+
+# --- flags -------------------------------------------------------------------
+
+def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
+                 ) -> None:
+  """Defines one absl flag per field (or per field in `only`), named by its
+  flat name, with the field's default and help; choices become enum flags
+  (absl then refuses an unknown value, listing the allowed ones)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  for _, f in fields():
+    if only is not None and f.name not in only:
+      continue
+    meta = f.metadata
+    kw = dict(flag_values=flag_values)
+    kind = meta.get("kind") or type(f.default)
+    help_ = meta["help"]() if callable(meta["help"]) else meta["help"]
+    if meta.get("choices") is not None:
+      flags.DEFINE_enum(f.name, f.default, list(meta["choices"]()),
+                        help_, **kw)
+    elif kind is bool:
+      flags.DEFINE_bool(f.name, f.default, help_, **kw)
+    elif kind is int:
+      flags.DEFINE_integer(f.name, f.default, help_, **kw)
+    elif kind is float:
+      flags.DEFINE_float(f.name, f.default, help_, **kw)
+    else:
+      flags.DEFINE_string(f.name, f.default, help_, **kw)
+
+
+def from_flags(flag_values=None) -> Config:
+  """The validated `Config` of the flags `define_flags` defined."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  return Config.make(**{f.name: flag_values[f.name].value
+                        for _, f in fields()}).validate()
