@@ -19,7 +19,7 @@ Convolution is available in two formulations behind one API (`conv_impl`):
   "matmul": pad, gather the nine 3×3 shifts, one matmul with the [9·C, F]
       kernel. Under `jax.vmap` over tasks (per-task weights in the inner loop)
       this becomes a batched matmul. Measured on a 2-core CPU it is 8-13× faster
-      than "xla" for a second-order MAML step (see README, "Performance").
+      than "xla" for a second-order MAML step (docs/performance.md).
   "xla": `lax.conv_general_dilated`. Under `vmap` with per-task weights XLA
       lowers it to a grouped convolution, slow on the CPU backend; kept for
       other backends and as the reference the tests compare against.

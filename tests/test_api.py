@@ -1,0 +1,25 @@
+"""The public names earlier versions documented keep their import paths."""
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "advmeta_jax.attacks": ("fgsm", "pgd", "mi_fgsm", "carlini_wagner_l2",
+                            "apgd", "make_attack", "parse_eps",
+                            "check_attack_strength", "names", "get"),
+    "advmeta_jax.learners": ("tafl_weights", "register", "get", "names"),
+    "advmeta_jax.datasets": ("load",),
+    "advmeta_jax.experiments": ("get",),
+    "advmeta_jax.training": ("train", "TrainConfig", "make_train_step"),
+    "advmeta_jax.evaluation": ("meta_test",),
+    "advmeta_jax": ("Config", "TrainConfig", "meta_test", "tafl_weights",
+                    "adapt"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_import(module):
+  mod = importlib.import_module(module)
+  for name in PUBLIC[module]:
+    assert callable(getattr(mod, name)), f"{module}.{name}"
