@@ -10,16 +10,34 @@
 The orbax `CheckpointManager` owns the save interval
 (`loop.checkpoint_every`) and the retention (`loop.keep_checkpoints`);
 orbax writes each checkpoint to a temporary directory and renames it when
-complete, so a checkpoint on disk is whole.
+complete, so a process killed during a save leaves the previous checkpoints
+whole (the temporary directory is removed when the run restarts).
+
+Faults, and what happens:
+  * the newest checkpoint cannot be read (truncated, garbled, missing
+    files): `restore` warns with its step and the error, moves it aside to
+    `checkpoints/<step>.corrupt` (never deletes it) and restores the newest
+    readable one; if none is readable, one `DataError` names the directory
+    and what was tried;
+  * the disk fills during a save: `save` raises one `DataError` saying how
+    much space the checkpoint needs and where; the earlier checkpoints stay;
+  * config.json is not valid JSON: `load_config` falls back to the config
+    saved with the newest checkpoint (warning), else one `ConfigError`;
+  * metrics.jsonl ends in a truncated line (a crash while writing it): the
+    line is dropped with a warning.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from typing import Dict, List, Optional
 
+from absl import logging
 import jax
+import numpy as np
 
 from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError, DataError
@@ -44,6 +62,7 @@ def manager(workdir: str, *, save_interval_steps: int = 1,
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
       options=ocp.CheckpointManagerOptions(
+          cleanup_tmp_directories=True,   # saves a killed process left
           # Every `save_interval_steps` steps, and at a preemption notice
           # (all hosts agree on the step); not at the first step.
           save_decision_policy=policies.AnySavePolicy([
@@ -58,9 +77,36 @@ def for_config(workdir: str, config: Config):
                  max_to_keep=config.loop.keep_checkpoints)
 
 
+def _nbytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _write(mgr, step: int, items) -> None:
+  """orbax's save of `items` at `step`, waited for."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mgr.save(step, args=ocp.args.Composite(**items), force=True)
+  mgr.wait_until_finished()
+
+
 def save(mgr, state, config: Optional[Config] = None) -> None:
   """Saves `state` at its step (and the config beside it), waiting until the
-  checkpoint is complete on disk. A step already saved is skipped."""
+  checkpoint is complete on disk. A step already saved is skipped.
+
+  Raises:
+    DataError: the device filled up during the save (the checkpoints saved
+      before are kept).
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   step = int(state.step)
   if mgr.latest_step() == step:
@@ -68,20 +114,78 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
   items = {"state": ocp.args.StandardSave(state)}
   if config is not None:
     items["config"] = ocp.args.JsonSave(config.to_dict())
-  mgr.save(step, args=ocp.args.Composite(**items), force=True)
-  mgr.wait_until_finished()
+  try:
+    _write(mgr, step, items)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_disk_full(e):
+      raise
+    directory = str(mgr.directory)
+    free = shutil.disk_usage(directory).free
+    kept = mgr.latest_step()
+    raise DataError(
+        f"no space left on the device to save the checkpoint of step {step} "
+        f"in {directory}: it needs about {_nbytes(state) / 2**20:.1f} MiB, "
+        f"{free / 2**20:.1f} MiB are free. "
+        + (f"The checkpoint of step {kept} is kept. " if kept is not None
+           else "No checkpoint was saved before. ")
+        + "Free some space and run the same command to resume.") from None
 
 
-def restore(mgr, target, step: Optional[int] = None):
+def _move_aside(mgr, step: int) -> str:
+  """Renames the checkpoint of `step` to `<step>.corrupt` (never deleted)."""
+  directory = str(mgr.directory)
+  source = os.path.join(directory, str(step))
+  target = source + ".corrupt"
+  n = 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{source}.corrupt{n}"
+  os.rename(source, target)
+  mgr.reload()
+  return target
+
+
+def restore(mgr, target, step: Optional[int] = None, *,
+            fall_back: bool = False):
   """The state of the checkpoint at `step` (default: latest) in the shapes,
-  dtypes and shardings of `target`, or None when there is none."""
+  dtypes and shardings of `target`, or None when there is none.
+
+  Args:
+    mgr: the manager.
+    target: a pytree like the saved state (its leaves give shape, dtype and
+      sharding).
+    step: the step to restore (default: the newest).
+    fall_back: when the newest checkpoint cannot be read, warn, move it
+      aside to `<step>.corrupt` and try the next older one (only with
+      `step=None`).
+
+  Raises:
+    DataError: with `fall_back`, no checkpoint could be read.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return mgr.restore(step, args=ocp.args.Composite(
+  read = lambda s: mgr.restore(s, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))["state"]
+  if step is not None or not fall_back:
+    step = mgr.latest_step() if step is None else step
+    return None if step is None else read(step)
+  tried = []
+  while (step := mgr.latest_step()) is not None:
+    try:
+      return read(step)
+    except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore, JSON)
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      moved = _move_aside(mgr, step)
+      tried.append(f"step {step} ({reason[:200]})")
+      logging.warning("the checkpoint of step %d cannot be read (%s); moved "
+                      "it aside to %s and trying the one before.", step,
+                      reason[:500], moved)
+  if tried:
+    raise DataError(
+        f"no readable checkpoint in {mgr.directory}: tried "
+        + "; ".join(tried) + ". They were moved aside to <step>.corrupt; "
+        "use a new --workdir, or restore a backup of the checkpoints.")
+  return None
 
 
 def restore_config(mgr, step: int) -> Config:
@@ -95,13 +199,47 @@ def restore_config(mgr, step: int) -> Config:
 # --- config.json and metrics.jsonl -----------------------------------------
 
 def load_config(workdir: str) -> Config:
-  """The config of the run in `workdir` (its config.json)."""
+  """The config of the run in `workdir` (its config.json).
+
+  A config.json that is not valid JSON (cut short by a crash) is replaced by
+  the config saved with the newest readable checkpoint, with a warning.
+
+  Raises:
+    ConfigError: no config.json, or an unreadable one and no checkpoint
+      holding the config.
+  """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise ConfigError(f"no {CONFIG_FILE} in workdir {workdir!r}: is it the "
                       "--workdir of a training run?")
-  with open(path) as f:
-    return Config.from_dict(json.load(f))
+  try:
+    with open(path) as f:
+      return Config.from_dict(json.load(f))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    problem = f"{path} is not valid JSON ({e})"
+  saved = _config_of_newest_checkpoint(workdir)
+  if saved is None:
+    raise ConfigError(f"{problem}, and no checkpoint in {workdir!r} holds a "
+                      "copy of the config: fix or delete the file, or use a "
+                      "new --workdir.")
+  logging.warning("%s; using the config saved with the newest checkpoint.",
+                  problem)
+  return saved
+
+
+def _config_of_newest_checkpoint(workdir: str) -> Optional[Config]:
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  mgr = manager(workdir)
+  try:
+    for step in sorted(mgr.all_steps(), reverse=True):
+      try:
+        return restore_config(mgr, step)
+      except Exception:  # pylint: disable=broad-except  (unreadable: older)
+        continue
+    return None
+  finally:
+    mgr.close()
 
 
 def write_config(workdir: str, config: Config) -> None:
@@ -120,28 +258,45 @@ def check_resumable(workdir: str, config: Config) -> None:
         "--workdir.")
 
 
+def _read_metrics(path: str) -> List[Dict[str, float]]:
+  """The metric lines of `path`; a truncated last line (a crash while it was
+  written) is dropped with a warning, a bad line elsewhere is an error."""
+  with open(path) as f:
+    lines = [l for l in f.read().split("\n") if l.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        logging.warning("dropping the truncated last line of %s: %r", path,
+                        line[:80])
+        break
+      raise DataError(f"{path}, line {i + 1}, is not valid JSON ({e}); each "
+                      "line must be one JSON object of metrics.") from None
+  return rows
+
+
 def load_metrics(workdir: str) -> List[Dict[str, float]]:
   """The logged training metrics of a run, one dict per logged step.
 
   Raises:
     DataError: `workdir` has no metrics file (not a training workdir, or no
-      step was logged yet).
+      step was logged yet), or a line other than the last is garbled.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     raise DataError(f"no training metrics in {workdir!r} (expected "
                     f"{METRICS_FILE}; is it the workdir of a training run?).")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _read_metrics(path)
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops metric lines past `last_step` (written before an interruption)."""
+  """Drops metric lines past `last_step` (written before an interruption)
+  and a truncated last line."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
+  rows = [r for r in _read_metrics(path) if r["step"] <= last_step]
   with open(path, "w") as f:
-    f.writelines(lines)
-
+    f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -21,3 +21,9 @@ class DataError(AdvMetaError):
 
 class NonFiniteLossError(AdvMetaError):
   """Training produced a NaN or infinite loss."""
+
+
+class Interrupted(AdvMetaError):
+  """Training stopped at a signal (SIGTERM, a preemption notice) after saving
+  a checkpoint of the current step; the same command resumes it."""
+  exit_code = 143   # 128 + SIGTERM, what schedulers expect of a stopped job

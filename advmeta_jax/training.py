@@ -30,7 +30,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -58,7 +60,8 @@ from advmeta_jax.checkpoints import load_config
 from advmeta_jax.checkpoints import load_metrics
 from advmeta_jax.checkpoints import METRICS_FILE
 from advmeta_jax.config import Config
-from advmeta_jax.errors import ConfigError, NonFiniteLossError
+from advmeta_jax.errors import ConfigError, DataError, Interrupted
+from advmeta_jax.errors import NonFiniteLossError
 from advmeta_jax.sharding import check_task_batch
 from advmeta_jax.sharding import make_mesh
 
@@ -292,7 +295,7 @@ def train(config: Config, workdir: str, *,
   state = sharding_lib.replicate(init_state(models.init_params(exp.model, init_key,
                                                   exp.image_shape), optimizer),
                     mesh)
-  restored = checkpoints.restore(manager, state)
+  restored = checkpoints.restore(manager, state, fall_back=True)
   if restored is not None:
     state = restored
     logging.info("resumed from the checkpoint at step %d", int(state.step))
@@ -335,8 +338,10 @@ def train(config: Config, workdir: str, *,
           f"{config.meta.inner_lr}).")
     return metrics
 
+  stop = _StopSignal()
   try:
-    with open(metrics_path, "a") if primary else _NullFile() as metrics_file:
+    with stop, (open(metrics_path, "a") if primary
+                else _NullFile()) as metrics_file:
       for step in range(start, loop.num_steps):
         done = step + 1
         state, metrics = step_fn(state, source)   # state is donated
@@ -348,7 +353,11 @@ def train(config: Config, workdir: str, *,
           bar.update(1)
         log_now = done % loop.log_every == 0 or done == loop.num_steps
         save_now = manager.should_save(done) or done == loop.num_steps
-        if not (log_now or save_now):
+        # A SIGTERM (one host) or JAX's preemption sync point (all hosts
+        # agree on the step): save this step, then stop.
+        stopping = (manager.reached_preemption(done) if jax.process_count() > 1
+                    else stop.signal is not None)
+        if not (log_now or save_now or stopping):
           continue
         metrics = check(*unchecked.pop(0))
         if log_now:
@@ -366,9 +375,15 @@ def train(config: Config, workdir: str, *,
             logging.info("step %d: %s", done, metrics)
           if step_callback is not None:
             step_callback(done, metrics)
-        if save_now:
+        if save_now or stopping:
           checkpoints.save(manager, state, config)
           last_good = done
+        if stopping:
+          raise Interrupted(
+              f"stopped by {stop.signal or 'a preemption notice'} at step "
+              f"{done} of {loop.num_steps}; the checkpoint of step {done} is "
+              f"saved in {os.path.join(workdir, CHECKPOINT_DIR)}. Run the "
+              "same command to resume.")
   except KeyboardInterrupt:
     # `state` is the last dispatched step unless the interruption hit while its
     # buffers were donated to a step being dispatched; it is saved only if its
@@ -385,6 +400,30 @@ def train(config: Config, workdir: str, *,
       bar.close()
     manager.close()
   return sharding_lib.to_local(state, mesh)
+
+
+class _StopSignal:
+  """A context that turns SIGTERM into a request to stop: `signal` is its
+  name once received (None before). The loop saves the current step and
+  stops. Installed only in the main thread (Python's rule for handlers)."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
 
 
 class _NullFile:
@@ -419,7 +458,25 @@ def restore_run(workdir: str, config: Config,
     if step is not None and step not in available:
       raise ConfigError(f"no checkpoint at step {step} in {workdir!r}; "
                         f"available: {sorted(available)}.")
-    return checkpoints.restore(manager, target, step)
+    step = max(available) if step is None else step
+    try:
+      saved = checkpoints.restore_config(manager, step)
+    except Exception:  # pylint: disable=broad-except  (saved before configs were)
+      saved = None
+    diffs = [] if saved is None else config.resume_differences(saved)
+    if diffs:
+      raise ConfigError(
+          f"the checkpoint of step {step} in {workdir!r} was trained with a "
+          "different config than the one given (" + "; ".join(diffs)
+          + "): its parameters do not fit that model.")
+    try:
+      return checkpoints.restore(manager, target, step)
+    except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore)
+      first = str(e).splitlines()[0] if str(e) else ""
+      raise DataError(
+          f"the checkpoint of step {step} in {workdir!r} cannot be read "
+          f"({type(e).__name__}: {first[:300]}); evaluate another one with "
+          f"--checkpoint_step (available: {sorted(available)}).") from None
   finally:
     manager.close()
 

@@ -83,7 +83,12 @@ def user_errors_exit(main):
       return main(argv)
     except AdvMetaError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      sys.exit(getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+      print("error: interrupted (Ctrl-C). A training run saved a checkpoint "
+            "of its last finished step; run the same command to resume.",
+            file=sys.stderr)
+      sys.exit(130)
   return wrapped
 
 

@@ -1,0 +1,269 @@
+"""Faults a long run meets, tried with real processes: a truncated
+checkpoint, SIGTERM, SIGKILL during a save, corrupt workdir files, a full
+disk; and the table of bad input of docs/reliability.md, through the CLI."""
+
+import errno
+import json
+import os
+import pathlib
+import re
+import signal
+import time
+
+import chex
+import pytest
+
+from advmeta_jax import checkpoints
+from advmeta_jax import training
+from advmeta_jax.errors import ConfigError, DataError
+from tests.conftest import tiny_config
+from tests.test_launch import _finish
+from tests.test_launch import _start
+
+# The CLI form of `tiny_config` (meta-testing off: only training is compared).
+TINY = ("--filters=8", "--q_query=3", "--task_batch_size=2", "--inner_steps=1",
+        "--log_every=1", "--eval_episodes=0")
+
+
+def _tiny(**overrides):
+  return tiny_config(eval_episodes=0, **overrides)
+
+
+def _train_cli(workdir, *flags):
+  return _start("launch.train", f"--workdir={workdir}", *TINY, *flags)
+
+
+def _final_params(workdir, config):
+  return training.restore_run(str(workdir), config).params
+
+
+def _reference(tmp_path, digits_train, num_steps):
+  state = training.train(_tiny(num_steps=num_steps),
+                         str(tmp_path / f"reference{num_steps}"),
+                         train_split=digits_train, progress=False)
+  return state.params
+
+
+def _assert_clean_exit(result, code=0):
+  assert result.returncode == code, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def _largest_file(directory):
+  files = [p for p in pathlib.Path(directory).rglob("*") if p.is_file()]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def test_truncated_newest_checkpoint_falls_back_and_loses_nothing(
+    tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  _assert_clean_exit(_finish(_train_cli(workdir, "--num_steps=4",
+                                        "--checkpoint_every=2")))
+  victim = _largest_file(workdir / "checkpoints" / "4")
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+  result = _finish(_train_cli(workdir, "--num_steps=6",
+                              "--checkpoint_every=2"))
+  _assert_clean_exit(result)
+  assert "checkpoint of step 4 cannot be read" in result.stderr
+  assert (workdir / "checkpoints" / "4.corrupt").is_dir()   # moved, not deleted
+  chex.assert_trees_all_equal(_final_params(workdir, _tiny(num_steps=6)),
+                              _reference(tmp_path, digits_train, 6))
+  metrics = checkpoints.load_metrics(str(workdir))
+  assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  training.train(_tiny(num_steps=2), str(workdir), train_split=digits_train,
+                 progress=False)
+  for path in (workdir / "checkpoints").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  with pytest.raises(DataError, match=r"no readable checkpoint in .*"
+                     r"checkpoints: tried step 2"):
+    training.train(_tiny(num_steps=3), str(workdir), train_split=digits_train,
+                   progress=False)
+
+
+def _wait_for(predicate, timeout_s=240.0, poll_s=0.002):
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if predicate():
+      return True
+    time.sleep(poll_s)
+  return False
+
+
+def _metric_lines(workdir):
+  path = workdir / checkpoints.METRICS_FILE
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigterm_saves_the_current_step_and_resumes_exactly(
+    tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  process = _train_cli(workdir, "--num_steps=400", "--checkpoint_every=1000")
+  assert _wait_for(lambda: _metric_lines(workdir) >= 3)
+  process.send_signal(signal.SIGTERM)
+  result = _finish(process)
+  _assert_clean_exit(result, 143)
+  line = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(line) == 1 and "stopped by SIGTERM at step" in line[0], line
+  assert "same command to resume" in line[0]
+  stopped = int(line[0].split("at step ")[1].split()[0])
+  assert checkpoints.manager(str(workdir)).latest_step() == stopped
+  final = stopped + 2
+  _assert_clean_exit(_finish(_train_cli(workdir, f"--num_steps={final}",
+                                        "--checkpoint_every=1000")))
+  chex.assert_trees_all_equal(_final_params(workdir, _tiny(num_steps=final)),
+                              _reference(tmp_path, digits_train, final))
+
+
+def _saving(workdir):
+  directory = workdir / "checkpoints"
+  return directory.is_dir() and any(
+      "tmp" in p.name for p in directory.iterdir())
+
+
+def test_sigkill_during_saves_leaves_a_restorable_checkpoint(
+    tmp_path, digits_train):
+  """Kills a real process while orbax writes a checkpoint (as soon as its
+  temporary directory appears, and 20 / 60 ms later), resumes each time,
+  and ends with the parameters of an uninterrupted run."""
+  workdir, num_steps = tmp_path / "run", 24
+  for delay_s in (0.0, 0.02, 0.06):
+    process = _train_cli(workdir, f"--num_steps={num_steps}",
+                         "--checkpoint_every=1")
+    seen = _wait_for(lambda: _saving(workdir) and _metric_lines(workdir) >= 2)
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGKILL)
+    result = _finish(process)
+    assert seen and result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+  result = _finish(_train_cli(workdir, f"--num_steps={num_steps}",
+                              "--checkpoint_every=1"))
+  _assert_clean_exit(result)
+  assert not any("corrupt" in p.name
+                 for p in (workdir / "checkpoints").iterdir())
+  chex.assert_trees_all_equal(
+      _final_params(workdir, _tiny(num_steps=num_steps)),
+      _reference(tmp_path, digits_train, num_steps))
+
+
+def test_corrupt_config_json_and_truncated_metrics(tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  training.train(_tiny(num_steps=2), str(workdir), train_split=digits_train,
+                 progress=False)
+  (workdir / "config.json").write_text('{"data": {"dataset": "dig')
+  with open(workdir / checkpoints.METRICS_FILE, "a") as f:
+    f.write('{"step": 3, "lo')
+  # The config saved with the checkpoint stands in; the metrics line goes.
+  assert checkpoints.load_config(str(workdir)) == _tiny(num_steps=2)
+  assert [r["step"] for r in checkpoints.load_metrics(str(workdir))] == [1, 2]
+  result = _finish(_start("launch.evaluate", f"--workdir={workdir}",
+                          "--cases=clean/clean", "--episodes=2",
+                          f"--out={tmp_path / 'eval'}"))
+  _assert_clean_exit(result)
+  assert "is not valid JSON" in result.stderr
+  state = training.train(_tiny(num_steps=3), str(workdir),
+                         train_split=digits_train, progress=False)
+  assert int(state.step) == 3
+  assert json.loads((workdir / "config.json").read_text())["loop"][
+      "num_steps"] == 3
+  assert [r["step"] for r in checkpoints.load_metrics(str(workdir))] == [
+      1, 2, 3]
+  # Without a checkpoint to fall back to: one line.
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  (bare / "config.json").write_text("{")
+  with pytest.raises(ConfigError, match="is not valid JSON .* no checkpoint"):
+    checkpoints.load_config(str(bare))
+
+
+def test_evaluation_refuses_a_checkpoint_of_another_config(
+    tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  training.train(_tiny(num_steps=1), str(workdir), train_split=digits_train,
+                 progress=False)
+  with pytest.raises(ConfigError, match=r"different config than the one given"
+                     r" \(filters: 8 -> 16\)"):
+    training.restore_run(str(workdir), _tiny(num_steps=1, filters=16))
+
+
+def test_disk_full_during_a_save_stops_cleanly(tmp_path, digits_train,
+                                               monkeypatch):
+  workdir = tmp_path / "run"
+  write = checkpoints._write  # pylint: disable=protected-access
+  calls = []
+
+  def full_after_one(mgr, step, items):
+    calls.append(step)
+    if len(calls) > 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    write(mgr, step, items)
+
+  monkeypatch.setattr(checkpoints, "_write", full_after_one)
+  with pytest.raises(DataError, match=r"no space left on the device to save "
+                     r"the checkpoint of step 4 in .*checkpoints: it needs "
+                     r"about [\d.]+ MiB, [\d.]+ MiB are free\. The checkpoint "
+                     r"of step 2 is kept"):
+    training.train(_tiny(num_steps=6), str(workdir), train_split=digits_train,
+                   progress=False)
+  monkeypatch.setattr(checkpoints, "_write", write)
+  state = training.train(_tiny(num_steps=6), str(workdir),
+                         train_split=digits_train, progress=False)
+  chex.assert_trees_all_equal(state.params,
+                              _reference(tmp_path, digits_train, 6))
+
+
+# --- the bad-input table of docs/reliability.md ------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+_ROW = "| `"
+
+
+def bad_input_rows():
+  """`(command, message)` of every row of the table in docs/reliability.md."""
+  text = (REPO / "docs" / "reliability.md").read_text()
+  table = text.split("<!-- bad-input table -->")[1]
+  rows = []
+  for line in table.splitlines():
+    if not line.startswith(_ROW):
+      continue
+    cells = re.split(r"(?<!\\)\|", line)[1:3]   # cells; \| is a pipe in a cell
+    command, message = [c.strip().strip("`").replace("\\|", "|")
+                        for c in cells]
+    rows.append((command, message))
+  return rows
+
+
+def test_the_table_has_rows():
+  assert len(bad_input_rows()) >= 15
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory):
+  """Starts every command of the table at once; `{command: result}`."""
+  tmp = tmp_path_factory.mktemp("bad_input")
+  (tmp / "notarun").mkdir()
+  (tmp / "badjson").mkdir()
+  (tmp / "badjson" / "config.json").write_text("{")
+  started = {}
+  for command, _ in bad_input_rows():
+    words = command.replace("$TMP", str(tmp)).split()
+    assert words[:2] == ["python", "-m"], command
+    started[command] = _start(words[2], *words[3:])
+  return {c: _finish(p) for c, p in started.items()}
+
+
+@pytest.mark.parametrize("command,message", bad_input_rows())
+def test_bad_input_gets_one_line_and_no_traceback(bad_input_results, command,
+                                                  message):
+  result = bad_input_results[command]
+  assert result.returncode != 0, result.stdout[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines()
+           if l.startswith(("error: ", "FATAL Flags parsing error"))]
+  assert len(lines) == 1, result.stderr[-3000:]
+  expected = message.replace("$TMP", "")
+  for fragment in expected.split(" … "):
+    assert fragment in lines[0], (fragment, lines[0])
