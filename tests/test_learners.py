@@ -14,6 +14,7 @@ from advmeta_jax import attacks
 from advmeta_jax import learners
 from advmeta_jax import maml
 from advmeta_jax import training
+from advmeta_jax.config import Config
 from advmeta_jax.episodes import Task
 from advmeta_jax.errors import ConfigError
 from tests.conftest import tiny_config
@@ -39,10 +40,17 @@ def problem(seed=0, dtype=jnp.float64):
 
 
 def config(**overrides):
-  base = dict(apply_fn=mlp_apply, inner_lr=LR, inner_steps=STEPS,
-              train_attack=FGSM)
+  """The run config of these tests (flat field names)."""
+  base = dict(inner_lr=LR, inner_steps=STEPS)
   base.update(overrides)
-  return learners.LearnerConfig(**base)
+  return Config.make(**base)
+
+
+def bound(name, robust="none", *, attack=FGSM, **overrides):
+  """Learner `name` (under `robust`) bound to mlp_apply, `attack` and
+  `config(**overrides)`."""
+  return learners.get(name, robust).bind(
+      mlp_apply, attack, config(learner=name, robust=robust, **overrides))
 
 
 def adapt(params, x, y, lr=LR):
@@ -95,8 +103,8 @@ def test_tafl_meta_gradient_has_no_gradient_through_the_weights():
     params, _ = problem()
     tasks = [problem(seed)[1] for seed in (1, 2, 3)]
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
-    cfg = config(tafl_gamma=2.0, tafl_k=2.0)
-    loss_fn = training.batch_outer_loss(learners.tafl_loss, cfg)
+    loss_fn = training.batch_outer_loss(bound("tafl", tafl_gamma=2.0,
+                                              tafl_k=2.0))
     grad = jax.jit(jax.grad(
         lambda p: loss_fn(p, batch, jax.random.key(0))[0]))(params)
 
@@ -121,10 +129,9 @@ def test_tafl_meta_gradient_has_no_gradient_through_the_weights():
 def test_tafl_sum_reduction_sums_the_query_losses():
   with jax.enable_x64(True):
     params, task = problem()
-    mean_loss, _ = learners.tafl_loss(params, task, jax.random.key(0),
-                                      config())
-    sum_loss, aux = learners.tafl_loss(params, task, jax.random.key(0),
-                                       config(tafl_reduction="sum"))
+    mean_loss, _ = bound("tafl").loss(params, task, jax.random.key(0))
+    sum_loss, aux = bound("tafl", tafl_reduction="sum").loss(
+        params, task, jax.random.key(0))
     np.testing.assert_allclose(sum_loss, 9 * mean_loss, rtol=1e-9)
     assert float(aux["clean_query_loss"]) > 0
 
@@ -135,8 +142,7 @@ def test_tafl_sum_reduction_sums_the_query_losses():
 def test_query_attack_targets_the_adapted_parameters(name):
   with jax.enable_x64(True):
     params, task = problem()
-    outer = learners.get(name)
-    loss, aux = outer(params, task, jax.random.key(0), config())
+    loss, aux = bound(name).loss(params, task, jax.random.key(0))
     adapted = adapt(params, task.support_images, task.support_labels)
     xq, yq = task.query_images, task.query_labels
     vs_adapted = fgsm_against(adapted, xq, yq)
@@ -154,8 +160,9 @@ def test_query_attack_targets_the_adapted_parameters(name):
 def test_aq_gradient_treats_the_perturbation_as_a_constant():
   with jax.enable_x64(True):
     params, task = problem()
-    grad = jax.jit(jax.grad(lambda p: learners.aq_loss(
-        p, task, jax.random.key(0), config())[0]))(params)
+    aq = bound("aq")
+    grad = jax.jit(jax.grad(lambda p: aq.loss(
+        p, task, jax.random.key(0))[0]))(params)
     adapted = adapt(params, task.support_images, task.support_labels)
     xq_adv = fgsm_against(adapted, task.query_images, task.query_labels)
     expected = jax.jit(jax.grad(lambda p: ce(
@@ -177,7 +184,7 @@ def adml_reference(params, task, *, beta_clean, beta_adv, lr_adv, lr_clean,
 def test_adml_summed_loss_and_gradient_match_the_reference():
   with jax.enable_x64(True):
     params, task = problem()
-    cfg = config(adml_inner_lr_adv=0.3, adml_beta_clean=0.7,
+    adml = bound("adml", adml_inner_lr_adv=0.3, adml_beta_clean=0.7,
                  adml_beta_adv=1.3)
     s, ys, q, yq = task
     xs_adv = fgsm_against(params, s, ys)            # support attack vs θ
@@ -187,7 +194,7 @@ def test_adml_summed_loss_and_gradient_match_the_reference():
     ref = lambda p, xs=xs_adv: adml_reference(
         p, task, beta_clean=0.7, beta_adv=1.3, lr_adv=0.3, lr_clean=LR,
         xs_adv=xs, xq_adv=xq_adv)
-    outer = lambda p: learners.adml_loss(p, task, jax.random.key(0), cfg)
+    outer = lambda p: adml.loss(p, task, jax.random.key(0))
     (loss, aux), grad = jax.jit(jax.value_and_grad(outer, has_aux=True))(
         params)
     np.testing.assert_allclose(loss, ref(params), rtol=1e-9)
@@ -211,10 +218,10 @@ def test_adml_sequential_takes_two_adam_steps_as_line_11_is_written():
     params, _ = problem()
     tasks = [problem(seed)[1] for seed in (1, 2)]
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
-    cfg = config(adml_sequential=True, adml_beta_clean=0.7, adml_beta_adv=1.3)
+    adml = bound("adml", adml_sequential=True, adml_beta_clean=0.7,
+                 adml_beta_adv=1.3)
     optimizer = optax.adam(1e-2)
-    step = jax.jit(training.make_train_step(learners.get("adml"), cfg,
-                                            optimizer))
+    step = jax.jit(training.make_train_step(adml, optimizer))
     state, metrics = step(training.init_state(params, optimizer), batch,
                           jax.random.key(0))
 
@@ -247,7 +254,7 @@ def test_adml_sequential_takes_two_adam_steps_as_line_11_is_written():
     np.testing.assert_allclose(metrics["loss"], loss1 + loss2, rtol=1e-9)
     # ... and differs from the default one step on the weighted sum.
     one = jax.jit(training.make_train_step(
-        learners.get("adml"), config(adml_beta_clean=0.7, adml_beta_adv=1.3),
+        bound("adml", adml_beta_clean=0.7, adml_beta_adv=1.3),
         optimizer))(training.init_state(params, optimizer), batch,
                     jax.random.key(0))[0]
     assert differs(one.params["w1"], state.params["w1"])
@@ -266,15 +273,15 @@ def test_maml_ad_mixes_clean_and_adversarial_copies():
       a = adapt(p, jnp.concatenate([s, xs_adv]), jnp.concatenate([ys, ys]))
       return ce(a, jnp.concatenate([q, xq_adv]), jnp.concatenate([yq, yq]))
 
-    outer = lambda p: learners.maml_ad_loss(p, task, jax.random.key(0),
-                                            config())
+    maml_ad = bound("maml_ad")
+    outer = lambda p: maml_ad.loss(p, task, jax.random.key(0))
     (loss, _), grad = jax.jit(jax.value_and_grad(outer, has_aux=True))(
         params)
     np.testing.assert_allclose(loss, ref(params), rtol=1e-9)
     assert_trees_close(grad, jax.jit(jax.grad(ref))(params))
     # A fraction appends adversarial copies of a random subset only.
-    half, aux = learners.maml_ad_loss(params, task, jax.random.key(0),
-                                      config(adv_fraction=0.5))
+    half, aux = bound("maml_ad", adv_fraction=0.5).loss(
+        params, task, jax.random.key(0))
     assert np.isfinite(float(half)) and 0 <= float(aux["adv_query_accuracy"])
 
 
@@ -283,8 +290,7 @@ def test_maml_ad_mixes_clean_and_adversarial_copies():
 def test_robust_learner_without_attack_is_a_clear_error():
   params, task = problem(dtype=jnp.float32)
   with pytest.raises(ConfigError, match="train_attack"):
-    learners.aq_loss(params, task, jax.random.key(0),
-                     config(train_attack=None))
+    bound("aq", attack=None).loss(params, task, jax.random.key(0))
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -321,8 +327,7 @@ def test_tafl_train_step_compiles_once():
   pgd = attacks.make_attack("pgd", {"eps": 0.1, "step_size": 0.05,
                                     "num_steps": 3})
   optimizer = training.make_optimizer(1e-3)
-  step = training.make_train_step(learners.get("tafl"),
-                                  config(train_attack=pgd), optimizer)
+  step = training.make_train_step(bound("tafl", attack=pgd), optimizer)
   chex.clear_trace_counter()
   jitted = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
   state = training.init_state(params, optimizer)

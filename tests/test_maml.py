@@ -8,6 +8,7 @@ import numpy as np
 from advmeta_jax import learners
 from advmeta_jax import maml
 from advmeta_jax import models
+from advmeta_jax.config import Config
 from advmeta_jax.episodes import Task
 
 
@@ -116,10 +117,11 @@ def test_maml_outer_loss_on_conv4_differs_between_first_and_second_order():
               jnp.array([0, 1, 2] * 3))
   grads = {}
   for fo in (False, True):
-    config = learners.LearnerConfig(apply_fn=apply_fn, inner_lr=0.1,
-                                    inner_steps=2, first_order=fo)
-    grads[fo] = jax.grad(lambda p: learners.maml_loss(  # pylint: disable=cell-var-from-loop
-        p, task, jax.random.key(0), config)[0])(params)
+    maml_learner = learners.get("maml").bind(
+        apply_fn, None, Config.make(inner_lr=0.1, inner_steps=2,
+                                    first_order=fo))
+    grads[fo] = jax.grad(lambda p: maml_learner.loss(  # pylint: disable=cell-var-from-loop
+        p, task, jax.random.key(0))[0])(params)
   d = jax.flatten_util.ravel_pytree(grads[True])[0] - \
       jax.flatten_util.ravel_pytree(grads[False])[0]
   assert float(jnp.linalg.norm(d)) > 1e-6

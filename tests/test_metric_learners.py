@@ -26,6 +26,7 @@ from advmeta_jax import maml
 from advmeta_jax import metric
 from advmeta_jax import models
 from advmeta_jax import training
+from advmeta_jax.config import Config
 from advmeta_jax.episodes import Task
 from advmeta_jax.errors import ConfigError
 from launch import common
@@ -57,9 +58,18 @@ def embed_problem(seed=0, dtype=jnp.float64, k_shot=2, q_per_class=2):
 
 
 def metric_config(**overrides):
-  base = dict(apply_fn=tanh_embed, n_way=N_WAY, train_attack=PGD)
+  """The run config of these tests (flat field names), N_WAY-way."""
+  base = dict(n_way=N_WAY)
   base.update(overrides)
-  return learners.LearnerConfig(**base)
+  return Config.make(**base)
+
+
+def metric_bound(name, robust="none", *, attack=PGD, **overrides):
+  """Learner `name` (under `robust`) bound to tanh_embed, `attack` and
+  `metric_config(**overrides)`."""
+  return learners.get(name, robust).bind(
+      tanh_embed, attack,
+      metric_config(learner=name, robust=robust, **overrides))
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,8 +113,7 @@ def test_conv4_embedding_has_no_head_and_the_classifier_is_unchanged():
 
 def test_protonet_logits_are_negative_squared_distances_to_class_means():
   apply_fn, params, task = conv4_embedding_problem()
-  adaptation = learners.prototype_adaptation(
-      learners.LearnerConfig(apply_fn=apply_fn, n_way=N_WAY))
+  adaptation = learners.prototype_adaptation(apply_fn, n_way=N_WAY)
   state, curve = adaptation.adapt(params, task.support_images,
                                   task.support_labels, num_steps=5)
   assert curve == {}
@@ -134,8 +143,7 @@ def test_matching_attention_sums_to_one_and_gives_the_class_log_probs():
   np.testing.assert_allclose(got, attention, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(got).sum(1), 1.0, rtol=1e-6)
   probs = attention @ np.eye(N_WAY)[np.asarray(ys)]
-  adaptation = learners.matching_adaptation(
-      learners.LearnerConfig(apply_fn=apply_fn, n_way=N_WAY))
+  adaptation = learners.matching_adaptation(apply_fn, n_way=N_WAY)
   state, _ = adaptation.adapt(params, xs, ys, num_steps=0)
   logits = adaptation.logits(state, xq)
   assert logits.shape == (6, N_WAY)
@@ -150,7 +158,7 @@ def test_metric_adaptation_interface_for_the_evaluation_protocol():
   params, task = embed_problem(dtype=jnp.float32)
   xs, ys, xq = task.support_images, task.support_labels, task.query_images
   for name in ("protonet", "matchingnet"):
-    adaptation = learners.adaptation_of(name, metric_config())
+    adaptation = metric_bound(name).adaptation
     track = lambda s: {"acc": jnp.mean(
         jnp.argmax(adaptation.logits(s, xq), -1) == task.query_labels)}
     s0, _ = adaptation.adapt(params, xs, ys, num_steps=0)
@@ -183,7 +191,7 @@ def test_query_attack_gradient_matches_a_hand_path_and_finite_differences():
   with jax.enable_x64(True):
     params, task = embed_problem()
     xs, ys, xq, yq = task
-    adaptation = learners.prototype_adaptation(metric_config())
+    adaptation = learners.prototype_adaptation(tanh_embed, n_way=N_WAY)
     state, _ = adaptation.adapt(params, xs, ys, num_steps=1)
     loss = jax.jit(
         lambda x: maml.cross_entropy(adaptation.logits(state, x), yq))
@@ -216,11 +224,10 @@ def test_aq_meta_gradient_flows_through_the_support_not_the_attack(name):
   with jax.enable_x64(True):
     params, task = embed_problem()
     xs, ys, xq, yq = task
-    cfg = metric_config(robust="aq")
-    adaptation = learners.adaptation_of(name, cfg)
-    outer = learners.get(name)
+    learner = metric_bound(name, "aq")
+    adaptation = learner.adaptation
     (loss, aux), grad = jax.jit(jax.value_and_grad(
-        lambda p: outer(p, task, jax.random.key(0), cfg), has_aux=True))(
+        lambda p: learner.loss(p, task, jax.random.key(0)), has_aux=True))(
             params)
     state, _ = adaptation.adapt(params, xs, ys, num_steps=1)
     xq_adv = PGD(lambda x: adaptation.logits(state, x), xq, yq,
@@ -250,11 +257,10 @@ def test_maml_with_robust_is_the_aq_and_tafl_learner(robust):
     tasks = [test_learners.problem(seed)[1] for seed in (1, 2, 3)]
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
     key = jax.random.key(0)
-    cfg = test_learners.config(tafl_gamma=2.0, tafl_k=2.0)
-    wrapped = training.batch_outer_loss(
-        learners.maml_loss, test_learners.config(robust=robust,
-                                                 tafl_gamma=2.0, tafl_k=2.0))
-    own = training.batch_outer_loss(learners.get(robust), cfg)
+    wrapped = training.batch_outer_loss(test_learners.bound(
+        "maml", robust, tafl_gamma=2.0, tafl_k=2.0))
+    own = training.batch_outer_loss(test_learners.bound(
+        robust, tafl_gamma=2.0, tafl_k=2.0))
     (loss_a, aux_a), grad_a = jax.jit(jax.value_and_grad(
         wrapped, has_aux=True))(params, batch, key)
     (loss_b, aux_b), grad_b = jax.jit(jax.value_and_grad(
@@ -269,11 +275,12 @@ def test_tafl_weights_the_tasks_of_a_metric_learner():
     params, _ = embed_problem()
     batch = jax.tree.map(lambda *xs: jnp.stack(xs),
                          *[embed_problem(seed)[1] for seed in (1, 2, 3)])
-    cfg = metric_config(robust="tafl", tafl_gamma=2.0, tafl_k=3.0)
-    loss, metrics = training.batch_outer_loss(learners.protonet_loss, cfg)(
+    protonet_tafl = metric_bound("protonet", "tafl", tafl_gamma=2.0,
+                                 tafl_k=3.0)
+    loss, metrics = training.batch_outer_loss(protonet_tafl)(
         params, batch, jax.random.key(0))
-    per_task = jax.vmap(lambda t, k: learners.protonet_loss(
-        params, t, k, cfg)[1])(batch, jax.random.split(jax.random.key(0), 3))
+    per_task = jax.vmap(lambda t, k: protonet_tafl.loss(
+        params, t, k)[1])(batch, jax.random.split(jax.random.key(0), 3))
     w = test_learners.numpy_tafl_weights(per_task["adv_query_loss"],
                                          per_task["clean_query_loss"],
                                          2.0, 3.0, 1e-3)
@@ -283,8 +290,7 @@ def test_tafl_weights_the_tasks_of_a_metric_learner():
     np.testing.assert_allclose(metrics["tafl_weight_max"], w.max(), rtol=1e-9)
     # robust="aq" is the unweighted mean of the same per-task losses.
     aq_loss, aq_metrics = training.batch_outer_loss(
-        learners.protonet_loss, metric_config(robust="aq"))(
-            params, batch, jax.random.key(0))
+        metric_bound("protonet", "aq"))(params, batch, jax.random.key(0))
     np.testing.assert_allclose(aq_loss, per_task["adv_query_loss"].mean(),
                                rtol=1e-9)
     assert "tafl_weight_max" not in aq_metrics
@@ -308,16 +314,21 @@ def test_bad_robust_combinations_are_refused(overrides, match):
 def test_robust_refusals_in_the_library():
   params, task = embed_problem(dtype=jnp.float32)
   with pytest.raises(ConfigError, match="unknown robust loss 'x'"):
-    metric_config(robust="x")
+    learners.get("protonet", "x")
+  with pytest.raises(ConfigError, match="unknown robust loss 'x'"):
+    metric_config(learner="protonet", robust="x").validate()
   with pytest.raises(ConfigError, match="does not apply to learner 'aq'"):
-    learners.aq_loss(params, task, jax.random.key(0), metric_config(
-        robust="tafl"))
+    learners.get("aq", "tafl")
   with pytest.raises(ConfigError, match=r"'protonet' with robust='aq' needs "
                      "a training attack"):
-    learners.protonet_loss(params, task, jax.random.key(0),
-                           metric_config(robust="aq", train_attack=None))
-  with pytest.raises(ConfigError, match="needs LearnerConfig.n_way"):
-    learners.adaptation_of("matchingnet", metric_config(n_way=None))
+    metric_bound("protonet", "aq", attack=None).loss(params, task,
+                                                     jax.random.key(0))
+  # n_way is a required keyword of the metric adaptations (it was an
+  # optional LearnerConfig field, refused when missing).
+  with pytest.raises(TypeError, match="n_way"):
+    learners.matching_adaptation(tanh_embed)
+  with pytest.raises(TypeError, match="n_way"):
+    learners.prototype_adaptation(tanh_embed)
 
 
 def test_robust_defaults_and_model_choice_from_the_train_config():
@@ -329,8 +340,9 @@ def test_robust_defaults_and_model_choice_from_the_train_config():
   assert attack.hparams["eps"] == pytest.approx(8 / 255)
   assert training.make_train_attack(tiny_config(learner="protonet")) is None
   exp = training.build(cfg)
-  assert exp.model.num_classes is None and exp.learner_config.n_way == 5
-  assert exp.learner_config.robust == "tafl"
+  assert exp.model.num_classes is None and exp.learner.adaptation is (
+      learners.prototype_adaptation(exp.apply_fn, n_way=5))
+  assert exp.learner.learner.robust == "tafl"
   assert training.build(tiny_config()).model.num_classes == 5
 
 
@@ -340,8 +352,7 @@ def test_robust_defaults_and_model_choice_from_the_train_config():
 def test_tafl_train_step_of_a_metric_learner_compiles_once(name):
   params, _ = embed_problem(dtype=jnp.float32)
   optimizer = training.make_optimizer(1e-3)
-  step = training.make_train_step(learners.get(name),
-                                  metric_config(robust="tafl"), optimizer)
+  step = training.make_train_step(metric_bound(name, "tafl"), optimizer)
   chex.clear_trace_counter()
   jitted = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
   state = training.init_state(params, optimizer)
@@ -427,7 +438,8 @@ def test_launch_train_takes_the_robust_flag(tmp_path):
       text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
-  assert config["learner"] == "protonet" and config["robust"] == "tafl"
+  assert (config["meta"]["learner"] == "protonet"
+          and config["meta"]["robust"] == "tafl")
   rows = [json.loads(l) for l in
           (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2]
