@@ -149,6 +149,38 @@ def matching_adaptation(embed, *, n_way: int) -> Adaptation:
   return _metric_adaptation(build, logits)
 
 
+@functools.lru_cache(maxsize=None)
+def matching_fce_adaptation(embed, context_fn, *, n_way: int,
+                            variant: str) -> Adaptation:
+  """Matching Networks with full context embeddings (fce.py): the support
+  and query embeddings pass through `context_fn` before the attention;
+  `variant` "adml" uses the support-normalized similarity of the
+  implementation ADML cites, "vinyals" the cosine."""
+  from advmeta_jax import fce  # pylint: disable=g-import-not-at-top  (flax LSTMs)
+  similarity = (fce.support_normalized_similarities if variant == "adml"
+                else fce.cosine_similarities)
+
+  def build(params, images, labels):
+    return MatchingState(params, embed(params, images), labels)
+
+  def logits(state, images):
+    support_ctx, query_ctx = context_fn(state.params, state.support_embeddings,
+                                        embed(state.params, images))
+    return metric.log_attention_mass(similarity(query_ctx, support_ctx),
+                                     state.support_labels, n_way)
+
+  return _metric_adaptation(build, logits)
+
+
+def _matching(embed, config) -> Adaptation:
+  if config.model.fce == "none":
+    return matching_adaptation(embed, n_way=config.data.n_way)
+  from advmeta_jax import fce  # pylint: disable=g-import-not-at-top
+  return matching_fce_adaptation(
+      embed, fce.make_context_fn(fce.model_for_config(config)),
+      n_way=config.data.n_way, variant=config.model.fce)
+
+
 class Kind(NamedTuple):
   """A registered adaptation: its name, how a run's config builds it, and
   whether its model is conv4's embedding without a head (`metric`)."""
@@ -163,8 +195,7 @@ KINDS: Dict[str, Kind] = {
         first_order=config.meta.first_order, remat=config.loop.remat)),
     "prototype": Kind("prototype", lambda embed, config: prototype_adaptation(
         embed, n_way=config.data.n_way), metric=True),
-    "matching": Kind("matching", lambda embed, config: matching_adaptation(
-        embed, n_way=config.data.n_way), metric=True),
+    "matching": Kind("matching", _matching, metric=True),
 }
 
 

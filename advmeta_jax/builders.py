@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from advmeta_jax import attacks
 from advmeta_jax import datasets
 from advmeta_jax import episodes
+from advmeta_jax import fce
 from advmeta_jax import learners
 from advmeta_jax import models
 from advmeta_jax.config import Config
@@ -65,7 +66,7 @@ class Experiment:
   its head and `apply_fn` returns embeddings.
   """
   config: Config
-  model: models.Conv4
+  model: Any   # models.Conv4, or fce.FCEMatching
   apply_fn: Callable
   learner: learners.Bound
   image_shape: Tuple[int, int, int]
@@ -83,7 +84,9 @@ def build(config: Config) -> Experiment:
   shape = image_shape(config)
   common = dict(filters=config.model.filters, conv_impl=config.loop.conv_impl,
                 image_size=shape[0], compute_dtype=config.model.compute_dtype)
-  if entry.metric:
+  if entry.adaptation.name == "matching" and config.model.fce != "none":
+    model = fce.model_for_config(config)
+  elif entry.metric:
     model = models.make_conv4_embedding(**common)
   else:
     model = models.make_conv4(num_classes=config.data.n_way, **common)

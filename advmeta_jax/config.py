@@ -153,6 +153,11 @@ def _tafl_reductions():
   return objectives.TAFL_REDUCTIONS
 
 
+def _fce_variants():
+  from advmeta_jax import fce  # pylint: disable=g-import-not-at-top
+  return fce.FCE_VARIANTS
+
+
 def _conv_impls():
   from advmeta_jax import models  # pylint: disable=g-import-not-at-top
   return models.CONV_IMPLS
@@ -208,6 +213,16 @@ class ModelConfig(_Section):
       "float32", "Convolution input dtype (float32 accumulation and "
       "parameters either way): bfloat16 halves activation memory and is "
       "faster where the hardware has bf16 matmuls.", choices=_compute_dtypes)
+  fce: str = setting(
+      "none", "matchingnet: full context embeddings. adml: the bidirectional "
+      "LSTM over support + one query of the implementation ADML cites "
+      "(support-normalized similarity); vinyals: the paper's g (BiLSTM with "
+      "skip) and f (attention LSTM of --fce_steps reads); none: plain "
+      "cosine attention.", choices=_fce_variants)
+  fce_hidden: int = setting(32, "matchingnet --fce=adml: LSTM units per "
+                            "direction.", check=positive_int)
+  fce_steps: int = setting(5, "matchingnet --fce=vinyals: K, the attention "
+                           "LSTM's read steps.", check=positive_int)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +271,8 @@ class MetaConfig(_Section):
   tafl_gamma: float = setting(
       2.0, "tafl: gamma, exponent of the modulating factor (0: aq).",
       check=non_negative_float)
-  tafl_k: float = setting(1.0, "tafl: k, scale of L_AR in the modulating "
-                          "factor.", check=non_negative_float)
+  tafl_k: float = setting(1.0, "tafl: k > 0, scale of L_AR in the "
+                          "modulating factor.", check=positive_float)
   tafl_delta: float = setting(1e-3, "tafl: delta > 0, floor of L_AR.",
                               check=positive_float)
   tafl_reduction: str = setting(
@@ -429,6 +444,10 @@ class Config:
     """Checks every field; raises `ConfigError` naming the field and value."""
     for s in SECTIONS:
       getattr(self, s).validate()
+    if self.model.fce != "none" and self.meta.learner != "matchingnet":
+      raise ConfigError(f"fce={self.model.fce!r} applies to learner "
+                        f"'matchingnet' only, not {self.meta.learner!r}; use "
+                        "fce='none'.")
     p, b = self.loop.parallel_tasks, self.meta.task_batch_size
     if not _is_int(p) or p < 0 or (p and b % p):
       raise ConfigError(

@@ -83,17 +83,25 @@ def matching_attention(query_embeddings: Array,
       cosine_similarities(query_embeddings, support_embeddings), axis=-1)
 
 
-def matching_log_probs(query_embeddings: Array, support_embeddings: Array,
-                       support_labels: Array, n_way: int) -> Array:
-  """Matching Networks' `[Q, N]` class log-probabilities (eq. 1):
-  log p(y = k | x̂) = log Σ_{i: y_i = k} a(x̂, x_i).
+def log_attention_mass(similarities: Array, support_labels: Array,
+                       n_way: int) -> Array:
+  """`[Q, N]` log p(y = k | x̂) = log Σ_{i: y_i = k} a(x̂, x_i), with the
+  attention a a softmax of `similarities` `[Q, S]` over the support.
 
   Computed as a log-sum-exp of the log attention over each class's support
   images, so no probability is clipped or underflows; a class without
   support images gets `LOG_ZERO`. `exp` of the result sums to one per query.
   """
-  log_attention = jax.nn.log_softmax(
-      cosine_similarities(query_embeddings, support_embeddings), axis=-1)
+  log_attention = jax.nn.log_softmax(similarities, axis=-1)
   member = support_labels[None, :] == jnp.arange(n_way)[:, None]    # [N, S]
   masked = jnp.where(member[None], log_attention[:, None, :], LOG_ZERO)
   return jax.nn.logsumexp(masked, axis=-1)
+
+
+def matching_log_probs(query_embeddings: Array, support_embeddings: Array,
+                       support_labels: Array, n_way: int) -> Array:
+  """Matching Networks' `[Q, N]` class log-probabilities (eq. 1) with the
+  cosine attention of `matching_attention` (`log_attention_mass`)."""
+  return log_attention_mass(
+      cosine_similarities(query_embeddings, support_embeddings),
+      support_labels, n_way)

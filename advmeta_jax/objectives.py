@@ -32,6 +32,7 @@ concatenation for MAML-AD).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
@@ -330,6 +331,18 @@ def adversarial_robustness_loss(adv_losses: Array, clean_losses: Array, *,
   return jnp.maximum(adv_losses - clean_losses, delta)
 
 
+def _check_tafl(gamma, k, delta) -> None:
+  """Refuses γ < 0, k ≤ 0, δ ≤ 0 given as concrete numbers (traced values
+  cannot be checked under jit)."""
+  for name, value, ok, allowed in (("gamma", gamma, lambda v: v >= 0, ">= 0"),
+                                   ("k", k, lambda v: v > 0, "> 0"),
+                                   ("delta", delta, lambda v: v > 0, "> 0")):
+    if isinstance(value, (int, float)) and not (
+        math.isfinite(value) and ok(value)):
+      raise ConfigError(f"TAFL's {name} must be a finite number {allowed}, "
+                        f"got {value}.")
+
+
 def tafl_weights(adv_losses: Array, clean_losses: Array, *, gamma: float,
                  k: float, delta: float) -> Array:
   """TAFL's normalized modulating factors M̃(τ) (TAFL, eqs. 5–6).
@@ -338,21 +351,33 @@ def tafl_weights(adv_losses: Array, clean_losses: Array, *, gamma: float,
   M̃(τ) = B·M(τ)/Σ_τ' M(τ') (mean 1). γ = 0 gives uniform weights. The result
   is `stop_gradient`ed: the factors are not a function of θ to be minimized.
 
+  Computed in log space, log M = γ·log(−expm1(−k·L_AR)), and normalized as
+  B·softmax(log M): the same numbers as the formula where it is finite, and
+  finite for every valid (γ, k, δ), where M itself underflows to 0/0 (e.g.
+  γ = 30, k = 0.01, every L_AR at δ). Equal L_AR give exactly equal weights.
+
   Args:
     adv_losses: `[B]` per-task cross-entropy on the attacked queries.
     clean_losses: `[B]` per-task cross-entropy on the clean queries.
     gamma: γ >= 0, the focusing exponent.
-    k: the scale of L_AR.
+    k: k > 0, the scale of L_AR.
     delta: δ > 0, the floor of L_AR.
 
   Returns:
     `[B]` weights with mean 1.
+
+  Raises:
+    ConfigError: γ < 0, k <= 0 or δ <= 0 (as Python numbers).
   """
+  _check_tafl(gamma, k, delta)
   l_ar = adversarial_robustness_loss(jax.lax.stop_gradient(adv_losses),
                                      jax.lax.stop_gradient(clean_losses),
                                      delta=delta)
-  m = (-jnp.expm1(-k * l_ar)) ** gamma   # 1 − exp(−k·L_AR), accurate near δ
-  return jax.lax.stop_gradient(m.shape[0] * m / m.sum())
+  # 1 − exp(−k·L_AR), accurate near δ; > 0 since L_AR >= δ > 0 and k > 0
+  # (floored at the smallest normal number where k·δ underflows).
+  base = jnp.maximum(-jnp.expm1(-k * l_ar), jnp.finfo(l_ar.dtype).tiny)
+  log_m = gamma * jnp.log(base)
+  return jax.lax.stop_gradient(log_m.shape[0] * jax.nn.softmax(log_m))
 
 
 def tafl_batch_combine(losses: Array, aux: Dict[str, Array], config):

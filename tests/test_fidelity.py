@@ -1,0 +1,187 @@
+"""What the papers ran: TAFL's weights at extremes, Matching Networks' FCE."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from advmeta_jax import attacks
+from advmeta_jax import builders
+from advmeta_jax import fce
+from advmeta_jax import learners
+from advmeta_jax import metric
+from advmeta_jax import models
+from advmeta_jax import objectives
+from advmeta_jax import training
+from advmeta_jax.config import Config
+from advmeta_jax.episodes import Task
+from advmeta_jax.errors import ConfigError
+from tests.conftest import tiny_config
+
+
+# --- TAFL's modulating factor -------------------------------------------------
+
+def _formula(adv, clean, gamma, k, delta):
+  l_ar = np.maximum(np.asarray(adv, np.float64) - clean, delta)
+  m = (1 - np.exp(-k * l_ar)) ** gamma
+  return len(m) * m / m.sum()
+
+
+@pytest.mark.parametrize("gamma,k", [(2.0, 1.0), (0.5, 3.0), (5.0, 0.2)])
+def test_tafl_weights_equal_the_formula(gamma, k):
+  adv = jnp.array([0.3, 1.2, 2.5, 0.0, 4.0])
+  clean = jnp.array([0.1, 0.2, 0.5, 0.4, 0.3])
+  w = objectives.tafl_weights(adv, clean, gamma=gamma, k=k, delta=1e-3)
+  np.testing.assert_allclose(w, _formula(adv, clean, gamma, k, 1e-3),
+                             rtol=1e-4, atol=1e-12)   # float32 vs float64
+
+
+@pytest.mark.parametrize("gamma,k,delta", [(30.0, 0.01, 1e-3),
+                                           (30.0, 1e-6, 1e-8),
+                                           (50.0, 0.01, 1e-3)])
+def test_tafl_weights_finite_and_exact_at_extremes(gamma, k, delta):
+  # Every task at the δ floor: M underflows to 0 in float32 (0/0 before).
+  at_floor = objectives.tafl_weights(jnp.zeros(4), jnp.ones(4), gamma=gamma,
+                                     k=k, delta=delta)
+  np.testing.assert_array_equal(at_floor, np.ones(4, np.float32))
+  equal = objectives.tafl_weights(jnp.full(3, 2.0), jnp.full(3, 0.5),
+                                  gamma=gamma, k=k, delta=delta)
+  np.testing.assert_array_equal(equal, np.ones(3, np.float32))
+  mixed = objectives.tafl_weights(jnp.array([delta, 3.0, 1.0]),
+                                  jnp.zeros(3), gamma=gamma, k=k, delta=delta)
+  assert np.isfinite(mixed).all() and abs(float(mixed.sum()) - 3) < 1e-5
+  assert float(mixed[1]) == pytest.approx(3.0, rel=1e-4)   # the hardest task
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(gamma=1.0, k=0.0, delta=1e-3), "k must be a finite number > 0"),
+    (dict(gamma=-1.0, k=1.0, delta=1e-3), "gamma must be a finite number >= 0"),
+    (dict(gamma=1.0, k=1.0, delta=0.0), "delta must be a finite number > 0"),
+])
+def test_tafl_weights_refuse_invalid_hyperparameters(kw, match):
+  with pytest.raises(ConfigError, match=match):
+    objectives.tafl_weights(jnp.zeros(2), jnp.zeros(2), **kw)
+
+
+def test_config_refuses_tafl_k_zero():
+  with pytest.raises(ConfigError, match="tafl_k must be a finite number > 0"):
+    tiny_config(learner="tafl", tafl_k=0.0).validate()
+
+
+# --- Matching Networks' full context embeddings -------------------------------
+
+N_WAY, SHOTS, QUERIES = 3, 2, 4
+
+
+def _fce_problem(variant, seed=0):
+  cfg = Config.make(learner="matchingnet", fce=variant, n_way=N_WAY,
+                    filters=4, fce_hidden=6, fce_steps=3).validate()
+  exp = builders.build(cfg)
+  params = models.init_params(exp.model, jax.random.key(seed), (16, 16, 1))
+  k = jax.random.split(jax.random.key(seed + 1), 2)
+  xs = jax.random.uniform(k[0], (N_WAY * SHOTS, 16, 16, 1))
+  ys = jnp.repeat(jnp.arange(N_WAY), SHOTS)
+  xq = jax.random.uniform(k[1], (N_WAY * QUERIES, 16, 16, 1))
+  yq = jnp.repeat(jnp.arange(N_WAY), QUERIES)
+  return cfg, exp, params, (xs, ys, xq, yq)
+
+
+@pytest.mark.parametrize("variant", ["none", "adml", "vinyals"])
+def test_attention_mass_sums_to_one(variant):
+  _, exp, params, (xs, ys, xq, _) = _fce_problem(variant)
+  adaptation = exp.learner.adaptation
+  state, _ = adaptation.adapt(params, xs, ys, num_steps=0)
+  log_p = adaptation.logits(state, xq)
+  assert log_p.shape == (N_WAY * QUERIES, N_WAY)
+  np.testing.assert_allclose(jnp.exp(log_p).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_support_only_normalization_changes_with_the_query_norm():
+  k = jax.random.split(jax.random.key(0), 2)
+  support = jax.random.normal(k[0], (5, 6, 8))    # [Q, S, D]
+  query = jax.random.normal(k[1], (5, 8))
+  s1 = fce.support_normalized_similarities(query, support)
+  s2 = fce.support_normalized_similarities(2 * query, support)
+  np.testing.assert_allclose(s2, 2 * s1, rtol=1e-5)          # not invariant
+  np.testing.assert_allclose(fce.support_normalized_similarities(
+      query, 3 * support), s1, rtol=1e-5)                     # support is
+  np.testing.assert_allclose(fce.cosine_similarities(2 * query, support),
+                             fce.cosine_similarities(query, support),
+                             rtol=1e-5)
+
+
+def test_adml_fce_lstm_sees_the_support_and_the_one_query():
+  context = fce.ADMLContext(hidden=5)
+  k = jax.random.split(jax.random.key(0), 3)
+  support = jax.random.normal(k[0], (4, 7))
+  queries = jax.random.normal(k[1], (2, 7))
+  params = context.init(k[2], support, queries)
+  s_ctx, q_ctx = context.apply(params, support, queries)
+  assert s_ctx.shape == (2, 4, 10) and q_ctx.shape == (2, 10)
+  # Each query is the last element of its own sequence [support; query]:
+  # the forward direction's support outputs (first 5 units) do not depend
+  # on the query, the backward direction's (it reads the query first) do.
+  other = queries.at[0].set(queries[0] + 1.0)
+  s_other, q_other = context.apply(params, support, other)
+  np.testing.assert_allclose(s_other[:, :, :5], s_ctx[:, :, :5], rtol=1e-6)
+  assert not np.allclose(s_other[0, :, 5:], s_ctx[0, :, 5:])
+  np.testing.assert_allclose(s_other[1], s_ctx[1], rtol=1e-6)   # own sequence
+  np.testing.assert_allclose(q_other[1], q_ctx[1], rtol=1e-6)
+  # The query output depends on the support.
+  _, q_changed = context.apply(params, support.at[0].set(0.0), queries)
+  assert not np.allclose(q_changed, q_ctx)
+
+
+def test_vinyals_fce_with_silent_lstms_is_plain_matching():
+  """With every LSTM weight zero, the LSTMs output 0: g = g' (skip) and
+  f = f' (h_k = ĥ_k + f'), so FCE reduces to cosine matching."""
+  _, exp, params, (xs, ys, xq, _) = _fce_problem("vinyals")
+  params = dict(params, context=jax.tree.map(jnp.zeros_like,
+                                             params["context"]))
+  state, _ = exp.learner.adaptation.adapt(params, xs, ys, num_steps=0)
+  embed = lambda x: exp.apply_fn(params, x)
+  np.testing.assert_allclose(
+      exp.learner.adaptation.logits(state, xq),
+      metric.matching_log_probs(embed(xq), embed(xs), ys, N_WAY), rtol=1e-5,
+      atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["adml", "vinyals"])
+def test_gradients_flow_through_the_lstm_under_an_attack(variant):
+  cfg, exp, params, (xs, ys, xq, yq) = _fce_problem(variant)
+  pgd = attacks.make_attack("pgd", {"eps": 0.1, "step_size": 0.05,
+                                    "num_steps": 3})
+  bound = learners.get("matchingnet", "aq").bind(exp.apply_fn, pgd, cfg)
+  task = Task(xs, ys, xq, yq)
+  loss_fn = lambda p: bound.loss(p, task, jax.random.key(3))[0]
+  grads = jax.jit(jax.grad(loss_fn))(params)
+  context_grads = jax.tree.leaves(grads["context"])
+  assert all(np.isfinite(g).all() for g in context_grads)
+  assert sum(float(jnp.abs(g).sum()) for g in context_grads) > 0
+  # The attack itself differentiates through the LSTM: it moves the query
+  # and raises the loss of the adapted classifier.
+  adaptation = bound.adaptation
+  state, _ = adaptation.adapt(params, xs, ys, num_steps=0)
+  logits_fn = lambda x: adaptation.logits(state, x)
+  x_adv = pgd(logits_fn, xq, yq, key=jax.random.key(4))
+  ce = lambda x: optax.softmax_cross_entropy_with_integer_labels(
+      logits_fn(x), yq).mean()
+  assert float(ce(x_adv)) > float(ce(xq))
+  assert float(jnp.abs(x_adv - xq).max()) <= 0.1 + 1e-6
+
+
+def test_fce_is_refused_for_other_learners():
+  with pytest.raises(ConfigError, match="applies to learner 'matchingnet'"):
+    tiny_config(learner="protonet", fce="adml").validate()
+
+
+def test_matchingnet_with_adml_fce_trains(tmp_path, digits_train):
+  state = training.train(
+      tiny_config(learner="matchingnet", fce="adml", num_steps=2,
+                  eval_episodes=0), str(tmp_path), train_split=digits_train,
+      progress=False)
+  assert int(state.step) == 2
+  assert "context" in state.params
+  chex.assert_tree_all_finite(state.params)
