@@ -6,12 +6,15 @@ learners (θ' = adapt(θ, S), MAML's inner loop) and on metric learners
 (class prototypes or the attention over the support embeddings, built from S
 in one function, with no inner loop).
 
-Three kinds are registered (`KINDS`), each built from a model function and a
+Five kinds are registered (`KINDS`), each built from a model function and a
 run's config (`Kind.build(apply_fn, config)`):
 
     gradient   MAML's SGD steps on the support loss (conv4 with its head)
+    head       ANIL's SGD steps on the head only (conv4 with its head)
     prototype  Prototypical Networks (conv4's embedding, no head)
     matching   Matching Networks without FCE (conv4's embedding, no head)
+    ridge      R2-D2's closed-form ridge regression (conv4's embedding and
+               the solver's scalars α, β, λ; r2d2.py)
 
 Who is attacked: a query attack targets the adapted classifier
 (`Adaptation.logits` at the adapted state); a support attack targets the
@@ -28,6 +31,7 @@ import jax
 
 from advmeta_jax import maml
 from advmeta_jax import metric
+from advmeta_jax import r2d2
 
 Array = jax.Array
 
@@ -80,6 +84,41 @@ def gradient_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
   return Adaptation(adapt, apply_fn, initial_logits)
 
 
+# The parameters ANIL adapts (conv4's linear head, models.py); the rest is
+# the body, fixed in the inner loop.
+HEAD = "head"
+
+
+@functools.lru_cache(maxsize=None)
+def head_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
+                    remat: bool = False) -> Adaptation:
+  """ANIL's adaptation (Raghu et al. 2020, "Rapid Learning or Feature
+  Reuse?"): MAML's SGD steps of size `inner_lr` on the support loss, taken
+  on the head `params["head"]` only; the body (every other parameter) stays
+  at θ. The meta-gradient reaches the body through the head's inner
+  gradients (second-order, unless `first_order`) and through the query
+  features. The adapted state is the full parameter dict with the adapted
+  head, so `logits` is `apply_fn` as for MAML."""
+  default_lr = inner_lr
+
+  def adapt(params, images, labels, *, num_steps, track_fn=None,
+            inner_lr=None):
+    body = {k: v for k, v in params.items() if k != HEAD}
+    whole = lambda head: {**body, HEAD: head}
+    head, curve = maml.adapt(
+        lambda head, x: apply_fn(whole(head), x), params[HEAD], images,
+        labels, inner_lr=default_lr if inner_lr is None else inner_lr,
+        num_steps=num_steps, first_order=first_order, remat=remat,
+        track_fn=None if track_fn is None else lambda h: track_fn(whole(h)))
+    return whole(head), curve
+
+  def initial_logits(params, support_images, support_labels, images):
+    del support_images, support_labels
+    return apply_fn(params, images)
+
+  return Adaptation(adapt, apply_fn, initial_logits)
+
+
 class PrototypeState(NamedTuple):
   """ProtoNet adapted to a support set: the embedding's parameters and the
   `[N, D]` class prototypes."""
@@ -93,6 +132,13 @@ class MatchingState(NamedTuple):
   params: Any
   support_embeddings: Array
   support_labels: Array
+
+
+class RidgeState(NamedTuple):
+  """R2-D2 adapted to a support set: the parameters (embedding and the
+  solver's scalars) and the `[D, N]` ridge-regression weights W."""
+  params: Any
+  weights: Array
 
 
 def _metric_adaptation(build: Callable[[Any, Array, Array], Any],
@@ -150,6 +196,25 @@ def matching_adaptation(embed, *, n_way: int) -> Adaptation:
 
 
 @functools.lru_cache(maxsize=None)
+def ridge_adaptation(embed, *, n_way: int) -> Adaptation:
+  """R2-D2 (Bertinetto et al. 2019): W = Xᵀ(XXᵀ + λI)⁻¹Y from the support
+  embeddings X and one-hot labels Y (Woodbury form, an (N·K)×(N·K) solve);
+  logits α·f(x)W + β (r2d2.py). `embed` is the embedding f of an `R2D2`
+  model, whose parameters also hold α, β and λ."""
+  def build(params, images, labels):
+    _, _, lam = r2d2.scalars(params)
+    return RidgeState(params, r2d2.ridge_weights(
+        embed(params, images), jax.nn.one_hot(labels, n_way), lam))
+
+  def logits(state, images):
+    alpha, beta, _ = r2d2.scalars(state.params)
+    return r2d2.ridge_logits(embed(state.params, images), state.weights,
+                             alpha, beta)
+
+  return _metric_adaptation(build, logits)
+
+
+@functools.lru_cache(maxsize=None)
 def matching_fce_adaptation(embed, context_fn, *, n_way: int,
                             variant: str) -> Adaptation:
   """Matching Networks with full context embeddings (fce.py): the support
@@ -193,9 +258,14 @@ KINDS: Dict[str, Kind] = {
     "gradient": Kind("gradient", lambda apply_fn, config: gradient_adaptation(
         apply_fn, inner_lr=config.meta.inner_lr,
         first_order=config.meta.first_order, remat=config.loop.remat)),
+    "head": Kind("head", lambda apply_fn, config: head_adaptation(
+        apply_fn, inner_lr=config.meta.inner_lr,
+        first_order=config.meta.first_order, remat=config.loop.remat)),
     "prototype": Kind("prototype", lambda embed, config: prototype_adaptation(
         embed, n_way=config.data.n_way), metric=True),
     "matching": Kind("matching", _matching, metric=True),
+    "ridge": Kind("ridge", lambda embed, config: ridge_adaptation(
+        embed, n_way=config.data.n_way), metric=True),
 }
 
 

@@ -20,6 +20,8 @@ from advmeta_jax import episodes
 from advmeta_jax import fce
 from advmeta_jax import learners
 from advmeta_jax import models
+from advmeta_jax import r2d2
+from advmeta_jax import trades
 from advmeta_jax.config import Config
 
 
@@ -63,10 +65,11 @@ class Experiment:
   """What a config builds: the model, its function, the bound learner.
 
   For a metric learner (`learner.learner.metric`) the model is conv4 without
-  its head and `apply_fn` returns embeddings.
+  its head and `apply_fn` returns embeddings; for R2-D2 (the ridge
+  adaptation) it is `r2d2.R2D2`, that embedding with the solver's scalars.
   """
   config: Config
-  model: Any   # models.Conv4, or fce.FCEMatching
+  model: Any   # models.Conv4, fce.FCEMatching or r2d2.R2D2
   apply_fn: Callable
   learner: learners.Bound
   image_shape: Tuple[int, int, int]
@@ -86,12 +89,17 @@ def build(config: Config) -> Experiment:
                 image_size=shape[0], compute_dtype=config.model.compute_dtype)
   if entry.adaptation.name == "matching" and config.model.fce != "none":
     model = fce.model_for_config(config)
+  elif entry.adaptation.name == "ridge":
+    model = r2d2.make_r2d2(**common)
   elif entry.metric:
     model = models.make_conv4_embedding(**common)
   else:
     model = models.make_conv4(num_classes=config.data.n_way, **common)
   apply_fn = models.make_apply_fn(model)
-  bound = entry.bind(apply_fn, make_train_attack(config, entry), config)
+  attack = make_train_attack(config, entry)
+  if entry.objective.name == "trades":
+    trades.check_attack(attack)   # PGD only, refused before compiling
+  bound = entry.bind(apply_fn, attack, config)
   return Experiment(config, model, apply_fn, bound, shape)
 
 

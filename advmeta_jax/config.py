@@ -231,15 +231,18 @@ class MetaConfig(_Section):
   and the hyperparameters of the learners' objectives (the static config an
   outer loss receives)."""
   learner: str = setting(
-      "maml", "Meta-learner: an adaptation (maml's gradient steps, "
-      "protonet's prototypes, matchingnet's attention) with its objective; "
-      "protonet and matchingnet have no head and no inner loop.",
+      "maml", "Meta-learner: an adaptation (maml's gradient steps, anil's "
+      "on the head only, protonet's prototypes, matchingnet's attention, "
+      "r2d2's ridge regression) with its objective; protonet, matchingnet "
+      "and r2d2 have no head and no inner loop.",
       choices=_learners)
   robust: str = setting(
       "none", "Robust objective around the learner's adaptation, for maml, "
-      "protonet, matchingnet: aq (adversarial querying) or tafl (aq weighted "
-      "per task; --tafl_* flags); maml with aq/tafl is the aq/tafl learner. "
-      "none: the learner's own objective.", choices=_robust_losses,
+      "protonet, matchingnet, r2d2, anil: aq (adversarial querying), tafl (aq "
+      "weighted per task; --tafl_* flags) or trades (R-MAML: clean loss + "
+      "--trades_lambda x KL to the PGD-on-KL query); maml with aq/tafl is "
+      "the aq/tafl learner. none: the learner's own objective.",
+      choices=_robust_losses,
       what="robust loss")
   task_batch_size: int = setting(4, "B: tasks per meta-update.",
                                  check=positive_int)
@@ -278,6 +281,9 @@ class MetaConfig(_Section):
   tafl_reduction: str = setting(
       "mean", "tafl: per-task cross-entropy over the queries, mean or sum "
       "(the paper's).", choices=_tafl_reductions)
+  trades_lambda: float = setting(
+      1.0, "--robust=trades: lambda, weight of KL(f(Q) || f(A(Q))) beside "
+      "the clean query loss (0: the clean loss).", check=non_negative_float)
 
   def validate(self):
     super().validate()

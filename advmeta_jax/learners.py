@@ -8,12 +8,15 @@
     tafl         gradient     tafl
     protonet     prototype    clean
     matchingnet  matching     clean
+    r2d2         ridge        clean    (R2-D2, r2d2.py)
+    anil         head         clean    (ANIL: the inner loop adapts the head)
 
-`--robust=aq|tafl` puts a robust objective around the adaptation of a learner
-whose own objective is the clean one: `--learner=protonet --robust=tafl` is
-prototype × tafl, and `--learner=maml --robust=aq` is the `aq` learner (the
-same code path). The learners with their own adversarial objective (maml_ad,
-adml, aq, tafl) refuse another `robust`.
+`--robust=aq|tafl|trades` puts a robust objective around the adaptation of a
+learner whose own objective is the clean one: `--learner=protonet
+--robust=tafl` is prototype × tafl, `--learner=maml --robust=aq` is the `aq`
+learner (the same code path), and `--learner=r2d2 --robust=trades` is ridge ×
+trades (R-MAML's TRADES meta-loss, trades.py). The learners with their own
+adversarial objective (maml_ad, adml, aq, tafl) refuse another `robust`.
 
 `get(name, robust)` returns the `Learner` entry, which carries everything the
 train step and the meta-test need; `Learner.bind` joins it with the built
@@ -37,6 +40,7 @@ import jax
 
 from advmeta_jax import adaptations
 from advmeta_jax import objectives
+from advmeta_jax import trades  # registers the "trades" objective
 from advmeta_jax.adaptations import Adaptation
 from advmeta_jax.adaptations import gradient_adaptation
 from advmeta_jax.adaptations import matching_adaptation
@@ -48,7 +52,7 @@ from advmeta_jax.objectives import tafl_weights
 
 Array = jax.Array
 # The robust objective put around a learner's adaptation ("none": its own).
-ROBUST_LOSSES = ("none", "aq", "tafl")
+ROBUST_LOSSES = ("none", "aq", "tafl", "trades")
 
 __all__ = ["Adaptation", "ADVERSARIAL_IMAGES", "Bound", "Learner",
            "ROBUST_LOSSES", "TAFL_REDUCTIONS", "get", "gradient_adaptation",
@@ -163,7 +167,8 @@ for _name, _kind, _objective in (
     ("maml", "gradient", "clean"), ("maml_ad", "gradient", "maml_ad"),
     ("adml", "gradient", "adml"), ("aq", "gradient", "aq"),
     ("tafl", "gradient", "tafl"), ("protonet", "prototype", "clean"),
-    ("matchingnet", "matching", "clean")):
+    ("matchingnet", "matching", "clean"), ("r2d2", "ridge", "clean"),
+    ("anil", "head", "clean")):
   register(_name, adaptation=_kind, objective=_objective)
 
 
