@@ -293,6 +293,28 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
             attacks=(("pgd", "8/255"),),
             episodes=150, inner_steps=10, curves=True, kde=True,
             masking_check=True),
+        ExperimentConfig(
+            name="digits_beyond",
+            description=("Learners beyond the seeds on the offline digits "
+                         "(as digits_robust): R2-D2, ANIL and R-MAML's "
+                         "TRADES, with AQ/TAFL on top, beside MAML and AQ; "
+                         "5-way 1-shot, clean and PGD-20 query accuracy at "
+                         "ε 8/255."),
+            # Sized as digits_robust: 8 rows in under 20 minutes on 2 cores.
+            train=dict(dataset="digits", n_way=5, k_shot=1, q_query=15,
+                       num_steps=100, task_batch_size=4, eval_batch_size=5),
+            rows=(("maml", dict(learner="maml")),
+                  ("aq", dict(learner="aq")),
+                  ("r2d2", dict(learner="r2d2")),
+                  ("r2d2+aq", dict(learner="r2d2", robust="aq")),
+                  ("r2d2+tafl", dict(learner="r2d2", robust="tafl")),
+                  ("anil", dict(learner="anil")),
+                  ("anil+aq", dict(learner="anil", robust="aq")),
+                  ("maml+trades", dict(learner="maml", robust="trades"))),
+            cases="robust",
+            attacks=(("pgd", "8/255"),),
+            episodes=150, inner_steps=10, curves=True, kde=True,
+            masking_check=True),
         _adml_experiment(1, "mini_imagenet", 1),
         _adml_experiment(2, "mini_imagenet", 5),
         _adml_experiment(3, "cifar_fs", 1),
