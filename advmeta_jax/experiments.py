@@ -301,6 +301,8 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
                          "5-way 1-shot, clean and PGD-20 query accuracy at "
                          "ε 8/255."),
             # Sized as digits_robust: 8 rows in under 20 minutes on 2 cores.
+            # ANIL's head-only inner loop takes α = 0.1: at MAML's 0.01 the
+            # head on digits' 32-d embedding barely moved (24% clean).
             train=dict(dataset="digits", n_way=5, k_shot=1, q_query=15,
                        num_steps=100, task_batch_size=4, eval_batch_size=5),
             rows=(("maml", dict(learner="maml")),
@@ -308,8 +310,9 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
                   ("r2d2", dict(learner="r2d2")),
                   ("r2d2+aq", dict(learner="r2d2", robust="aq")),
                   ("r2d2+tafl", dict(learner="r2d2", robust="tafl")),
-                  ("anil", dict(learner="anil")),
-                  ("anil+aq", dict(learner="anil", robust="aq")),
+                  ("anil", dict(learner="anil", inner_lr=0.1)),
+                  ("anil+aq", dict(learner="anil", robust="aq",
+                                   inner_lr=0.1)),
                   ("maml+trades", dict(learner="maml", robust="trades"))),
             cases="robust",
             attacks=(("pgd", "8/255"),),
