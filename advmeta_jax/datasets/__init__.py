@@ -12,7 +12,7 @@ the on-disk layouts it detects in `--data_dir`):
   image_folder   your own data: one folder per class
 
 Slow formats are read once into a prepared cache (module `cache`);
-`prepare(...)` does it ahead of time (`python -m launch.prepare_data`).
+`prepare(...)` (module `preparation`) does it ahead of time (`python -m launch.prepare_data`).
 """
 
 from advmeta_jax.datasets.base import ClassSplit
@@ -32,4 +32,4 @@ from advmeta_jax.datasets import image_folder  # noqa: F401  pylint: disable=g-b
 from advmeta_jax.datasets import mini_imagenet  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import omniglot  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import tfds_sources  # noqa: F401  pylint: disable=g-bad-import-order
-from advmeta_jax.datasets.prepare import prepare  # pylint: disable=g-bad-import-order
+from advmeta_jax.datasets.preparation import prepare  # pylint: disable=g-bad-import-order

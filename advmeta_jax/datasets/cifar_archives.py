@@ -200,8 +200,8 @@ def read_python_folder(folder: str) -> List[Part]:
   parts = []
   for part in ("train", "test"):
     path = os.path.join(folder, part)
-    parts.append(parse_python(safe_pickle.load(path, "cifar_fs"), names, part,
-                              path))
+    data = safe_pickle.load(path, "cifar_fs", warned=True)
+    parts.append(parse_python(data, names, part, path))
   return parts
 
 
@@ -209,7 +209,8 @@ def read_python_tar(path: str) -> List[Part]:
   """The `train` and `test` parts of `cifar-100-python.tar.gz`."""
   loaded, whats = {}, {}
   for base, fileobj, label in _tar_members(path, ("meta", "train", "test")):
-    loaded[base] = safe_pickle.load(label, "cifar_fs", fileobj=fileobj)
+    loaded[base] = safe_pickle.load(label, "cifar_fs", fileobj=fileobj,
+                                    warned=bool(loaded))
     whats[base] = label
   names = _meta_names(loaded["meta"], whats["meta"])
   return [parse_python(loaded[p], names, p, whats[p]) for p in ("train",

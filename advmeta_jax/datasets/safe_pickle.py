@@ -82,13 +82,15 @@ def warn(path: str, what: str) -> None:
       what, path)
 
 
-def load(path: str, what: str, fileobj=None) -> Any:
+def load(path: str, what: str, fileobj=None, warned: bool = False) -> Any:
   """Unpickles `path` (or `fileobj`, an open binary stream of it).
 
   Args:
     path: the file, for messages (and to open when `fileobj` is None).
     what: the dataset split or source, for messages.
     fileobj: an already open binary stream (e.g. a tar member).
+    warned: the caller already warned for this source (e.g. another member
+      of the same archive): do not warn again.
 
   Returns:
     The unpickled object.
@@ -97,7 +99,8 @@ def load(path: str, what: str, fileobj=None) -> Any:
     DataError: the file cannot be read, is not a pickle, is truncated, or
       names a global outside the allow-list.
   """
-  warn(path, what)
+  if not warned:
+    warn(path, what)
   try:
     if fileobj is not None:
       return Unpickler(fileobj, encoding="latin1").load()

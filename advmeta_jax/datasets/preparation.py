@@ -162,3 +162,38 @@ def measure(name: str, split: str, *, data_dir: str,
     return pool.apply(_measure_child,
                       (name, split, os.path.abspath(data_dir), cache_dir,
                        image_size))
+
+
+def measure_table(name: str, *, data_dir: str, cache_dir: Optional[str] = None,
+                  image_size: Optional[int] = None,
+                  rebuild: bool = True) -> str:
+  """Measures every split twice and returns a Markdown table of the figures.
+
+  With `rebuild`, the caches are deleted first, so that the first load of a
+  slow format includes building its cache (for a source holding several
+  splits, the first split's load builds them all). The second load of each
+  split reads what the first left (the cache, or the fast format again).
+  """
+  layouts = _layouts(name)
+  size = image_size or base.info(name).default_image_size
+  found = {s: sources.find(data_dir, s, layouts, name) for s in base.SPLITS}
+  if rebuild:
+    for folder in {sources.cache_folder(f, name, size, cache_dir)
+                   for f in found.values()} - {None}:
+      cache.remove(folder)
+  rows = ["| split | format | images | pixels MB | load | s | peak RSS MB "
+          "(baseline / after load / after reading every pixel) |",
+          "|---|---|---|---|---|---|---|"]
+  for split in base.SPLITS:
+    folder = sources.cache_folder(found[split], name, size, cache_dir)
+    for run in ("first", "second"):
+      builds = folder is not None and not _has_split(folder, split, name)
+      m = measure(name, split, data_dir=data_dir, cache_dir=cache_dir,
+                  image_size=size)
+      what = ("builds cache" if builds else "cache" if folder else "direct")
+      rows.append(
+          f"| {split} | {found[split].layout.name} | {m['num_images']:,} | "
+          f"{m['image_mb']:.0f} | {run} ({what}) | {m['seconds']:.2f} | "
+          f"{m['baseline_mb']:.0f} / {m['load_peak_mb']:.0f} / "
+          f"{m['touched_peak_mb']:.0f} |")
+  return "\n".join(rows)
