@@ -248,3 +248,8 @@ def gather_by_class(parts: Sequence[Tuple[np.ndarray, np.ndarray]],
         pos += len(chunk)
   return ClassSplit(images=out, labels=labels,
                     class_names=tuple(str(c) for c in classes), name=name)
+
+
+def reason(e: BaseException) -> str:
+  """An exception as `Type: message` on one line, for a user's error message."""
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"

@@ -31,6 +31,7 @@ from typing import List, Optional, Tuple
 from absl import logging
 import numpy as np
 
+from advmeta_jax.datasets import base as base_lib
 from advmeta_jax.datasets import safe_pickle
 from advmeta_jax.datasets import splits
 from advmeta_jax.errors import DataError
@@ -122,7 +123,7 @@ def _tar_members(path: str, wanted: Tuple[str, ...]):
     tar = tarfile.open(path, "r:*")
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise DataError(f"cifar_fs: cannot open {path!r} as a tar archive "
-                    f"({type(e).__name__}: {e}); download it again.") from e
+                    f"({base_lib.reason(e)}); download it again.") from e
   with tar:
     seen = set()
     try:
@@ -133,8 +134,8 @@ def _tar_members(path: str, wanted: Tuple[str, ...]):
           yield base, tar.extractfile(member), f"{path}::{member.name}"
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
       raise DataError(
-          f"cifar_fs: {path!r} is truncated or corrupt ({type(e).__name__}: "
-          f"{e}); download it again.") from e
+          f"cifar_fs: {path!r} is truncated or corrupt ({base_lib.reason(e)}); "
+          f"download it again.") from e
   missing = [w for w in wanted if w not in seen]
   if missing:
     raise DataError(f"cifar_fs: {path!r} has no member {missing[0]!r} (it "
@@ -146,7 +147,7 @@ def _read_member(fileobj, label: str) -> bytes:
     return fileobj.read()
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise DataError(f"cifar_fs: {label!r} cannot be read: the archive is "
-                    f"truncated or corrupt ({type(e).__name__}: {e}).") from e
+                    f"truncated or corrupt ({base_lib.reason(e)}).") from e
 
 
 def read_binary_tar(path: str) -> List[Part]:

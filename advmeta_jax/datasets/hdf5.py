@@ -40,7 +40,8 @@ def _open(path: str, what: str):
   try:
     return h5py.File(path, "r")
   except (OSError, ValueError) as e:
-    raise DataError(f"{what}: cannot open {path!r} as HDF5 ({e}); the file is "
+    raise DataError(f"{what}: cannot open {path!r} as HDF5 "
+                    f"({base.reason(e)}); the file is "
                     f"truncated or corrupt: download or convert it again."
                     ) from e
 
@@ -85,7 +86,8 @@ def read_datasets(path: str, keys: Sequence[str], image_size: int,
         else:
           out[pos:pos + shape[0]] = base.resize_uint8(f[key][()], image_size)
       except (OSError, ValueError, TypeError) as e:
-        raise DataError(f"{what}: cannot read {path!r}[{key!r}] ({e}); the "
+        raise DataError(f"{what}: cannot read {path!r}[{key!r}] "
+                        f"({base.reason(e)}); the "
                         f"file is truncated or corrupt.") from e
       pos += shape[0]
   return out, counts

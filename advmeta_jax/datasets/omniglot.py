@@ -70,8 +70,8 @@ def _zip_entries(path: str) -> Tuple[zipfile.ZipFile, List[Entry]]:
   try:
     archive = zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError) as e:
-    raise DataError(f"{NAME}: cannot open {path!r} as a zip archive ({e}); "
-                    f"download it again.") from e
+    raise DataError(f"{NAME}: cannot open {path!r} as a zip archive "
+                    f"({base.reason(e)}); download it again.") from e
   top = os.path.splitext(os.path.basename(path))[0]
   entries = []
   for info in archive.infolist():
@@ -156,8 +156,7 @@ def _decode(data: bytes, what: str) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
       array = np.asarray(image.convert("L"))
   except Exception as e:  # Pillow raises several types for a corrupt file
-    raise DataError(f"{NAME}: cannot decode {what} ({type(e).__name__}: "
-                    f"{e}).") from e
+    raise DataError(f"{NAME}: cannot decode {what} ({base.reason(e)}).") from e
   return tfds_sources._omniglot_image(array, what)  # pylint: disable=protected-access
 
 
@@ -169,8 +168,9 @@ def _read_bytes(entry: Entry, archive, source: str) -> Tuple[bytes, str]:
         return f.read(), what
     return archive.read(entry[3]), what
   except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-    raise DataError(f"{NAME}: {what} cannot be read ({e}): the archive is "
-                    f"truncated or corrupt; download it again.") from e
+    raise DataError(f"{NAME}: {what} cannot be read ({base.reason(e)}): the "
+                    f"archive is truncated or corrupt; download it again."
+                    ) from e
 
 
 def _read_images(entries: List[Entry], archive, source: str,

@@ -112,8 +112,9 @@ def load(path: str, what: str, fileobj=None, warned: bool = False) -> Any:
     raise DataError(f"{what}: {path!r} does not exist.") from e
   except Exception as e:  # pickle raises many types for a bad file
     raise DataError(
-        f"{what}: cannot unpickle {path!r} ({type(e).__name__}: {e}); the "
-        f"file is truncated, corrupt or not a pickle: download it again."
+        f"{what}: cannot unpickle {path!r} ({' '.join(str(e).split())} "
+        f"[{type(e).__name__}]); the file is truncated, corrupt or not a "
+        f"pickle: download it again."
     ) from e
 
 
