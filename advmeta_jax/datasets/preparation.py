@@ -125,6 +125,19 @@ def format_report(name: str, reports: List[SplitReport]) -> str:
 
 
 def _peak_mb() -> float:
+  """This process's peak resident memory, MB.
+
+  Linux's `VmHWM` (the high-water mark of this program's own address space);
+  `ru_maxrss` would also count the parent's memory at the fork that started a
+  spawned process, which Linux carries over `exec`.
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
