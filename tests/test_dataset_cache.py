@@ -151,6 +151,22 @@ def test_remove_refuses_a_folder_that_is_not_a_cache(tmp_path):
   (tmp_path / "mine.txt").write_text("keep")
   with pytest.raises(DataError, match="not an advmeta cache"):
     cache.remove(str(tmp_path))
+  # What an interrupted first run leaves (arrays, no manifest) is removed.
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  (partial / "train_images.npy").write_bytes(b"x")
+  (partial / ".tmp-abc.npy").write_bytes(b"x")
+  assert cache.remove(str(partial)) and not partial.exists()
+
+
+def test_interrupted_build_is_rebuilt(python_tgz):
+  folder = _cache_folder(python_tgz)
+  os.makedirs(folder)
+  with open(os.path.join(folder, "train_images.npy"), "wb") as f:
+    f.write(b"half written")
+  data = datasets.load("cifar_fs", "train", data_dir=python_tgz)
+  assert np.array_equal(data.images,
+                        layouts.cifar_fs_expected(CIFAR, "train"))
 
 
 def _run(*args):

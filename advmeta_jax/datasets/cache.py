@@ -271,12 +271,22 @@ def _atomic_write(file: str, data: bytes) -> None:
     raise
 
 
+def _is_cache_file(name: str) -> bool:
+  return (name == MANIFEST or name.startswith(".tmp-") or
+          name.endswith(("_images.npy", "_labels.npy")))
+
+
 def remove(path: str) -> bool:
-  """Deletes the cache folder at `path`; returns whether there was one."""
+  """Deletes the cache folder at `path`; returns whether there was one.
+
+  Only a folder that holds nothing but cache files (a complete cache, or what
+  an interrupted first run left) is deleted.
+  """
   if not os.path.isdir(path):
     return False
-  if not os.path.isfile(os.path.join(path, MANIFEST)) and os.listdir(path):
-    raise DataError(f"{path!r} is not an advmeta cache (no {MANIFEST}); not "
-                    f"deleting it.")
+  others = [n for n in os.listdir(path) if not _is_cache_file(n)]
+  if others:
+    raise DataError(f"{path!r} is not an advmeta cache (it holds "
+                    f"{sorted(others)[:3]}); not deleting it.")
   shutil.rmtree(path)
   return True

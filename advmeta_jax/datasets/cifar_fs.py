@@ -77,12 +77,12 @@ def _finish(data: base.ClassSplit) -> base.ClassSplit:
 # --- the CIFAR-100 archives (no split in the files) ---------------------------
 
 
-def _from_archive(parts: List[archives.Part],
-                  image_size: int) -> Dict[str, base.ClassSplit]:
-  """All three splits of the pooled `train` + `test` parts of an archive."""
+def _from_archive(parts: List[archives.Part], image_size: int,
+                  wanted) -> Dict[str, base.ClassSplit]:
+  """The `wanted` splits of the pooled `train` + `test` parts of an archive."""
   return {s: base.gather_by_class(parts, splits.CIFAR_FS_SPLITS[s],
                                   image_size, _split_name(s))
-          for s in base.SPLITS}
+          for s in wanted}
 
 
 def _archive_probe(folder, members, tar_name, want_tar):
@@ -93,10 +93,12 @@ def _archive_probe(folder, members, tar_name, want_tar):
   return probe
 
 
-def _archive_reader(read_parts):
+def _archive_reader(read_parts, all_splits: bool):
+  """A reader of an archive: all splits in one pass (to cache them) or one."""
   def read(source: str, split: str, image_size: int, dataset: str):
-    del split, dataset
-    return _from_archive(read_parts(source), image_size)
+    del dataset
+    wanted = base.SPLITS if all_splits else (split,)
+    return _from_archive(read_parts(source), image_size, wanted)
   return read
 
 
@@ -246,7 +248,7 @@ LAYOUTS = (
         "cifar-100-binary/{train,test}.bin with fine_label_names.txt",
         _archive_probe(archives.BINARY_FOLDER, ("train.bin", "test.bin"),
                        "cifar-100-binary.tar.gz", False),
-        _archive_reader(archives.read_binary_folder), cached=False),
+        _archive_reader(archives.read_binary_folder, False), cached=False),
     sources.Layout(
         "torchmeta",
         "cifar100/data.hdf5 with cifar100/cifar-fs/{split}_labels.json",
@@ -256,7 +258,7 @@ LAYOUTS = (
         "cifar100_binary_tgz", "cifar-100-binary.tar.gz",
         _archive_probe(archives.BINARY_FOLDER, ("train.bin", "test.bin"),
                        "cifar-100-binary.tar.gz", True),
-        _archive_reader(archives.read_binary_tar), cached=True),
+        _archive_reader(archives.read_binary_tar, True), cached=True),
     sources.Layout(
         "bertinetto",
         "cifar100/data/<class>/*.png with "
@@ -267,12 +269,12 @@ LAYOUTS = (
         "cifar100_python", "cifar-100-python/{train,test,meta}",
         _archive_probe(archives.PYTHON_FOLDER, ("train", "test", "meta"),
                        "cifar-100-python.tar.gz", False),
-        _archive_reader(archives.read_python_folder), cached=True),
+        _archive_reader(archives.read_python_folder, True), cached=True),
     sources.Layout(
         "cifar100_python_tgz", "cifar-100-python.tar.gz",
         _archive_probe(archives.PYTHON_FOLDER, ("train", "test", "meta"),
                        "cifar-100-python.tar.gz", True),
-        _archive_reader(archives.read_python_tar), cached=True),
+        _archive_reader(archives.read_python_tar, True), cached=True),
     sources.Layout(
         "metaoptnet", "CIFAR_FS_{train,val,test}.pickle",
         lambda root, split: sources.is_file(
