@@ -99,7 +99,8 @@ def load_split(config: Config, split: str) -> datasets.ClassSplit:
   """Loads a split and checks it can give the configured episodes."""
   d = config.data
   data = datasets.load(d.dataset, split, data_dir=config.loop.data_dir,
-                       image_size=d.image_size)
+                       image_size=d.image_size,
+                       cache_dir=config.loop.cache_dir)
   episodes.check_episode_shape(data, n_way=d.n_way, k_shot=d.k_shot,
                                q_query=d.q_query)
   return data

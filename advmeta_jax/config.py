@@ -334,8 +334,12 @@ class LoopConfig(_Section):
       "matmul", "Convolution formulation (same function): matmul is fastest "
       "on CPU; xla is lax.conv.", choices=_conv_impls)
   data_dir: Optional[str] = setting(
-      None, "Directory of the data (mini_imagenet, image_folder) or the "
-      "tensorflow-datasets data_dir (cifar_fs, omniglot).", kind=str)
+      None, "Directory of the data, in any layout of docs/datasets.md (e.g. "
+      "the CIFAR-100 archives, MiniImageNet's pickles or HDF5, Omniglot's "
+      "zips), or a tensorflow-datasets data_dir.", kind=str)
+  cache_dir: Optional[str] = setting(
+      None, "Folder for the prepared caches of slow dataset formats "
+      "(default: advmeta_cache/ next to the data).", kind=str)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,16 +16,12 @@ from absl import flags
 
 from advmeta_jax import datasets
 from advmeta_jax.datasets import preparation
+from advmeta_jax.errors import ConfigError
 from launch import common
 
-flags.DEFINE_enum("dataset", None, sorted(preparation.LAYOUTS),
-                  "Dataset to prepare.", required=True)
-flags.DEFINE_string("data_dir", None, "Folder holding the dataset in one of "
-                    "its layouts (or one level above it).", required=True)
-flags.DEFINE_string("cache_dir", None, "Folder for the prepared cache "
-                    "(default: advmeta_cache/ next to the data).")
-flags.DEFINE_integer("image_size", None, "Side of the cached images "
-                     "(default: the dataset's).")
+common.define_config_flags(only=("dataset", "data_dir", "cache_dir",
+                                 "image_size"))
+flags.mark_flag_as_required("data_dir")
 flags.DEFINE_bool("rebuild", False, "Delete the existing cache and build it "
                   "again.")
 flags.DEFINE_bool("measure", False, "Then load each split in fresh processes "
@@ -35,6 +31,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if FLAGS.dataset not in preparation.LAYOUTS:
+    raise ConfigError(f"--dataset={FLAGS.dataset} has no files to prepare; "
+                      f"choose one of: {', '.join(sorted(preparation.LAYOUTS))}.")
   reports = datasets.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir,
                              cache_dir=FLAGS.cache_dir,
                              image_size=FLAGS.image_size,
