@@ -39,7 +39,7 @@ _ALIASES = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd"}
 
 # Hyperparameters whose string form is an integer, a bool or a name.
 _INT_HPARAMS = ("num_steps", "binary_search_steps")
-_BOOL_HPARAMS = ("random_start", "batch_consistent")
+_BOOL_HPARAMS = ("random_start", "batch_consistent", "abort_early")
 _STR_HPARAMS = ("loss",)
 
 
