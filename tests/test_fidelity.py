@@ -17,7 +17,7 @@ from advmeta_jax import objectives
 from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.episodes import Task
-from advmeta_jax.errors import ConfigError
+from advmeta_jax.errors import ConfigError, DataError
 from tests.conftest import tiny_config
 
 
@@ -185,3 +185,25 @@ def test_matchingnet_with_adml_fce_trains(tmp_path, digits_train):
   assert int(state.step) == 2
   assert "context" in state.params
   chex.assert_tree_all_finite(state.params)
+
+
+# --- MiniImageNet's class lists ------------------------------------------------
+
+def test_mini_imagenet_warns_on_a_wrong_class_list_and_refuses_overlap(
+    tmp_path, caplog):
+  from tests import test_dataset_layouts as layouts  # pylint: disable=g-import-not-at-top
+  data = layouts.fake_mini(per_class=2, size=84)
+  train_images, train_wnids = data["train"]
+  # A test split that is the train split: other classes than Ravi's, and
+  # the same classes as train.
+  data["test"] = (train_images[:40], train_wnids[:40])
+  layouts.write_mini_npz(str(tmp_path), data)
+  config = Config.make(dataset="mini_imagenet", data_dir=str(tmp_path),
+                       n_way=5, k_shot=1, q_query=1)
+  builders.load_split(config, "train")
+  with caplog.at_level("WARNING"):
+    with pytest.raises(DataError, match=r"the train and test "
+                       r"splits of mini_imagenet .* share 20 classes"):
+      builders.load_split(config, "test")
+  assert "differs from the published split" in caplog.text
+  assert "missing" in caplog.text and "unexpected" in caplog.text
