@@ -22,6 +22,11 @@ in MAML and ADML) steps on the support set; with `curves` the query loss and
 top-1 accuracy are recorded before adaptation and after every step (the
 per-step curves of ADML Figs. 2-5; under an adversarial query the query is
 re-attacked against the classifier of every step).
+
+This module is one learner's meta-test (`run_case`, `meta_test`,
+`meta_test_config`) and its vocabulary (`TestCase`, `AttackSpec`,
+`MetaTestResult`). Many runs under one protocol are protocol.py, tables and
+figures reports.py; neither is imported here.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advmeta_jax import episodes
 from advmeta_jax import adaptations
+from advmeta_jax import attacks
 from advmeta_jax import builders
+from advmeta_jax import episodes
 from advmeta_jax import maml
 from advmeta_jax.errors import ConfigError
 
@@ -60,6 +66,11 @@ def confidence_interval_95(values) -> float:
   if n < 2:
     return 0.0
   return float(1.96 * values.std(ddof=1) / np.sqrt(n))
+
+
+def format_accuracy(mean: float, ci95: float) -> str:
+  """`0.4812, 0.0123` → `"48.12 ± 1.23"` (percent): a cell of every table."""
+  return f"{100 * mean:.2f} ± {100 * ci95:.2f}"
 
 
 # --- test cases -------------------------------------------------------------
@@ -406,7 +417,6 @@ class AttackSpec:
 
 @functools.lru_cache(maxsize=None)
 def _build_attack(spec: AttackSpec) -> Attack:
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
   return attacks.make_attack(spec.name, dict(spec.hparams))
 
 
@@ -418,7 +428,6 @@ def default_test_attack(name: str, eps: str, num_steps: int = 20
   at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD: `num_steps`.
   FGSM: one step of ε. C&W-L2 (no ε): c = 1, 100 Adam steps.
   """
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
   attacks.get(name)   # unknown names: the registry's error
   name = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd"}.get(
       name, name)
@@ -468,12 +477,3 @@ def meta_test_config(config, params, split: str = "test", *,
       batch_size=config.eval_batch_size,
       seed=config.seed if seed is None else seed, curves=curves)
 
-
-def results_table(results: Dict[str, MetaTestResult], config) -> str:
-  """Markdown table, one row per learner: accuracy ± 95% CI and the protocol."""
-  from advmeta_jax import reports  # pylint: disable=g-import-not-at-top
-  shape = f"{config.n_way}-way {config.k_shot}-shot"
-  rows = [(name, config.dataset, shape, reports.format_accuracy(r.mean, r.ci95),
-           r.num_episodes) for name, r in results.items()]
-  return reports.markdown_table(
-      ("learner", "dataset", "task", "accuracy % (± 95% CI)", "episodes"), rows)
