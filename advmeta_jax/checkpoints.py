@@ -59,16 +59,32 @@ def manager(workdir: str, *, save_interval_steps: int = 1,
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   policies = ocp.checkpoint_managers
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  remove_unfinished_saves(directory)
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      directory,
       options=ocp.CheckpointManagerOptions(
-          cleanup_tmp_directories=True,   # saves a killed process left
           # Every `save_interval_steps` steps, and at a preemption notice
           # (all hosts agree on the step); not at the first step.
           save_decision_policy=policies.AnySavePolicy([
               policies.FixedIntervalPolicy(save_interval_steps),
               policies.PreemptionCheckpointingPolicy()]),
           max_to_keep=max_to_keep, create=True))
+
+
+def remove_unfinished_saves(directory: str) -> List[str]:
+  """Deletes the temporary directories of saves that never completed (a
+  process killed while orbax was writing); returns their names. Done here,
+  before the manager starts, rather than by orbax's background clean-up,
+  which its `close()` does not wait for."""
+  if not os.path.isdir(directory):
+    return []
+  removed = [name for name in os.listdir(directory)
+             if ".orbax-checkpoint-tmp" in name]
+  for name in removed:
+    logging.warning("removing %s: a save that did not complete.", name)
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  return removed
 
 
 def for_config(workdir: str, config: Config):
