@@ -303,30 +303,50 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
 # --- TAFL's γ × k sweep ---------------------------------------------------------
 
 def write_sweep(outdir: str, *, gammas: Sequence[float], ks: Sequence[float],
-                robust, robust_ci95, clean, attack: str,
-                num_episodes: int) -> Report:
+                robust, robust_ci95, clean, attack: str, num_episodes: int,
+                selection_split: str = "test",
+                chosen: Sequence[float] = (0.0, 0.0),
+                chosen_test: Sequence[float] = (0.0, 0.0, 0.0)) -> Report:
   """The sweep's heatmap (sensitivity_heatmap.png), sweep.json and sweep.md
-  (robust accuracy ± 95% CI, γ rows × k columns) in `outdir`.
+  (robust accuracy ± 95% CI, γ rows × k columns, and the chosen point) in
+  `outdir`.
 
   Args:
     outdir: the sweep's directory.
     gammas, ks: the grid.
-    robust, robust_ci95, clean: `[γ, k]` accuracies in percent.
+    robust, robust_ci95, clean: `[γ, k]` accuracies in percent, on the
+      `selection_split` classes.
     attack: the attack's label.
     num_episodes: episodes per grid point.
+    selection_split: "val" or "test": the classes the grid was scored on.
+    chosen: the chosen (γ, k).
+    chosen_test: its (robust, robust_ci95, clean) on the test classes.
   """
   robust, robust_ci95 = np.asarray(robust), np.asarray(robust_ci95)
   heatmap = plots.plot_heatmap(
       robust, gammas, ks, os.path.join(outdir, "sensitivity_heatmap.png"),
-      title=f"TAFL robust accuracy ({attack})")
-  table = markdown_table(
+      title=f"TAFL robust accuracy ({attack}, {selection_split} classes)")
+  grid = markdown_table(
       ["γ \\ k"] + [f"{k:g}" for k in ks],
       [[f"{g:g}"] + [f"{robust[i, j]:.2f} ± {robust_ci95[i, j]:.2f}"
                      for j in range(len(ks))] for i, g in enumerate(gammas)])
+  held_out = ("chosen on the validation classes" if selection_split == "val"
+              else "this dataset has no validation classes: the grid is "
+              "scored on the test classes, so the choice is not held out")
+  table = (f"Robust accuracy (% ± 95% CI, {attack}) on the {selection_split} "
+           f"classes:\n\n{grid}\n\nChosen: γ={chosen[0]:g}, k={chosen[1]:g} "
+           f"({held_out}); on the test classes: robust "
+           f"{chosen_test[0]:.2f} ± {chosen_test[1]:.2f}, clean "
+           f"{chosen_test[2]:.2f}.")
   payload = {"gammas": list(map(float, gammas)), "ks": list(map(float, ks)),
              "attack": attack, "episodes": num_episodes,
+             "selection_split": selection_split,
              "robust": robust.tolist(), "robust_ci95": robust_ci95.tolist(),
-             "clean": np.asarray(clean).tolist()}
+             "clean": np.asarray(clean).tolist(),
+             "chosen": {"gamma": float(chosen[0]), "k": float(chosen[1]),
+                        "test_robust": float(chosen_test[0]),
+                        "test_robust_ci95": float(chosen_test[1]),
+                        "test_clean": float(chosen_test[2])}}
   write_json(os.path.join(outdir, "sweep.json"), payload)
   write_text(outdir, "sweep.md", table)
   return Report(table, {"heatmap": heatmap,

@@ -29,6 +29,7 @@ import numpy as np
 
 from advmeta_jax import attacks
 from advmeta_jax import builders
+from advmeta_jax import datasets
 from advmeta_jax import evaluation
 from advmeta_jax import experiments
 from advmeta_jax import learners
@@ -281,11 +282,17 @@ class SweepResult:
     gammas, ks: the grid.
     attack: the label of the attack of the robust accuracy.
     num_episodes: meta-test episodes per grid point.
-    robust, robust_ci95: clean support, attacked query: accuracy and CI.
-    clean: clean support, clean query.
+    robust, robust_ci95: clean support, attacked query: accuracy and CI, on
+      the `selection_split` classes.
+    clean: clean support, clean query, on the same classes.
     heatmap: the path of sensitivity_heatmap.png.
-    markdown: the table of sweep.md (robust accuracy ± CI, γ × k).
+    markdown: sweep.md: the grid (robust accuracy ± CI) and the choice.
     files: every file written (heatmap, sweep.json, sweep.md).
+    selection_split: "val" when the dataset has validation classes (the
+      choice is then held out from the test classes), else "test".
+    chosen: the (γ, k) of the highest robust accuracy on `selection_split`.
+    chosen_test: `(robust, robust_ci95, clean)` of the chosen point on the
+      test classes (the grid's own numbers when it was scored on test).
   """
   gammas: Tuple[float, ...]
   ks: Tuple[float, ...]
@@ -297,6 +304,32 @@ class SweepResult:
   heatmap: str
   markdown: str
   files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  selection_split: str = "test"
+  chosen: Tuple[float, float] = (0.0, 0.0)
+  chosen_test: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def validation_split(config: Config):
+  """The val split of the config's data, or None when the dataset has no
+  validation classes (or fewer than n_way)."""
+  data = datasets.load(config.data.dataset, "val",
+                       data_dir=config.loop.data_dir,
+                       image_size=config.data.image_size,
+                       cache_dir=config.loop.cache_dir)
+  if data.num_classes < config.data.n_way:
+    return None
+  return builders.load_split(config, "val")
+
+
+def _score(run: Run, attack: AttackSpec, data, *, num_episodes: int,
+           inner_steps: int, seed: int, log: Log) -> Tuple[float, float, float]:
+  """`(robust, robust_ci95, clean)` accuracy in percent of one run."""
+  cells = protocol.evaluate_runs(
+      [run], cases=(TestCase("clean", "clean"), TestCase("clean", "adv")),
+      attack_specs=(attack,), num_episodes=num_episodes,
+      inner_steps=inner_steps, seed=seed, data=data, log=log)
+  return (100 * cells[1].result.mean, 100 * cells[1].result.ci95,
+          100 * cells[0].result.mean)
 
 
 def sensitivity_sweep(base: Config, workdir: str, *,
@@ -304,9 +337,11 @@ def sensitivity_sweep(base: Config, workdir: str, *,
                       attack: AttackSpec, num_episodes: int = 600,
                       inner_steps: int = 10, seed: int = 0,
                       progress: bool = True, log: Log = print) -> SweepResult:
-  """Trains TAFL at every (γ, k) (resumable, `workdir/gamma<γ>_k<k>` each) and
-  meta-tests clean and attacked query accuracy on the same episodes; writes
-  the heatmap, sweep.json and sweep.md to `workdir`."""
+  """Trains TAFL at every (γ, k) (resumable, `workdir/gamma<γ>_k<k>` each),
+  meta-tests clean and attacked query accuracy on the same episodes of the
+  validation classes (the test classes when the dataset has none), chooses
+  the point of highest robust accuracy there and reports its test accuracy
+  separately; writes the heatmap, sweep.json and sweep.md to `workdir`."""
   if base.learner != "tafl":
     raise ConfigError(f"the sensitivity sweep trains TAFL; got --learner="
                       f"{base.learner}.")
@@ -314,9 +349,15 @@ def sensitivity_sweep(base: Config, workdir: str, *,
     raise ConfigError("the sweep needs at least one γ and one k.")
   train_data = builders.load_split(base, "train")
   test_data = builders.load_split(base, "test")
+  val_data = validation_split(base)
+  selection_split = "test" if val_data is None else "val"
+  if val_data is None:
+    log(f"== {base.data.dataset} has no validation classes: the grid is "
+        "scored on the test classes, so the chosen point is not held out.")
   robust = np.zeros((len(gammas), len(ks)))
   robust_ci = np.zeros_like(robust)
   clean = np.zeros_like(robust)
+  runs = {}
   for i, gamma in enumerate(gammas):
     for j, k in enumerate(ks):
       config = base.replace(tafl_gamma=float(gamma),
@@ -325,18 +366,27 @@ def sensitivity_sweep(base: Config, workdir: str, *,
       log(f"== TAFL γ={gamma:g} k={k:g} in {rundir}")
       state = training.train(config, rundir, train_split=train_data,
                              progress=progress)
-      cells = protocol.evaluate_runs(
-          [Run(f"γ={gamma:g},k={k:g}", config, state.params)],
-          cases=(TestCase("clean", "clean"), TestCase("clean", "adv")),
-          attack_specs=(attack,), num_episodes=num_episodes,
-          inner_steps=inner_steps, seed=seed, data=test_data, log=log)
-      clean[i, j] = 100 * cells[0].result.mean
-      robust[i, j] = 100 * cells[1].result.mean
-      robust_ci[i, j] = 100 * cells[1].result.ci95
+      runs[i, j] = Run(f"γ={gamma:g},k={k:g}", config, state.params)
+      robust[i, j], robust_ci[i, j], clean[i, j] = _score(
+          runs[i, j], attack, val_data or test_data,
+          num_episodes=num_episodes, inner_steps=inner_steps, seed=seed,
+          log=log)
+  best = np.unravel_index(int(np.argmax(robust)), robust.shape)
+  chosen = (float(gammas[best[0]]), float(ks[best[1]]))
+  if val_data is None:
+    chosen_test = (robust[best], robust_ci[best], clean[best])
+  else:
+    log(f"== the chosen γ={chosen[0]:g} k={chosen[1]:g} on the test classes")
+    chosen_test = _score(runs[best], attack, test_data,
+                         num_episodes=num_episodes, inner_steps=inner_steps,
+                         seed=seed, log=log)
   report = reports.write_sweep(
       workdir, gammas=gammas, ks=ks, robust=robust, robust_ci95=robust_ci,
-      clean=clean, attack=attack.label, num_episodes=num_episodes)
+      clean=clean, attack=attack.label, num_episodes=num_episodes,
+      selection_split=selection_split, chosen=chosen,
+      chosen_test=chosen_test)
   return SweepResult(
       tuple(map(float, gammas)), tuple(map(float, ks)), attack.label,
       num_episodes, robust, clean, robust_ci, report.files["heatmap"],
-      report.markdown, report.files)
+      report.markdown, report.files, selection_split, chosen,
+      tuple(map(float, chosen_test)))
