@@ -257,7 +257,7 @@ def test_tafl_table1_runs_end_to_end_shrunk(tmp_path):
   out = _reproduce_shrunk("tafl_table1", tmp_path)
   assert "kde" in out.report.files
   assert {c.attack_label for c in out.cells} == {
-      "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2"}
+      "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2", "cw_l2_strong"}
 
 
 @pytest.mark.slow
