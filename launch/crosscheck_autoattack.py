@@ -32,7 +32,10 @@ import optax
 from advmeta_jax import attacks
 from advmeta_jax import datasets
 
-ATTACK_NAMES = ("apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
+ATTACK_NAMES = ("apgd-ce", "apgd-t", "fab-t", "square", "square-shared",
+                "autoattack")
+# torchattacks has one Square: it samples as the reference ("shared").
+_TORCH_NAME = {"square-shared": "square"}
 
 # --- the model, in JAX ------------------------------------------------------
 
@@ -134,6 +137,9 @@ def jax_robust_accuracies(params, x, y, *, eps: float, seed: int = 0,
                                            num_steps=num_steps),
       "square": lambda f, x, y: attacks.square(f, x, y, eps=eps, key=k[3],
                                                num_queries=num_queries),
+      "square-shared": lambda f, x, y: attacks.square(
+          f, x, y, eps=eps, key=k[3], num_queries=num_queries,
+          shared_squares=True),
       "autoattack": lambda f, x, y: attacks.autoattack(
           f, x, y, eps=eps, key=key, num_steps=num_steps,
           num_queries=num_queries),
@@ -229,8 +235,9 @@ def crosscheck(*, eps: float = 8 / 255, num_examples: int = 200,
 
   Returns:
     {"clean", "logits_max_abs_diff", "jax", "torchattacks", "seconds",
-     "settings"}: `jax` and `torchattacks` map each of `ATTACK_NAMES` to a
-    robust accuracy.
+     "settings"}: `jax` maps each of `ATTACK_NAMES` to a robust accuracy,
+    `torchattacks` the same but "square-shared" (its one Square samples as
+    the reference, "shared").
   """
   import torch  # pylint: disable=g-import-not-at-top
   params, x, y = digits_problem(num_examples=num_examples,
@@ -270,7 +277,8 @@ def format_table(result: Dict) -> str:
            "| attack | advmeta_jax | torchattacks | difference |",
            "|---|---|---|---|"]
   for name in ATTACK_NAMES:
-    a, b = result["jax"][name], result["torchattacks"][name]
+    a = result["jax"][name]
+    b = result["torchattacks"][_TORCH_NAME.get(name, name)]
     lines.append(f"| {name} | {a:.3f} | {b:.3f} | {a - b:+.3f} |")
   s = result["seconds"]
   lines.append(f"time: advmeta_jax {s['jax']:.1f} s (with compilation), "

@@ -52,7 +52,7 @@ _ALIASES = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd",
 _INT_HPARAMS = ("num_steps", "binary_search_steps", "num_queries",
                 "num_target_classes", "num_restarts")
 _BOOL_HPARAMS = ("random_start", "batch_consistent", "targeted",
-                 "rescale_schedule")
+                 "rescale_schedule", "shared_squares")
 _STR_HPARAMS = ("loss", "version")
 # Hyperparameters in [0, 1] (`p_init` excludes 0, `beta` too).
 _UNIT_HPARAMS = ("alpha_max", "beta", "p_init")

@@ -58,7 +58,8 @@ def square_sizes(height: int, width: int, *, num_queries: int, p_init: float,
 
 def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
            num_queries: int = 5000, p_init: float = 0.8,
-           rescale_schedule: bool = False) -> Array:
+           rescale_schedule: bool = False,
+           shared_squares: bool = False) -> Array:
   """Square Attack, L∞, untargeted, margin loss (Andriushchenko et al. 2020,
   Algorithm 1 with the L∞ sampling of §3.1).
 
@@ -81,7 +82,9 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   Algorithm: each example draws its own square position and signs (the
   reference draws one square for the whole batch per iteration), and the
   position ranges over all H − s + 1 rows and columns (the reference's
-  `random_int(0, h − s)` never touches the last one).
+  `random_int(0, h − s)` never touches the last one). `shared_squares=True`
+  samples as the reference does (one square per iteration for the batch,
+  positions 0 … max(H − s, 1) − 1), for comparisons with it; it is weaker.
 
   Args:
     logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits.
@@ -94,6 +97,7 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
     p_init: initial fraction of pixels in a square, in (0, 1] (0.8).
     rescale_schedule: fit the schedule to `num_queries` (see
       `square_fraction`); False in AutoAttack, whose budget is 5000.
+    shared_squares: the reference's sampling (see above).
 
   Returns:
     `x_adv`: per example the adversarial example found, or `x` where the
@@ -108,9 +112,10 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   if p is None or not 0 < p <= 1:
     raise ConfigError(f"p_init must be a number in (0, 1] (a Python number: "
                       f"it fixes the square sizes), got {p_init!r}.")
-  if not isinstance(rescale_schedule, bool):
-    raise ConfigError(f"rescale_schedule must be True or False, got "
-                      f"{rescale_schedule!r}.")
+  for name, flag in (("rescale_schedule", rescale_schedule),
+                     ("shared_squares", shared_squares)):
+    if not isinstance(flag, bool):
+      raise ConfigError(f"{name} must be True or False, got {flag!r}.")
   if key is None:
     raise ConfigError("square needs a PRNG key: pass key=jax.random.key(...).")
   _check_inputs(x, y)
@@ -144,11 +149,17 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
     i, x_best, loss_best = state
     k_h, k_w, k_s = jax.random.split(jax.random.fold_in(k_loop, i), 3)
     s = sizes[i]
-    top = jax.random.randint(k_h, (n, 1, 1, 1), 0, height - s + 1)
-    left = jax.random.randint(k_w, (n, 1, 1, 1), 0, width - s + 1)
+    if shared_squares:   # one square for the batch, as the reference
+      draws, span_h, span_w = 1, jnp.maximum(height - s, 1), jnp.maximum(
+          width - s, 1)
+    else:
+      draws, span_h, span_w = n, height - s + 1, width - s + 1
+    top = jax.random.randint(k_h, (draws, 1, 1, 1), 0, span_h)
+    left = jax.random.randint(k_w, (draws, 1, 1, 1), 0, span_w)
     inside = ((rows >= top) & (rows < top + s) &
               (cols >= left) & (cols < left + s))
-    corner = jnp.clip(x + eps * signs(k_s, (n, 1, 1, channels)), 0.0, 1.0)
+    corner = jnp.clip(x + eps * signs(k_s, (draws, 1, 1, channels)), 0.0,
+                      1.0)
     todo = loss_best > 0
     x_new = jnp.where(inside & _per_example(todo, x), corner, x_best)
     loss = margin(held(x_new), y)
