@@ -8,7 +8,10 @@ Square and the standard AutoAttack in both libraries on the same held-out
 images:
 
   pip install "torch==2.13.0+cpu" && pip install --no-deps torchattacks
-  python -m launch.crosscheck_autoattack --eps=8/255 --num_examples=200
+  python -m launch.crosscheck_autoattack --eps=24/255 --num_examples=200
+
+(ε = 24/255: this CNN keeps about 40% accuracy there, so the attacks are
+compared where they differ; at 8/255 it keeps 90%.)
 
 Defaults are AutoAttack's standard settings (100 iterations, 5000 Square
 queries, all N−1 target classes). torchattacks' own `AutoAttack` defaults to
@@ -227,7 +230,7 @@ def torchattacks_robust_accuracies(model, x, y, *, eps: float,
   return out
 
 
-def crosscheck(*, eps: float = 8 / 255, num_examples: int = 200,
+def crosscheck(*, eps: float = 24 / 255, num_examples: int = 200,
                train_steps: int = 300, adv_eps: float = 0.0, seed: int = 0,
                num_steps: int = 100, num_queries: int = 5000,
                out: Optional[str] = None) -> Dict:
@@ -292,7 +295,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The script's flags (defined when run, not on import: tests import this
   module next to others that define --eps)."""
-  flags.DEFINE_string("eps", "8/255", "L-inf budget.")
+  flags.DEFINE_string("eps", "24/255", "L-inf budget.")
   flags.DEFINE_integer("num_examples", 200, "Held-out images attacked.")
   flags.DEFINE_integer("train_steps", 300, "Adam steps of the small CNN.")
   flags.DEFINE_string("adv_eps", "0", "PGD adversarial training budget (0: "
