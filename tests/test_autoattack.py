@@ -19,7 +19,6 @@ Three kinds of checks:
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
