@@ -168,11 +168,15 @@ def _compute_dtypes():
   return models.COMPUTE_DTYPES
 
 
+# The training attacks: the L-inf attacks cheap enough to run in every
+# meta-training step (not the evaluation ensembles APGD-T, FAB, Square and
+# AutoAttack).
+TRAIN_ATTACKS = ("apgd", "fgsm", "mi_fgsm", "pgd")
+
+
 def train_attacks() -> Tuple[str, ...]:
-  """The attacks with an L-inf budget eps (the possible training attacks)."""
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
-  return tuple(n for n in attacks.names()
-               if "eps" in attacks.hyperparameters(n))
+  """The possible `--train_attack` values."""
+  return TRAIN_ATTACKS
 
 
 class _Section:
