@@ -61,6 +61,7 @@ def manager(workdir: str, *, save_interval_steps: int = 1,
   policies = ocp.checkpoint_managers
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   remove_unfinished_saves(directory)
+  _refuse_earlier_format(directory)
   return ocp.CheckpointManager(
       directory,
       options=ocp.CheckpointManagerOptions(
@@ -85,6 +86,23 @@ def remove_unfinished_saves(directory: str) -> List[str]:
     logging.warning("removing %s: a save that did not complete.", name)
     shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
   return removed
+
+
+def _refuse_earlier_format(directory: str) -> None:
+  """Refuses checkpoints written by versions before the config was saved
+  with the state (one unnamed orbax item, `<step>/default`): orbax cannot mix
+  the two layouts in one directory, and such a checkpoint is not corrupt."""
+  if not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    step = os.path.join(directory, name)
+    if (name.isdigit() and os.path.isdir(os.path.join(step, "default"))
+        and not os.path.isdir(os.path.join(step, "state"))):
+      raise ConfigError(
+          f"the checkpoints in {directory} were written by an earlier version "
+          "of advmeta_jax (one unnamed item; this version saves the state "
+          "and its config). Train again in a new --workdir, or evaluate them "
+          "with the version that wrote them.")
 
 
 def for_config(workdir: str, config: Config):
