@@ -32,6 +32,7 @@ import jax
 from advmeta_jax import maml
 from advmeta_jax import metric
 from advmeta_jax import r2d2
+from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
 
@@ -271,7 +272,6 @@ KINDS: Dict[str, Kind] = {
 
 def get(name: str) -> Kind:
   """The adaptation kind `name`; a clear error for unknown names."""
-  from advmeta_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if name not in KINDS:
     raise ConfigError(f"unknown adaptation {name!r}; choose one of: "
                       f"{', '.join(KINDS)}.")

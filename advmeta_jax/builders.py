@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from advmeta_jax import attacks
 from advmeta_jax import datasets
@@ -23,6 +23,7 @@ from advmeta_jax import models
 from advmeta_jax import r2d2
 from advmeta_jax import trades
 from advmeta_jax.config import Config
+from advmeta_jax.errors import DataError
 
 
 def make_train_attack(config: Config, learner: Optional[learners.Learner] = None):
@@ -103,11 +104,36 @@ def build(config: Config) -> Experiment:
   return Experiment(config, model, apply_fn, bound, shape)
 
 
+# (dataset, data_dir) -> {split: class names} of the splits loaded so far.
+_CLASSES_SEEN: Dict[Tuple[str, Optional[str]], Dict[str, Tuple[str, ...]]] = {}
+
+
+def check_disjoint(source: Tuple[str, Optional[str]], split: str,
+                   class_names: Sequence[str]) -> None:
+  """Refuses a split that shares classes with another split of the same
+  data loaded in this process (meta-train, -val and -test classes must never
+  mix); remembers its classes otherwise."""
+  seen = _CLASSES_SEEN.setdefault(source, {})
+  for other, names in seen.items():
+    shared = sorted(set(names) & set(class_names)) if other != split else []
+    if shared:
+      where = source[1] or "its default location"
+      raise DataError(
+          f"the {other} and {split} splits of {source[0]} in {where} share "
+          f"{len(shared)} classes (e.g. {shared[:5]}): few-shot splits must "
+          "be disjoint by class. Check the files, or the class lists they "
+          "carry.")
+  seen[split] = tuple(class_names)
+
+
 def load_split(config: Config, split: str) -> datasets.ClassSplit:
-  """Loads a split and checks it can give the configured episodes."""
+  """Loads a split and checks it can give the configured episodes and that
+  it shares no class with the other splits loaded from the same data."""
   d = config.data
   data = datasets.load(d.dataset, split, data_dir=config.loop.data_dir,
-                       image_size=d.image_size)
+                       image_size=d.image_size,
+                       cache_dir=config.loop.cache_dir)
+  check_disjoint((d.dataset, config.loop.data_dir), split, data.class_names)
   episodes.check_episode_shape(data, n_way=d.n_way, k_shot=d.k_shot,
                                q_query=d.q_query)
   return data

@@ -59,16 +59,50 @@ def manager(workdir: str, *, save_interval_steps: int = 1,
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   policies = ocp.checkpoint_managers
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  remove_unfinished_saves(directory)
+  _refuse_earlier_format(directory)
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      directory,
       options=ocp.CheckpointManagerOptions(
-          cleanup_tmp_directories=True,   # saves a killed process left
           # Every `save_interval_steps` steps, and at a preemption notice
           # (all hosts agree on the step); not at the first step.
           save_decision_policy=policies.AnySavePolicy([
               policies.FixedIntervalPolicy(save_interval_steps),
               policies.PreemptionCheckpointingPolicy()]),
           max_to_keep=max_to_keep, create=True))
+
+
+def remove_unfinished_saves(directory: str) -> List[str]:
+  """Deletes the temporary directories of saves that never completed (a
+  process killed while orbax was writing); returns their names. Done here,
+  before the manager starts, rather than by orbax's background clean-up,
+  which its `close()` does not wait for."""
+  if not os.path.isdir(directory):
+    return []
+  removed = [name for name in os.listdir(directory)
+             if ".orbax-checkpoint-tmp" in name]
+  for name in removed:
+    logging.warning("removing %s: a save that did not complete.", name)
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  return removed
+
+
+def _refuse_earlier_format(directory: str) -> None:
+  """Refuses checkpoints written by versions before the config was saved
+  with the state (one unnamed orbax item, `<step>/default`): orbax cannot mix
+  the two layouts in one directory, and such a checkpoint is not corrupt."""
+  if not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    step = os.path.join(directory, name)
+    if (name.isdigit() and os.path.isdir(os.path.join(step, "default"))
+        and not os.path.isdir(os.path.join(step, "state"))):
+      raise ConfigError(
+          f"the checkpoints in {directory} were written by an earlier version "
+          "of advmeta_jax (one unnamed item; this version saves the state "
+          "and its config). Train again in a new --workdir, or evaluate them "
+          "with the version that wrote them.")
 
 
 def for_config(workdir: str, config: Config):

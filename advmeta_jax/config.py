@@ -168,11 +168,15 @@ def _compute_dtypes():
   return models.COMPUTE_DTYPES
 
 
+# The training attacks: the L-inf attacks cheap enough to run in every
+# meta-training step (not the evaluation ensembles APGD-T, FAB, Square and
+# AutoAttack).
+TRAIN_ATTACKS = ("apgd", "fgsm", "mi_fgsm", "pgd")
+
+
 def train_attacks() -> Tuple[str, ...]:
-  """The attacks with an L-inf budget eps (the possible training attacks)."""
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
-  return tuple(n for n in attacks.names()
-               if "eps" in attacks.hyperparameters(n))
+  """The possible `--train_attack` values."""
+  return TRAIN_ATTACKS
 
 
 class _Section:
@@ -340,8 +344,12 @@ class LoopConfig(_Section):
       "matmul", "Convolution formulation (same function): matmul is fastest "
       "on CPU; xla is lax.conv.", choices=_conv_impls)
   data_dir: Optional[str] = setting(
-      None, "Directory of the data (mini_imagenet, image_folder) or the "
-      "tensorflow-datasets data_dir (cifar_fs, omniglot).", kind=str)
+      None, "Directory of the data, in any layout of docs/datasets.md (e.g. "
+      "the CIFAR-100 archives, MiniImageNet's pickles or HDF5, Omniglot's "
+      "zips), or a tensorflow-datasets data_dir.", kind=str)
+  cache_dir: Optional[str] = setting(
+      None, "Folder for the prepared caches of slow dataset formats "
+      "(default: advmeta_cache/ next to the data).", kind=str)
 
 
 @dataclasses.dataclass(frozen=True)

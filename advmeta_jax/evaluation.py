@@ -22,6 +22,11 @@ in MAML and ADML) steps on the support set; with `curves` the query loss and
 top-1 accuracy are recorded before adaptation and after every step (the
 per-step curves of ADML Figs. 2-5; under an adversarial query the query is
 re-attacked against the classifier of every step).
+
+This module is one learner's meta-test (`run_case`, `meta_test`,
+`meta_test_config`) and its vocabulary (`TestCase`, `AttackSpec`,
+`MetaTestResult`). Many runs under one protocol are protocol.py, tables and
+figures reports.py; neither is imported here.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advmeta_jax import episodes
 from advmeta_jax import adaptations
+from advmeta_jax import attacks
 from advmeta_jax import builders
+from advmeta_jax import episodes
 from advmeta_jax import maml
 from advmeta_jax.errors import ConfigError
 
@@ -60,6 +66,11 @@ def confidence_interval_95(values) -> float:
   if n < 2:
     return 0.0
   return float(1.96 * values.std(ddof=1) / np.sqrt(n))
+
+
+def format_accuracy(mean: float, ci95: float) -> str:
+  """`0.4812, 0.0123` → `"48.12 ± 1.23"` (percent): a cell of every table."""
+  return f"{100 * mean:.2f} ± {100 * ci95:.2f}"
 
 
 # --- test cases -------------------------------------------------------------
@@ -381,13 +392,16 @@ def meta_test(apply_fn: Callable, params, source: episodes.EpisodeSource, *,
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
   """A test-time attack: its registry name and hyperparameters (flag strings
-  or numbers, as `attacks.make_attack` takes them)."""
+  or numbers, as `attacks.make_attack` takes them), and a `tag` that names
+  it in tables instead of its name (two settings of one attack, e.g. the
+  reference C&W and `cw_l2_strong`)."""
   name: str
   hparams: Tuple[Tuple[str, object], ...] = ()
+  tag: str = ""
 
   @classmethod
-  def of(cls, name: str, **hparams) -> "AttackSpec":
-    return cls(name, tuple(sorted(hparams.items())))
+  def of(cls, name: str, *, tag: str = "", **hparams) -> "AttackSpec":
+    return cls(name, tuple(sorted(hparams.items())), tag)
 
   @property
   def eps(self) -> Optional[str]:
@@ -395,9 +409,15 @@ class AttackSpec:
     return None if eps is None else str(eps)
 
   @property
+  def kind(self) -> str:
+    """The attack as tables and the papers' cells name it: the tag or the
+    registry name."""
+    return self.tag or self.name
+
+  @property
   def label(self) -> str:
     """`pgd ε=8/255` (the ε as written), or the name for an ε-free attack."""
-    return self.name if self.eps is None else f"{self.name} ε={self.eps}"
+    return self.kind if self.eps is None else f"{self.kind} ε={self.eps}"
 
   def build(self) -> Attack:
     """The attack function (the same object for equal specs)."""
@@ -406,19 +426,35 @@ class AttackSpec:
 
 @functools.lru_cache(maxsize=None)
 def _build_attack(spec: AttackSpec) -> Attack:
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
   return attacks.make_attack(spec.name, dict(spec.hparams))
 
 
-def default_test_attack(name: str, eps: str, num_steps: int = 20
-                        ) -> AttackSpec:
+# The C&W-L2 of TAFL Table 1: advertorch's CarliniWagnerL2Attack as the TAFL
+# code calls it (c0 = 1e-3, 10 iterations, 9 binary-search steps, lr 0.01,
+# confidence 0, abort early, per-example bookkeeping).
+CW_TAFL_REFERENCE = dict(c=1e-3, num_steps=10, binary_search_steps=9,
+                         learning_rate=0.01, confidence=0.0, abort_early=True,
+                         batch_consistent=False)
+# Our stronger C&W-L2: c = 1, 100 Adam steps, successes checked in the
+# returned batch (transductive BatchNorm).
+CW_STRONG = dict(c=1.0, num_steps=100, batch_consistent=True)
+# Test attacks that are settings of a registered attack under their own name.
+PRESETS = {"cw_l2_strong": AttackSpec.of("cw_l2", tag="cw_l2_strong",
+                                         **CW_STRONG)}
+TEST_ATTACKS = ("fgsm", "pgd", "mi_fgsm", "apgd", "cw_l2", "cw_l2_strong")
+
+
+def default_test_attack(name: str, eps: Optional[str], num_steps: int = 20,
+                        apgd_steps: int = 100) -> AttackSpec:
   """The test-time attack `name` at budget `eps` with the protocol defaults.
 
   PGD: step ε/4 (2/255 at 8/255), `num_steps` steps, random start (20 steps
-  at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD: `num_steps`.
-  FGSM: one step of ε. C&W-L2 (no ε): c = 1, 100 Adam steps.
+  at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD:
+  `apgd_steps` (AutoAttack's 100). FGSM: one step of ε. C&W-L2 (no ε): the
+  TAFL reference settings (`CW_TAFL_REFERENCE`); `cw_l2_strong`: `CW_STRONG`.
   """
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
+  if name in PRESETS:
+    return PRESETS[name]
   attacks.get(name)   # unknown names: the registry's error
   name = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd"}.get(
       name, name)
@@ -430,11 +466,11 @@ def default_test_attack(name: str, eps: str, num_steps: int = 20
   if name == "mi_fgsm":
     return AttackSpec.of("mi_fgsm", eps=eps, num_steps=num_steps)
   if name == "apgd":
-    return AttackSpec.of("apgd", eps=eps, num_steps=num_steps)
+    return AttackSpec.of("apgd", eps=eps, num_steps=apgd_steps)
   if name == "cw_l2":
-    return AttackSpec.of("cw_l2", c=1.0, num_steps=100)
+    return AttackSpec.of("cw_l2", **CW_TAFL_REFERENCE)
   raise ConfigError(f"no protocol defaults for attack {name!r}; choose one "
-                    "of: fgsm, pgd, mi_fgsm, apgd, cw_l2.")
+                    f"of: {', '.join(TEST_ATTACKS)}.")
 
 
 def adaptation_for(config, exp=None) -> adaptations.Adaptation:
@@ -468,12 +504,3 @@ def meta_test_config(config, params, split: str = "test", *,
       batch_size=config.eval_batch_size,
       seed=config.seed if seed is None else seed, curves=curves)
 
-
-def results_table(results: Dict[str, MetaTestResult], config) -> str:
-  """Markdown table, one row per learner: accuracy ± 95% CI and the protocol."""
-  from advmeta_jax import reports  # pylint: disable=g-import-not-at-top
-  shape = f"{config.n_way}-way {config.k_shot}-shot"
-  rows = [(name, config.dataset, shape, reports.format_accuracy(r.mean, r.ci95),
-           r.num_episodes) for name, r in results.items()]
-  return reports.markdown_table(
-      ("learner", "dataset", "task", "accuracy % (± 95% CI)", "episodes"), rows)

@@ -51,8 +51,10 @@ from advmeta_jax.objectives import TAFL_REDUCTIONS
 from advmeta_jax.objectives import tafl_weights
 
 Array = jax.Array
-# The robust objective put around a learner's adaptation ("none": its own).
-ROBUST_LOSSES = ("none", "aq", "tafl", "trades")
+# The robust objective put around a learner's adaptation ("none": its own):
+# the objectives registered with `robust=True`.
+ROBUST_LOSSES = ("none",) + tuple(
+    name for name, o in objectives.OBJECTIVES.items() if o.robust)
 
 __all__ = ["Adaptation", "ADVERSARIAL_IMAGES", "Bound", "Learner",
            "ROBUST_LOSSES", "TAFL_REDUCTIONS", "get", "gradient_adaptation",

@@ -38,7 +38,7 @@ Params are a plain pytree: `{"conv0": {"kernel"}, "bn0": {"scale", "bias"}, …,
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -161,11 +161,30 @@ class Conv4(nn.Module):
                     name="head")(features)
 
 
+class ConvShape(NamedTuple):
+  """One of conv4's convolutions: its index, the side of its (square) input
+  and its input channels."""
+  layer: int
+  side: int
+  channels: int
+
+
+def conv4_layer_shapes(image_size: int, channels: int = 3,
+                       filters: int = 32) -> List[ConvShape]:
+  """The input of each of conv4's four convolutions, for square images of
+  side `image_size` with `channels` channels: each block's 2×2 max-pool
+  halves the side (rounding down) and the convolutions output `filters`
+  channels."""
+  shapes, side = [], image_size
+  for layer in range(4):
+    shapes.append(ConvShape(layer, side, channels if layer == 0 else filters))
+    side //= 2
+  return shapes
+
+
 def feature_map_size(image_size: int) -> int:
   """Side of conv4's last feature map for square inputs of side `image_size`."""
-  for _ in range(4):
-    image_size //= 2
-  return image_size
+  return conv4_layer_shapes(image_size)[-1].side // 2
 
 
 def make_conv4(*, num_classes: int, filters: int = 32,
@@ -257,8 +276,7 @@ def conv4_forward_flops(*, image_size: int, channels: int, filters: int,
                         num_classes: int) -> int:
   """Multiply-add FLOPs (2 per MAC) of one image through conv4's convolutions
   and head; BatchNorm, ReLU and pooling (a few % more) are not counted."""
-  flops, side, c_in = 0, image_size, channels
-  for _ in range(4):
-    flops += 2 * side * side * 9 * c_in * filters
-    side, c_in = side // 2, filters
+  flops = sum(2 * s.side * s.side * 9 * s.channels * filters
+              for s in conv4_layer_shapes(image_size, channels, filters))
+  side = feature_map_size(image_size)
   return flops + 2 * side * side * filters * num_classes

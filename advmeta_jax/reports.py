@@ -1,15 +1,65 @@
-"""Tables of results: Markdown for the console and README, JSON for tools."""
+"""Reports of the meta-test: tables (Markdown, CSV, JSON) and figures.
+
+    [Cell] ──write_reports──▶ Report(markdown, files)
+        report.md      the pivot table (learners × case/attack), then one line
+                       per cell with the paper's number beside ours when the
+                       experiment has one, the L_AR summary, the masking checks
+        results.csv    one row per cell (accuracies in percent)
+        results.json   the cells, the per-step curves, the L_AR summary and
+                       the masking checks
+        curves_<attack>.png, kde_l_ar_<attack>.png   (plots.py)
+    {name: MetaTestResult} ──write_meta_test──▶ eval_test.md, eval_test.json
+    TAFL's γ × k grid ──write_sweep──▶ sensitivity_heatmap.png, sweep.json,
+                                        sweep.md
+
+Formatting and writing only: the functions here read what protocol.py
+(`Cell`s) and evaluation.py (`MetaTestResult`s) computed and run no model.
+The imports go one way: evaluation ← protocol ← reports ← reproduction.
+"""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
-from typing import Dict, List, Sequence
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from advmeta_jax import attacks
+from advmeta_jax import experiments
+from advmeta_jax import plots
+from advmeta_jax.evaluation import AttackSpec
+from advmeta_jax.evaluation import format_accuracy
+from advmeta_jax.evaluation import MetaTestResult
+from advmeta_jax.evaluation import TestCase
+from advmeta_jax.protocol import Cell
+
+__all__ = ["Report", "TAFL_DELTA", "cell_rows", "curve_data",
+           "format_accuracy", "l_ar_samples", "markdown_report",
+           "markdown_table", "pivot_table", "results_table", "write_csv",
+           "write_json", "write_meta_test", "write_reports", "write_sweep",
+           "write_text"]
+
+TAFL_DELTA = 1e-3   # the δ floor of L_AR in the analysis (TAFL's default)
 
 
-def format_accuracy(mean: float, ci95: float) -> str:
-  """`0.4812, 0.0123` → `"48.12 ± 1.23"` (percent)."""
-  return f"{100 * mean:.2f} ± {100 * ci95:.2f}"
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """What a report writer wrote.
 
+  Attributes:
+    markdown: the report's text, as written to its Markdown file.
+    files: `{what: path}` of every file written, in the order written
+      (`write_reports`: "curves <attack label>" per figure, "kde", "report",
+      "csv", "json").
+  """
+  markdown: str
+  files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# --- tables -----------------------------------------------------------------
 
 def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
   """A GitHub-flavoured Markdown table."""
@@ -27,3 +77,278 @@ def write_json(path: str, payload: Dict) -> None:
 def write_text(workdir: str, name: str, text: str) -> None:
   with open(f"{workdir}/{name}", "w") as f:
     f.write(text + "\n")
+
+
+def results_table(results: Mapping[str, MetaTestResult], config) -> str:
+  """Markdown table, one row per learner: accuracy ± 95% CI and the protocol
+  (`config`: the runs' `config.Config`)."""
+  shape = f"{config.n_way}-way {config.k_shot}-shot"
+  rows = [(name, config.dataset, shape, format_accuracy(r.mean, r.ci95),
+           r.num_episodes) for name, r in results.items()]
+  return markdown_table(
+      ("learner", "dataset", "task", "accuracy % (± 95% CI)", "episodes"), rows)
+
+
+def write_meta_test(results: Mapping[str, MetaTestResult], config,
+                    outdir: str) -> Report:
+  """Writes `results_table` to eval_test.md and each result's summary to
+  eval_test.json in `outdir` (the meta-test after training)."""
+  table = results_table(results, config)
+  write_text(outdir, "eval_test.md", table)
+  write_json(f"{outdir}/eval_test.json",
+             {name: r.summary() for name, r in results.items()})
+  return Report(table, {"report": f"{outdir}/eval_test.md",
+                        "json": f"{outdir}/eval_test.json"})
+
+
+# --- the protocol's cells ---------------------------------------------------------------------------------------------------------------
+
+def cell_rows(cells: Sequence[Cell],
+              experiment: Optional[experiments.ExperimentConfig] = None
+              ) -> List[Dict[str, Any]]:
+  """One flat dict per cell (accuracies in percent), with the paper's cell
+  when `experiment` has it."""
+  rows = []
+  for c in cells:
+    r = c.result
+    row = {"learner": c.run, "case": c.case.name, "support": c.case.support,
+           "query": c.case.query,
+           "attack": "none" if c.attack is None else c.attack.name,
+           "eps": "" if c.attack is None or c.attack.eps is None
+                  else c.attack.eps,
+           "attack_hparams": "" if c.attack is None else json.dumps(
+               dict(c.attack.hparams), sort_keys=True),
+           "accuracy": round(100 * r.mean, 2),
+           "ci95": round(100 * r.ci95, 2),
+           "loss": round(float(r.loss.mean()), 4),
+           "episodes": r.num_episodes}
+    paper = experiment.paper_result(c.run, c.attack, c.case) if experiment \
+        else None
+    if experiment is not None and experiment.paper:
+      row["paper_accuracy"] = None if paper is None else paper.accuracy
+      row["paper_ci95"] = None if paper is None else paper.ci95
+      row["difference"] = (None if paper is None
+                           else round(row["accuracy"] - paper.accuracy, 2))
+    rows.append(row)
+  return rows
+
+
+def markdown_report(cells: Sequence[Cell],
+                    experiment: Optional[experiments.ExperimentConfig] = None
+                    ) -> str:
+  """A Markdown table, one line per cell; paper vs ours when known."""
+  rows = cell_rows(cells, experiment)
+  with_paper = bool(rows) and "paper_accuracy" in rows[0]
+  header = ["learner", "support/query", "attack", "accuracy % (± 95% CI)"]
+  if with_paper:
+    header += ["paper % (± 95% CI)", "ours − paper"]
+  lines = []
+  for row in rows:
+    attack = "—" if row["attack"] == "none" else (
+        f"{row['attack']} ε={row['eps']}" if row["eps"] else row["attack"])
+    line = [row["learner"], row["case"], attack,
+            f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"]
+    if with_paper:
+      if row["paper_accuracy"] is None:
+        line += ["—", "—"]
+      else:
+        ci = row["paper_ci95"]
+        line += [f"{row['paper_accuracy']:.2f}" + (
+            f" ± {ci:.2f}" if ci is not None else ""),
+                 f"{row['difference']:+.2f}"]
+    lines.append(line)
+  return markdown_table(header, lines)
+
+
+def pivot_table(cells: Sequence[Cell]) -> str:
+  """Learners as rows, (case, attack) as columns: the README layout."""
+  columns: List[Tuple[str, str]] = []
+  for c in cells:
+    key = (c.case.name, c.attack_label)
+    if key not in columns:
+      columns.append(key)
+  learners_ = list(dict.fromkeys(c.run for c in cells))
+  value = {(c.run, c.case.name, c.attack_label):
+           format_accuracy(c.result.mean, c.result.ci95) for c in cells}
+  header = ["learner"] + [f"{case} ({attack})" if attack != "none" else case
+                          for case, attack in columns]
+  rows = [[name] + [value.get((name, case, attack), "—")
+                    for case, attack in columns] for name in learners_]
+  return markdown_table(header, rows)
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
+  fieldnames = list(dict.fromkeys(k for r in rows for k in r))
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def l_ar_samples(cells: Sequence[Cell], attack: AttackSpec,
+                 delta: float = TAFL_DELTA) -> Dict[str, np.ndarray]:
+  """TAFL's L_AR(τ) per episode for each learner, from its clean/adv cell."""
+  return {c.run: c.result.robustness_losses(delta) for c in cells
+          if c.case == TestCase("clean", "adv") and c.attack == attack}
+
+
+def curve_data(cells: Sequence[Cell], attack: Optional[AttackSpec]
+               ) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+  """`{case: {learner: {"loss", "accuracy"}}}` mean per-step curves of the
+  cells under `attack` (clean/clean included)."""
+  out: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+  for c in cells:
+    if c.attack not in (None, attack) or c.result.step_loss.shape[1] < 2:
+      continue
+    out.setdefault(c.case.name, {})[c.run] = {
+        "loss": c.result.step_loss.mean(0).tolist(),
+        "accuracy": c.result.step_accuracy.mean(0).tolist()}
+  return out
+
+
+def _slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+
+
+def write_reports(cells: Sequence[Cell], outdir: str, *,
+                  experiment: Optional[experiments.ExperimentConfig] = None,
+                  curves: bool = False, kde: bool = False,
+                  kde_threshold: float = 1.0,
+                  masking: Optional[Mapping[Tuple[str, str],
+                                            attacks.StrengthReport]] = None,
+                  header: str = "") -> Report:
+  """Writes report.md, results.csv, results.json and the figures to `outdir`.
+
+  Args:
+    cells: the protocol's cells (`protocol.evaluate_runs`).
+    outdir: the report directory (created).
+    experiment: puts the paper's cells beside ours, when it has them.
+    curves: draw the per-step curves (one figure per attack) and add them to
+      results.json.
+    kde: draw the KDE of L_AR over tasks for the strongest PGD (else the
+      last ε attack) and add its summary table.
+    kde_threshold: the L_AR threshold of the share of tasks above it.
+    masking: the gradient-masking checks (`protocol.masking_checks`).
+    header: Markdown put before the tables.
+
+  Returns:
+    The `Report`: the text of report.md and every file written.
+  """
+  os.makedirs(outdir, exist_ok=True)
+  rows = cell_rows(cells, experiment)
+  attack_specs = list(dict.fromkeys(c.attack for c in cells
+                                    if c.attack is not None))
+  parts = [header, ""] if header else []
+  parts += ["## Results", "", pivot_table(cells), "",
+            "## All cells", "", markdown_report(cells, experiment)]
+  payload: Dict[str, Any] = {"cells": rows}
+  written: Dict[str, str] = {}
+  if curves:
+    payload["curves"] = {}
+    for spec in attack_specs or [None]:
+      data = curve_data(cells, spec)
+      label = "clean" if spec is None else spec.label
+      payload["curves"][label] = data
+      path = os.path.join(outdir, f"curves_{_slug(label)}.png")
+      written[f"curves {label}"] = plots.plot_curves(
+          data, path, title=f"per-step meta-test curves ({label})")
+  if kde:
+    # TAFL's figure is under PGD: the strongest PGD of the report (else the
+    # last attack with a budget).
+    eps_specs = sorted((s for s in attack_specs if s.eps is not None),
+                       key=lambda s: (s.name == "pgd",
+                                      attacks.parse_eps(s.eps)))
+    if eps_specs:
+      spec = eps_specs[-1]
+      samples = l_ar_samples(cells, spec)
+      if samples:
+        path = os.path.join(outdir, f"kde_l_ar_{_slug(spec.label)}.png")
+        written["kde"] = plots.plot_kde(
+            samples, path, threshold=kde_threshold,
+            title=f"L_AR(τ) over tasks, {spec.label}")
+        shares = {k: plots.share_above(v, kde_threshold)
+                  for k, v in samples.items()}
+        payload["l_ar"] = {"attack": spec.label, "threshold": kde_threshold,
+                           "share_above": shares,
+                           "mean": {k: float(v.mean())
+                                    for k, v in samples.items()}}
+        parts += ["", f"## L_AR(τ) over tasks ({spec.label})", "",
+                  markdown_table(
+                      ("learner", "mean L_AR", f"share of tasks > "
+                       f"{kde_threshold:g}"),
+                      [(k, f"{samples[k].mean():.3f}",
+                        f"{100 * s:.1f}%") for k, s in shares.items()])]
+  if masking:
+    failed = {k: v for k, v in masking.items() if not v.ok}
+    payload["masking_checks"] = {f"{k[0]} | {k[1]}": {
+        "ok": v.ok, "findings": list(v.findings)} for k, v in masking.items()}
+    parts += ["", "## Gradient-masking checks", ""]
+    if not failed:
+      parts.append(f"All {len(masking)} checks passed (PGD-5 ≥ PGD-20 ≥ "
+                   "APGD, iterative ≤ FGSM ≤ noise ≤ clean, accuracy falls "
+                   "with ε and reaches ~0 at ε = 0.5).")
+    for (run, label), report in failed.items():
+      parts.append(f"- WARNING {run} under {label}: "
+                   + " ".join(report.findings))
+  markdown = "\n".join(parts)
+  written["report"] = os.path.join(outdir, "report.md")
+  write_text(outdir, "report.md", markdown)
+  written["csv"] = write_csv(os.path.join(outdir, "results.csv"), rows)
+  written["json"] = os.path.join(outdir, "results.json")
+  write_json(written["json"], payload)
+  return Report(markdown, written)
+
+
+# --- TAFL's γ × k sweep ---------------------------------------------------------
+
+def write_sweep(outdir: str, *, gammas: Sequence[float], ks: Sequence[float],
+                robust, robust_ci95, clean, attack: str, num_episodes: int,
+                selection_split: str = "test",
+                chosen: Sequence[float] = (0.0, 0.0),
+                chosen_test: Sequence[float] = (0.0, 0.0, 0.0)) -> Report:
+  """The sweep's heatmap (sensitivity_heatmap.png), sweep.json and sweep.md
+  (robust accuracy ± 95% CI, γ rows × k columns, and the chosen point) in
+  `outdir`.
+
+  Args:
+    outdir: the sweep's directory.
+    gammas, ks: the grid.
+    robust, robust_ci95, clean: `[γ, k]` accuracies in percent, on the
+      `selection_split` classes.
+    attack: the attack's label.
+    num_episodes: episodes per grid point.
+    selection_split: "val" or "test": the classes the grid was scored on.
+    chosen: the chosen (γ, k).
+    chosen_test: its (robust, robust_ci95, clean) on the test classes.
+  """
+  robust, robust_ci95 = np.asarray(robust), np.asarray(robust_ci95)
+  heatmap = plots.plot_heatmap(
+      robust, gammas, ks, os.path.join(outdir, "sensitivity_heatmap.png"),
+      title=f"TAFL robust accuracy ({attack}, {selection_split} classes)")
+  grid = markdown_table(
+      ["γ \\ k"] + [f"{k:g}" for k in ks],
+      [[f"{g:g}"] + [f"{robust[i, j]:.2f} ± {robust_ci95[i, j]:.2f}"
+                     for j in range(len(ks))] for i, g in enumerate(gammas)])
+  held_out = ("chosen on the validation classes" if selection_split == "val"
+              else "this dataset has no validation classes: the grid is "
+              "scored on the test classes, so the choice is not held out")
+  table = (f"Robust accuracy (% ± 95% CI, {attack}) on the {selection_split} "
+           f"classes:\n\n{grid}\n\nChosen: γ={chosen[0]:g}, k={chosen[1]:g} "
+           f"({held_out}); on the test classes: robust "
+           f"{chosen_test[0]:.2f} ± {chosen_test[1]:.2f}, clean "
+           f"{chosen_test[2]:.2f}.")
+  payload = {"gammas": list(map(float, gammas)), "ks": list(map(float, ks)),
+             "attack": attack, "episodes": num_episodes,
+             "selection_split": selection_split,
+             "robust": robust.tolist(), "robust_ci95": robust_ci95.tolist(),
+             "clean": np.asarray(clean).tolist(),
+             "chosen": {"gamma": float(chosen[0]), "k": float(chosen[1]),
+                        "test_robust": float(chosen_test[0]),
+                        "test_robust_ci95": float(chosen_test[1]),
+                        "test_clean": float(chosen_test[2])}}
+  write_json(os.path.join(outdir, "sweep.json"), payload)
+  write_text(outdir, "sweep.md", table)
+  return Report(table, {"heatmap": heatmap,
+                        "json": os.path.join(outdir, "sweep.json"),
+                        "report": os.path.join(outdir, "sweep.md")})

@@ -114,12 +114,15 @@ def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255",
         "with support in clean, adv, mixed (40% adversarial, K >= 2) and "
         "query in clean, adv.")
   flags.DEFINE_list("attacks", attacks, "Test-time attacks (comma-separated): "
-                    "fgsm, pgd, mi_fgsm, apgd, cw_l2.")
+                    "fgsm, pgd, mi_fgsm, apgd, cw_l2 (TAFL's reference C&W), "
+                    "cw_l2_strong.")
   flags.DEFINE_list("eps", eps, "L-inf budgets (comma-separated, e.g. "
                     "8/255,2/255); each eps attack runs at each. cw_l2 "
                     "ignores them.")
-  flags.DEFINE_integer("attack_steps", 20, "Iterations of PGD, MI-FGSM and "
-                       "APGD at test time.")
+  flags.DEFINE_integer("attack_steps", 20, "Iterations of PGD and MI-FGSM "
+                       "at test time.")
+  flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD at test time "
+                       "(AutoAttack's 100).")
   if not run_flags:
     return
   flags.DEFINE_integer("episodes", None, "Episodes per cell (default: the "
@@ -136,6 +139,9 @@ def attack_specs_from_flags():
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
   specs = []
   for name in flags.FLAGS.attacks:
+    if name in evaluation.PRESETS:
+      specs.append(evaluation.PRESETS[name])
+      continue
     attacks_lib.get(name)
     if "eps" not in attacks_lib.hyperparameters(name):
       specs.append(evaluation.default_test_attack(name, None))
@@ -143,5 +149,6 @@ def attack_specs_from_flags():
     for eps in flags.FLAGS.eps:
       attacks_lib.parse_eps(eps, "--eps")
       specs.append(evaluation.default_test_attack(
-          name, eps, num_steps=flags.FLAGS.attack_steps))
+          name, eps, num_steps=flags.FLAGS.attack_steps,
+          apgd_steps=flags.FLAGS.apgd_steps))
   return tuple(dict.fromkeys(specs))

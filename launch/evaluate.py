@@ -10,12 +10,10 @@ Writes report.md, results.csv, results.json and the figures (per-step curves,
 the KDE of L_AR over tasks) to --out (default: the first workdir's eval/).
 """
 
-import os
-
 from absl import flags
 
 from advmeta_jax import evaluation
-from advmeta_jax import protocol
+from advmeta_jax import reproduction
 from advmeta_jax.errors import ConfigError
 from launch import common
 
@@ -59,39 +57,16 @@ def main(argv):
   cases = evaluation.parse_cases(FLAGS.cases)
   specs = (common.attack_specs_from_flags()
            if any(c.needs_attack for c in cases) else ())
-  runs = [protocol.load_run(w, name=n, step=FLAGS.checkpoint_step,
-                            data_dir=FLAGS.data_dir)
-          for w, n in zip(workdirs, names)]
-  for w, run in zip(workdirs, runs):
-    print(f"checkpoint: step {run.step} of {w} ({run.name})")
-  if len({r.name for r in runs}) < len(runs):
-    raise ConfigError("two runs share a row name; give --names.")
-  first = runs[0].config
-  episodes = first.eval_episodes if FLAGS.episodes is None else FLAGS.episodes
-  if episodes < 1:
-    raise ConfigError(f"--episodes must be >= 1, got {episodes}.")
-  inner_steps = (first.eval_inner_steps if FLAGS.inner_steps is None
-                 else FLAGS.inner_steps)
-  from advmeta_jax import training  # pylint: disable=g-import-not-at-top
-  data = training.load_split(first, FLAGS.split)
-  cells = protocol.evaluate_runs(
-      runs, cases=cases, attack_specs=specs, split=FLAGS.split,
-      num_episodes=episodes, inner_steps=inner_steps, seed=FLAGS.seed,
-      curves=FLAGS.curves, adversarial_curves=FLAGS.adversarial_curves,
-      data=data, log=print)
-  masking = (protocol.masking_checks(runs, specs, data=data, seed=FLAGS.seed,
-                                     inner_steps=inner_steps)
-             if FLAGS.masking_check and specs else None)
-  out = FLAGS.out or os.path.join(workdirs[0], "eval")
-  header = (f"# Meta-test on {first.dataset} ({FLAGS.split} classes), "
-            f"{first.n_way}-way {first.k_shot}-shot\n\n{episodes} episodes "
-            f"per cell, {inner_steps} test-time inner steps, seed "
-            f"{FLAGS.seed}; accuracy in % ± 95% CI.")
-  written = protocol.write_reports(
-      cells, out, curves=FLAGS.curves, kde=FLAGS.kde,
-      kde_threshold=FLAGS.kde_threshold, masking=masking, header=header)
-  print(written.pop("markdown"))
-  print("\nwritten: " + ", ".join(sorted(written.values())))
+  out = reproduction.evaluate_workdirs(
+      workdirs, names=names, checkpoint_step=FLAGS.checkpoint_step,
+      split=FLAGS.split, data_dir=FLAGS.data_dir, out=FLAGS.out, cases=cases,
+      attack_specs=specs, num_episodes=FLAGS.episodes,
+      inner_steps=FLAGS.inner_steps, seed=FLAGS.seed, curves=FLAGS.curves,
+      adversarial_curves=FLAGS.adversarial_curves, kde=FLAGS.kde,
+      kde_threshold=FLAGS.kde_threshold, masking_check=FLAGS.masking_check,
+      log=print)
+  print(out.report.markdown)
+  print("\nwritten: " + ", ".join(sorted(out.report.files.values())))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Experiments: see `advmeta_jax.experiments.EXPERIMENTS` (--helpfull lists them).
 from absl import flags
 
 from advmeta_jax import experiments
-from advmeta_jax import protocol
+from advmeta_jax import reproduction
 from launch import common
 
 flags.DEFINE_enum("experiment", None, list(experiments.names()),
@@ -37,14 +37,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  out = protocol.reproduce(
+  out = reproduction.reproduce(
       experiments.get(FLAGS.experiment), FLAGS.workdir, shrink=FLAGS.shrink,
       rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=FLAGS.episodes,
       seed=FLAGS.seed, kde_threshold=FLAGS.kde_threshold)
-  print(out["markdown"])
-  written = {k: v for k, v in out["written"].items() if k != "markdown"}
-  print("\nwritten: " + ", ".join(sorted(written.values())))
-  print(f"total wall time: {out['seconds'] / 60:.1f} min")
+  print(out.report.markdown)
+  print("\nwritten: " + ", ".join(sorted(out.report.files.values())))
+  print(f"total wall time: {out.seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":

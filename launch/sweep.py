@@ -5,7 +5,7 @@ r"""TAFL's γ × k sensitivity study: train TAFL on a grid, draw robust accuracy
 
 Every grid point is its own resumable run in --workdir/gamma<γ>_k<k>; the
 heatmap (sensitivity_heatmap.png), sweep.md and sweep.json go to --workdir.
-The other TrainConfig flags set the rest of the TAFL run (dataset, shots...);
+The other config flags set the rest of the TAFL run (dataset, shots...);
 --eval_episodes, --eval_inner_steps and --eval_batch_size set the meta-test of
 every grid point (the same episodes for all, from --test_seed): clean and
 adversarial query after a clean support, under the one --attacks × --eps.
@@ -13,7 +13,7 @@ adversarial query after a clean support, under the one --attacks × --eps.
 
 from absl import flags
 
-from advmeta_jax import protocol
+from advmeta_jax import reproduction
 from advmeta_jax.errors import ConfigError
 from launch import common
 
@@ -43,13 +43,13 @@ def main(argv):
   if len(specs) != 1:
     raise ConfigError("the sweep scores one eps attack: give one --attacks "
                       "and one --eps (default pgd at 8/255).")
-  out = protocol.sensitivity_sweep(
+  out = reproduction.sensitivity_sweep(
       base, FLAGS.workdir, gammas=_floats(FLAGS.gammas, "gammas"),
       ks=_floats(FLAGS.ks, "ks"), attack=specs[0],
       num_episodes=base.eval_episodes, inner_steps=base.eval_inner_steps,
       seed=FLAGS.test_seed)
-  print(out["markdown"])
-  print(f"heatmap: {out['heatmap']}")
+  print(out.markdown)
+  print(f"heatmap: {out.heatmap}")
 
 
 if __name__ == "__main__":

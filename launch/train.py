@@ -17,9 +17,7 @@ pods) or --coordinator_address/--num_processes/--process_id (README,
 from absl import flags
 from absl import logging
 
-from advmeta_jax import evaluation
-from advmeta_jax import reports
-from advmeta_jax import training
+from advmeta_jax import reproduction
 from launch import common
 
 flags.DEFINE_string("workdir", None, "Directory for config, metrics and "
@@ -34,20 +32,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   common.initialize_distributed()
-  config = common.config_from_flags()
-  # Load and check both splits before training, not after a long run.
-  train_split = training.load_split(config, "train")
-  test_split = (training.load_split(config, "test") if config.eval_episodes
-                else None)
-  state = training.train(config, FLAGS.workdir, train_split=train_split)
-  if config.eval_episodes:
-    result = evaluation.meta_test_config(config, state.params, "test",
-                                         data=test_split)
-    table = evaluation.results_table({config.learner_label: result}, config)
-    print(table)
-    reports.write_text(FLAGS.workdir, "eval_test.md", table)
-    reports.write_json(f"{FLAGS.workdir}/eval_test.json",
-                       {config.learner_label: result.summary()})
+  out = reproduction.train_and_test(common.config_from_flags(), FLAGS.workdir)
+  if out.report is not None:
+    print(out.report.markdown)
 
 
 if __name__ == "__main__":

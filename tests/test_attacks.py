@@ -412,10 +412,12 @@ def test_parse_eps_refuses_bad_values(text, message):
 
 
 def test_registry_builds_an_attack_from_flags():
-  assert set(attacks.names()) == {"apgd", "cw_l2", "fgsm", "mi_fgsm", "pgd"}
+  assert set(attacks.names()) == {"apgd", "apgd_t", "autoattack", "cw_l2",
+                                  "fab", "fgsm", "mi_fgsm", "pgd", "square"}
   assert attacks.get("carlini_wagner_l2") is attacks.carlini_wagner_l2
   with pytest.raises(ConfigError, match="unknown attack 'deepfool'; choose "
-                     "one of: apgd, cw_l2, fgsm, mi_fgsm, pgd"):
+                     "one of: apgd, apgd_t, autoattack, cw_l2, fab, fgsm, "
+                     "mi_fgsm, pgd, square"):
     attacks.get("deepfool")
   (w1, w2), x, y = tiny_problem()
   logits_fn = coupled_logits(w1, w2)

@@ -1,8 +1,11 @@
-"""launch/benchmark.py runs and reports every field (no timing is asserted)."""
+"""advmeta_jax.benchmark runs and reports every field (no timing is asserted)."""
 
+import json
 import math
 
-from launch import benchmark
+import pytest
+
+from advmeta_jax import benchmark
 
 
 def test_train_step_benchmark_reports_its_fields():
@@ -48,7 +51,6 @@ def test_variants_parse_and_unknown_options_are_refused():
       remat=False, first_order=False, compute_dtype="float32",
       parallel_tasks=0)
   assert benchmark.variant_fields("p1+remat")["parallel_tasks"] == 1
-  import pytest  # pylint: disable=g-import-not-at-top
   with pytest.raises(Exception, match="unknown option"):
     benchmark.variant_fields("fp8")
 
@@ -56,25 +58,24 @@ def test_variants_parse_and_unknown_options_are_refused():
 def test_pytorch_baseline_computes_the_same_meta_gradient():
   """The baseline is the same second-order MAML: same meta-loss and
   meta-gradient as advmeta_jax from the same parameters and tasks."""
-  import pytest  # pylint: disable=g-import-not-at-top
   torch = pytest.importorskip("torch")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from advmeta_jax import episodes, learners, training  # pylint: disable=g-import-not-at-top
-  from launch import torch_baseline  # pylint: disable=g-import-not-at-top
-  model = benchmark.models.make_conv4(num_classes=3, filters=4, image_size=16)
-  apply_fn = benchmark.models.make_apply_fn(model)
-  params = benchmark.models.init_params(model, jax.random.key(0), (16, 16, 3))
+  from advmeta_jax import episodes, torch_baseline, training  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.config import Config  # pylint: disable=g-import-not-at-top
+  exp = training.build(Config.make(
+      learner="maml", dataset="cifar_fs", image_size=16, n_way=3, filters=4,
+      inner_lr=0.1, inner_steps=2))
+  params = benchmark.models.init_params(exp.model, jax.random.key(0),
+                                        (16, 16, 3))
   k = jax.random.split(jax.random.key(1), 2)
   tasks = episodes.Task(
       jax.random.uniform(k[0], (2, 6, 16, 16, 3)),
       jax.numpy.tile(jax.numpy.arange(6) % 3, (2, 1)),
       jax.random.uniform(k[1], (2, 9, 16, 16, 3)),
       jax.numpy.tile(jax.numpy.arange(9) % 3, (2, 1)))
-  config = learners.LearnerConfig(apply_fn=apply_fn, inner_lr=0.1,
-                                  inner_steps=2)
   (loss, _), grads = jax.value_and_grad(
-      training.batch_outer_loss(learners.maml_loss, config), has_aux=True)(
+      training.batch_outer_loss(exp.learner), has_aux=True)(
           params, tasks, jax.random.key(2))
   nchw = lambda a: torch.tensor(np.transpose(np.asarray(a), (0, 1, 4, 2, 3)))
   t_loss, t_grads = torch_baseline.meta_loss_and_grads(
@@ -100,4 +101,41 @@ def test_conv_section_checks_and_times_every_formulation():
   assert r["flops"] == 3 * 2 * 3 * 8 * 8 * 9 * 4 * 4
   assert {"matmul", "xla"} <= set(r["ms"])
   assert all(math.isfinite(t) and t > 0 for t in r["ms"].values())
+  assert benchmark.conv_layer_shapes is benchmark.models.conv4_layer_shapes
 
+
+def test_step_config_is_the_library_config_of_a_benchmark_row():
+  """A row's config builds conv4 with the row's shape and the bound learner
+  with the variant's memory options."""
+  config = benchmark.step_config(dict(
+      learner="aq", conv_impl="xla", size=32, k_shot=5, n_way=5, q_query=15,
+      task_batch_size=4, inner_steps=5, filters=32, attack_steps=3,
+      **benchmark.variant_fields("p2+remat+bf16")))
+  assert (config.image_size, config.k_shot, config.conv_impl) == (32, 5, "xla")
+  assert (config.remat, config.parallel_tasks, config.compute_dtype) == (
+      True, 2, "bfloat16")
+  assert config.train_attack_steps == 3
+  exp = benchmark.training.build(config)
+  assert exp.image_shape == (32, 32, 3)
+  assert exp.learner.learner.name == "aq"
+
+
+def test_unknown_section_and_attack_are_refused():
+  from advmeta_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="unknown section"):
+    benchmark.run(benchmark.Options(section="gpu"))
+  with pytest.raises(ConfigError, match="no benchmark settings for 'foo'"):
+    benchmark.attack_hparams("foo")
+
+
+def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
+  """run() drives the children (python -m advmeta_jax.benchmark MODE JSON),
+  prints the table and writes the JSON."""
+  out = tmp_path / "bench.json"
+  payload = benchmark.run(benchmark.Options(
+      section="attacks", attacks=("fgsm",), sizes=(16,), attack_batch=2,
+      filters=4, steps=1, out=str(out)))
+  assert json.loads(out.read_text()) == json.loads(json.dumps(payload))
+  (r,) = payload["attack_results"]
+  assert r["attack"] == "fgsm" and r["images_per_s"] > 0
+  assert "| fgsm | eps=8/255 | 16 |" in capsys.readouterr().out

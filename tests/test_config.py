@@ -98,7 +98,7 @@ def test_flat_and_nested_access_and_round_trip():
 def test_resume_rule_is_over_sections():
   old = tiny_config()
   for name in ("num_steps", "log_every", "checkpoint_every", "num_devices",
-               "remat", "parallel_tasks", "data_dir", "eval_episodes",
+               "remat", "parallel_tasks", "data_dir", "cache_dir", "eval_episodes",
                "eval_batch_size", "eval_inner_steps", "conv_impl",
                "keep_checkpoints"):
     section = config_lib.SECTION_OF[name]

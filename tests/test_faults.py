@@ -267,3 +267,17 @@ def test_bad_input_gets_one_line_and_no_traceback(bad_input_results, command,
   expected = message.replace("$TMP", "")
   for fragment in expected.split(" … "):
     assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_checkpoints_of_an_earlier_version_are_refused_not_moved(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / "run" / "checkpoints"
+  old = ocp.CheckpointManager(str(directory),
+                              options=ocp.CheckpointManagerOptions(create=True))
+  old.save(3, args=ocp.args.StandardSave({"a": jnp.ones(2)}), force=True)
+  old.wait_until_finished()
+  old.close()
+  with pytest.raises(ConfigError, match="written by an earlier version"):
+    checkpoints.manager(str(tmp_path / "run"))
+  assert (directory / "3" / "default").is_dir()      # left as it was

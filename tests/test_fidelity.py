@@ -17,7 +17,7 @@ from advmeta_jax import objectives
 from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.episodes import Task
-from advmeta_jax.errors import ConfigError
+from advmeta_jax.errors import ConfigError, DataError
 from tests.conftest import tiny_config
 
 
@@ -185,3 +185,138 @@ def test_matchingnet_with_adml_fce_trains(tmp_path, digits_train):
   assert int(state.step) == 2
   assert "context" in state.params
   chex.assert_tree_all_finite(state.params)
+
+
+# --- MiniImageNet's class lists ------------------------------------------------
+
+def test_mini_imagenet_warns_on_a_wrong_class_list_and_refuses_overlap(
+    tmp_path, caplog):
+  from tests import test_dataset_layouts as layouts  # pylint: disable=g-import-not-at-top
+  data = layouts.fake_mini(per_class=2, size=84)
+  train_images, train_wnids = data["train"]
+  # A test split that is the train split: other classes than Ravi's, and
+  # the same classes as train.
+  data["test"] = (train_images[:40], train_wnids[:40])
+  layouts.write_mini_npz(str(tmp_path), data)
+  config = Config.make(dataset="mini_imagenet", data_dir=str(tmp_path),
+                       n_way=5, k_shot=1, q_query=1)
+  builders.load_split(config, "train")
+  with caplog.at_level("WARNING"):
+    with pytest.raises(DataError, match=r"the train and test "
+                       r"splits of mini_imagenet .* share 20 classes"):
+      builders.load_split(config, "test")
+  assert "differs from the published split" in caplog.text
+  assert "missing" in caplog.text and "unexpected" in caplog.text
+
+
+# --- model selection on the validation classes ---------------------------------
+
+def _image_folder(root, seed=0):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  for split in ("train", "val", "test"):
+    for c in range(5):
+      folder = root / split / f"{split}_class{c}"
+      folder.mkdir(parents=True)
+      for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                        ).save(folder / f"{i}.png")
+
+
+def _tiny_sweep_config(**overrides):
+  return tiny_config(learner="tafl", num_steps=1, q_query=2, filters=4,
+                     train_attack_steps=1, eval_episodes=4,
+                     eval_batch_size=4, **overrides).validate()
+
+
+def test_sweep_chooses_on_val_and_reports_test_separately(tmp_path,
+                                                          monkeypatch):
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import reproduction  # pylint: disable=g-import-not-at-top
+  _image_folder(tmp_path / "data")
+  scored = []
+  score = reproduction._score  # pylint: disable=protected-access
+
+  def recording(run, attack, data, **kw):
+    scored.append((run.name, data.name))
+    return score(run, attack, data, **kw)
+
+  monkeypatch.setattr(reproduction, "_score", recording)
+  base = _tiny_sweep_config(dataset="image_folder",
+                            data_dir=str(tmp_path / "data"), image_size=16)
+  out = reproduction.sensitivity_sweep(
+      base, str(tmp_path / "sweep"), gammas=(0.0, 2.0), ks=(1.0,),
+      attack=evaluation.default_test_attack("pgd", "8/255", num_steps=1),
+      num_episodes=4, inner_steps=1, log=lambda _: None, progress=False)
+  assert out.selection_split == "val"
+  grid = [name for _, name in scored[:2]]
+  assert grid == ["image_folder/val", "image_folder/val"]
+  best = int(np.argmax(out.robust[:, 0]))
+  assert out.chosen == ((0.0, 2.0)[best], 1.0)
+  assert scored[2] == (f"γ={out.chosen[0]:g},k=1", "image_folder/test")
+  assert "validation classes" in out.markdown
+  assert f"{out.chosen_test[0]:.2f}" in out.markdown
+
+
+def test_sweep_on_digits_says_it_has_no_val(tmp_path):
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import reproduction  # pylint: disable=g-import-not-at-top
+  messages = []
+  out = reproduction.sensitivity_sweep(
+      _tiny_sweep_config(), str(tmp_path), gammas=(2.0,), ks=(1.0,),
+      attack=evaluation.default_test_attack("pgd", "8/255", num_steps=1),
+      num_episodes=4, inner_steps=1, log=messages.append, progress=False)
+  assert out.selection_split == "test"
+  assert any("no validation classes" in m for m in messages)
+  assert "no validation classes" in out.markdown
+  assert out.chosen_test[0] == out.robust[0, 0]
+
+
+# --- the reproduction configs -------------------------------------------------
+
+def test_tafl_table1_rows_train_against_pgd_8_255():
+  from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
+  exp = experiments.get("tafl_table1")
+  for row in exp.row_names:
+    config = Config.make(**exp.train_fields(row)).validate()
+    if row == "maml":
+      assert builders.make_train_attack(config) is None
+      continue
+    assert config.attack.train_attack == "pgd", row
+    assert config.attack.train_eps == "8/255", row
+    assert config.attack.train_attack_steps == 7, row
+    assert config.attack.train_step_size == "2/255", row
+
+
+def test_tafl_table1_cw_is_advertorchs_reference():
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
+  specs = experiments.get("tafl_table1").test_attacks()
+  cw = [s for s in specs if s.label == "cw_l2"]
+  assert len(cw) == 1
+  assert dict(cw[0].hparams) == dict(
+      c=1e-3, num_steps=10, binary_search_steps=9, learning_rate=0.01,
+      confidence=0.0, abort_early=True, batch_consistent=False)
+  assert dict(cw[0].hparams) == evaluation.CW_TAFL_REFERENCE
+  strong = [s for s in specs if s.label == "cw_l2_strong"]
+  assert len(strong) == 1 and dict(strong[0].hparams)["num_steps"] == 100
+  exp = experiments.get("tafl_table1")
+  from advmeta_jax.evaluation import TestCase  # pylint: disable=g-import-not-at-top
+  case = TestCase("clean", "adv")
+  assert exp.paper_result("tafl", cw[0], case).accuracy == 27.75
+  assert exp.paper_result("tafl", strong[0], case) is None
+
+
+def test_apgd_defaults_to_autoattacks_100_iterations():
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  spec = evaluation.default_test_attack("apgd", "8/255")
+  assert dict(spec.hparams)["num_steps"] == 100
+  assert dict(evaluation.default_test_attack(
+      "apgd", "8/255", apgd_steps=10).hparams)["num_steps"] == 10
+
+
+def test_adml_tables_use_the_adml_fce_matching_networks():
+  from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
+  for table in (1, 2, 3, 4):
+    exp = experiments.get(f"adml_table{table}")
+    assert exp.train_fields("matchingnet")["fce"] == "adml"

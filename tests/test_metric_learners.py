@@ -304,7 +304,7 @@ def test_tafl_weights_the_tasks_of_a_metric_learner():
     (dict(learner="maml_ad", robust="aq"),
      "does not apply to learner 'maml_ad'"),
     (dict(learner="protonet", robust="fgsm"),
-     "unknown robust loss 'fgsm'; choose one of: none, aq, tafl"),
+     "unknown robust loss 'fgsm'; choose one of: none, aq, tafl, trades"),
 ])
 def test_bad_robust_combinations_are_refused(overrides, match):
   with pytest.raises(ConfigError, match=match):

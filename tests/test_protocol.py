@@ -1,12 +1,15 @@
 """The meta-test protocol: cases, CI, identical episodes, reports, configs."""
 
+import ast
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from advmeta_jax import adaptations
 from advmeta_jax import episodes
 from advmeta_jax import evaluation
 from advmeta_jax import experiments
@@ -14,7 +17,8 @@ from advmeta_jax import learners
 from advmeta_jax import models
 from advmeta_jax import plots
 from advmeta_jax import protocol
-from advmeta_jax import training
+from advmeta_jax import reports
+from advmeta_jax import reproduction
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import TestCase
@@ -76,8 +80,7 @@ def test_source(digits_test):
 def test_mixed_support_attacks_exactly_the_masked_images(tiny_model,
                                                          test_source):
   apply_fn, (params, _) = tiny_model
-  adaptation = learners.gradient_adaptation(
-      learners.LearnerConfig(apply_fn=apply_fn))
+  adaptation = adaptations.gradient_adaptation(apply_fn, inner_lr=0.01)
   task = episodes.sample_task(jax.random.key(1), test_source, n_way=5,
                               k_shot=5, q_query=2)
   xs = evaluation.attack_support(adaptation, params, task, jax.random.key(2),
@@ -99,7 +102,7 @@ class _PixelAdaptation:
     logits = lambda state, x: x.reshape(x.shape[0], -1) @ w
     adapt = lambda params, xs, ys, *, num_steps, track_fn=None: (params, {})
     initial = lambda params, xs, ys, x: logits(params, x)
-    return learners.Adaptation(adapt, logits, initial)
+    return adaptations.Adaptation(adapt, logits, initial)
 
 
 def test_same_seed_gives_every_learner_the_same_episodes(test_source):
@@ -121,8 +124,7 @@ def two_runs(tiny_model):
   _, (p0, p1) = tiny_model
   config = tiny_config(filters=4, k_shot=5, q_query=2, eval_batch_size=4)
   return [protocol.Run("maml", config, p0),
-          protocol.Run("aq", training.TrainConfig(
-              **{**config.to_dict(), "learner": "aq"}), p1)]
+          protocol.Run("aq", config.replace(learner="aq"), p1)]
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +150,10 @@ def test_six_cases_give_six_cells_per_learner(six_case_cells):
 
 
 def test_reports_are_written(six_case_cells, tmp_path):
-  written = protocol.write_reports(six_case_cells, str(tmp_path), curves=True,
-                                   kde=True, kde_threshold=0.1)
+  report = reports.write_reports(six_case_cells, str(tmp_path), curves=True,
+                                 kde=True, kde_threshold=0.1)
+  assert isinstance(report, reports.Report)
+  written = report.files
   for key in ("report", "csv", "json", "kde"):
     assert (tmp_path / written[key].split("/")[-1]).stat().st_size > 0
   assert any(k.startswith("curves") for k in written)
@@ -159,14 +163,15 @@ def test_reports_are_written(six_case_cells, tmp_path):
   assert len(rows) == 12
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
   assert len(csv_lines) == 13
-  report = (tmp_path / "report.md").read_text()
-  assert "| maml |" in report and "mixed/adv (fgsm ε=8/255)" in report
-  assert "share of tasks > 0.1" in report
+  text = (tmp_path / "report.md").read_text()
+  assert text == report.markdown + "\n"
+  assert "| maml |" in text and "mixed/adv (fgsm ε=8/255)" in text
+  assert "share of tasks > 0.1" in text
 
 
 def test_runs_with_different_episode_shapes_are_refused(two_runs):
-  other = protocol.Run("x", training.TrainConfig(
-      **{**two_runs[0].config.to_dict(), "k_shot": 1}), two_runs[0].params)
+  other = protocol.Run("x", two_runs[0].config.replace(k_shot=1),
+                       two_runs[0].params)
   with pytest.raises(ConfigError, match="cannot share a table"):
     protocol.evaluate_runs([two_runs[0], other], cases=(TestCase(),),
                            attack_specs=())
@@ -180,7 +185,7 @@ def test_masking_check_warns_on_an_untrained_model(two_runs, digits_test,
       inner_steps=1)
   (report,) = checks.values()
   assert set(report.accuracies) >= {"clean", "fgsm", "pgd5", "pgd20"}
-  written = protocol.write_reports([], str(tmp_path), masking=checks)
+  reports.write_reports([], str(tmp_path), masking=checks)
   text = (tmp_path / "report.md").read_text()
   assert "Gradient-masking checks" in text
   assert ("WARNING maml" in text) == (not report.ok)
@@ -228,38 +233,39 @@ def test_unknown_experiment_lists_the_choices():
 
 
 def _reproduce_shrunk(name, tmp_path):
-  out = protocol.reproduce(experiments.get(name), str(tmp_path / name),
-                           shrink=True, progress=False, log=lambda _: None)
+  out = reproduction.reproduce(experiments.get(name), str(tmp_path / name),
+                               shrink=True, progress=False, log=lambda _: None)
+  assert isinstance(out, reproduction.Reproduction) and out.seconds > 0
   experiment = experiments.get(name)
-  rows = {c.run for c in out["cells"]}
+  rows = {c.run for c in out.cells}
   assert rows == {r for r in experiment.row_names
                   if dict(experiment.rows)[r]["learner"] in learners.names()}
   report = (tmp_path / name / "report" / "report.md").read_text()
   if experiment.paper:
     assert "ours − paper" in report
-  for cell in out["cells"]:
+  assert report == out.report.markdown + "\n"
+  for cell in out.cells:
     assert np.isfinite(cell.result.accuracy).all()
-  for key, path in out["written"].items():
-    if key != "markdown":
-      with open(path, "rb") as f:
-        assert f.read(1), path
+  for path in out.report.files.values():
+    with open(path, "rb") as f:
+      assert f.read(1), path
   return out
 
 
 @pytest.mark.slow
 def test_tafl_table1_runs_end_to_end_shrunk(tmp_path):
   out = _reproduce_shrunk("tafl_table1", tmp_path)
-  assert "kde" in out["written"]
-  assert {c.attack_label for c in out["cells"]} == {
-      "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2"}
+  assert "kde" in out.report.files
+  assert {c.attack_label for c in out.cells} == {
+      "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2", "cw_l2_strong"}
 
 
 @pytest.mark.slow
 def test_adml_five_shot_table_runs_all_six_cases_shrunk(tmp_path):
   out = _reproduce_shrunk("adml_table2", tmp_path)
-  cases = {c.case.name for c in out["cells"]}
+  cases = {c.case.name for c in out.cells}
   assert cases == {c.name for c in evaluation.ALL_CASES}
-  assert any(k.startswith("curves") for k in out["written"])
+  assert any(k.startswith("curves") for k in out.report.files)
 
 
 @pytest.mark.slow
@@ -271,10 +277,101 @@ def test_every_experiment_runs_end_to_end_shrunk(name, tmp_path):
 def test_sensitivity_sweep_draws_the_heatmap(tmp_path, digits_train):
   base = tiny_config(learner="tafl", filters=4, num_steps=2,
                      train_attack_steps=1)
-  out = protocol.sensitivity_sweep(
+  out = reproduction.sensitivity_sweep(
       base, str(tmp_path), gammas=[0.0, 2.0], ks=[1.0],
       attack=AttackSpec.of("fgsm", eps="8/255"), num_episodes=2,
       inner_steps=1, progress=False, log=lambda _: None)
-  assert np.asarray(out["robust"]).shape == (2, 1)
+  assert isinstance(out, reproduction.SweepResult)
+  assert out.robust.shape == out.clean.shape == out.robust_ci95.shape == (2, 1)
+  assert out.gammas == (0.0, 2.0) and out.ks == (1.0,)
+  assert out.heatmap == str(tmp_path / "sensitivity_heatmap.png")
   assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
-  assert json.loads((tmp_path / "sweep.json").read_text())["gammas"] == [0, 2]
+  saved = json.loads((tmp_path / "sweep.json").read_text())
+  assert saved["gammas"] == [0, 2]
+  assert saved["robust"] == out.robust.tolist()
+  assert (tmp_path / "sweep.md").read_text() == out.markdown + "\n"
+  assert "| γ \\ k | 1 |" in out.markdown   # the grid, then the choice
+
+
+def test_train_and_test_writes_the_meta_test_and_evaluate_repeats_it(
+    tmp_path):
+  """launch.train's library call: trains, meta-tests, writes eval_test.md and
+  eval_test.json; launch.evaluate's reads the run back and gets the same
+  accuracy on the same episodes."""
+  config = tiny_config(filters=4, num_steps=2, eval_episodes=4,
+                       eval_batch_size=2)
+  workdir = tmp_path / "run"
+  out = reproduction.train_and_test(config, str(workdir), progress=False)
+  assert isinstance(out, reproduction.TrainTestResult)
+  assert int(out.state.step) == 2 and out.result.num_episodes == 4
+  assert (workdir / "eval_test.md").read_text() == out.report.markdown + "\n"
+  assert out.report.markdown.startswith(
+      "| learner | dataset | task | accuracy % (± 95% CI) | episodes |")
+  accuracy = evaluation.format_accuracy(out.result.mean, out.result.ci95)
+  row = f"| maml | digits | 5-way 1-shot | {accuracy} | 4 |"
+  assert row in out.report.markdown
+  summary = json.loads((workdir / "eval_test.json").read_text())
+  assert summary == {"maml": json.loads(json.dumps(out.result.summary()))}
+  assert set(out.report.files) == {"report", "json"}
+
+  logged = []
+  evaluated = reproduction.evaluate_workdirs(
+      [str(workdir)], cases=(TestCase(),), attack_specs=(),
+      out=str(tmp_path / "eval"), log=logged.append)
+  assert logged[0] == f"checkpoint: step 2 of {workdir} (maml)"
+  (cell,) = evaluated.cells
+  assert evaluated.masking is None and evaluated.runs[0].step == 2
+  np.testing.assert_array_equal(cell.result.accuracy, out.result.accuracy)
+  assert evaluated.report.markdown.startswith(
+      "# Meta-test on digits (test classes), 5-way 1-shot")
+  assert (tmp_path / "eval" / "report.md").read_text() == (
+      evaluated.report.markdown + "\n")
+  with pytest.raises(ConfigError, match="share a row name"):
+    reproduction.evaluate_workdirs([str(workdir)] * 2, cases=(TestCase(),),
+                                   attack_specs=(), log=lambda _: None)
+
+  no_test = reproduction.train_and_test(config.replace(eval_episodes=0),
+                                        str(workdir), progress=False)
+  assert no_test.result is None and no_test.report is None
+
+
+_PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "advmeta_jax"
+
+
+def _imported_modules(name):
+  """The advmeta_jax modules `name`.py imports, anywhere in the file."""
+  tree = ast.parse((_PACKAGE / f"{name}.py").read_text())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      if node.module == "advmeta_jax":
+        out.update(a.name for a in node.names)
+      elif node.module.startswith("advmeta_jax."):
+        out.add(node.module.split(".")[1])
+    elif isinstance(node, ast.Import):
+      out.update(a.name.split(".")[1] for a in node.names
+                 if a.name.startswith("advmeta_jax."))
+  return out
+
+
+def test_evaluation_protocol_reports_and_drivers_import_one_way():
+  later = ["evaluation", "protocol", "reports", "reproduction"]
+  for i, name in enumerate(later):
+    assert not _imported_modules(name) & set(later[i + 1:]), name
+  assert "protocol" in _imported_modules("reports")
+  assert {"protocol", "reports"} <= _imported_modules("reproduction")
+
+
+def test_no_module_is_over_600_lines():
+  for path in _PACKAGE.rglob("*.py"):
+    assert len(path.read_text().splitlines()) <= 600, path
+
+
+def test_a_name_that_left_protocol_says_where_it_went():
+  with pytest.raises(AttributeError, match=r"moved to advmeta_jax\.reports\."
+                     "write_reports"):
+    protocol.write_reports  # pylint: disable=pointless-statement
+  with pytest.raises(AttributeError, match="reproduction.sensitivity_sweep"):
+    protocol.sensitivity_sweep  # pylint: disable=pointless-statement
+  with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+    protocol.nothing  # pylint: disable=pointless-statement

@@ -156,8 +156,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     (dict(dataset="cifar10"), "unknown dataset 'cifar10'; choose one of: "
                               "cifar_fs, digits"),
     (dict(learner="reptile"), "unknown learner 'reptile'; choose one of: "
-                              "adml, aq, maml, maml_ad, matchingnet, "
-                              "protonet, tafl"),
+                              "adml, anil, aq, maml, maml_ad, "
+                              "matchingnet, protonet, r2d2, tafl"),
     (dict(inner_lr=-0.1), "inner_lr must be a finite number > 0, got -0.1"),
     (dict(meta_lr=float("nan")), "meta_lr must be a finite number > 0"),
     (dict(k_shot=0), "k_shot must be a positive integer, got 0"),

@@ -12,13 +12,22 @@ Every attack has the same shape
   x_adv: the shape and dtype of `x`, in [0, 1]; for the L∞ attacks also inside
       the ε-ball around `x`. ε = 0 returns `x` exactly.
 
-Attacks implemented (all untargeted):
+Attacks implemented (untargeted unless stated):
   fgsm               Goodfellow et al. 2015 (ADML's training attack).
   pgd                Madry et al. 2018, L∞ with random start (AQ/TAFL).
   mi_fgsm            Dong et al. 2018, momentum iterative FGSM (TAFL Table 1).
   carlini_wagner_l2  Carlini & Wagner 2017, L2, tanh space, Adam, binary search.
   apgd               Croce & Hein 2020, APGD-CE / APGD-DLR, the step-size-free
                      evaluation attack of AutoAttack.
+  apgd_t             APGD-T: APGD on the targeted DLR loss, one run per target
+                     class (the N−1 others of an N-way task, at most 9).
+  fab                Croce & Hein 2020 (ICML), FAB-T (targeted, default) / FAB,
+                     the minimum-norm boundary attack, at a fixed ε.
+  square             Andriushchenko et al. 2020, Square Attack, score-based
+                     random search: forward passes only, no gradients.
+  autoattack         Croce & Hein 2020, the standard ensemble APGD-CE, APGD-T,
+                     FAB-T, Square on the points still correct;
+                     `autoattack_with_report` adds robust accuracy per stage.
 
 Conventions that hold for all of them:
   * The loss whose gradient drives an attack is the SUM over the batch of the
@@ -30,8 +39,13 @@ Conventions that hold for all of them:
     batch from different iterations: for APGD re-evaluating it changes the
     accuracy by about a point (measured); C&W's minimal perturbations sit on
     the boundary and need a check in the returned batch (see
-    `carlini_wagner_l2`, `batch_consistent`). Without batch coupling these
-    coincide with the reference algorithms.
+    `carlini_wagner_l2`, `batch_consistent`). APGD-T, FAB, Square and
+    AutoAttack run on the examples not fooled yet through masks (static
+    shapes): the others stay in the attacked batch, held at their adversarial
+    example (or at `x`), and an example counts as fooled when misclassified
+    in the batch assembled after a run; `autoattack_with_report` reports the
+    re-evaluated accuracy of the returned batch next to that bookkeeping.
+    Without batch coupling these coincide with the reference algorithms.
   * Loops over steps are `lax.fori_loop`/`lax.scan`; `num_steps` (and C&W's
     `binary_search_steps`) must be Python ints. ε, step sizes and `c` may be
     traced values (e.g. an ε sweep under one `jax.jit`).
@@ -52,25 +66,38 @@ callable), and `parse_eps("8/255")`.
 `check_attack_strength` runs the sanity checks of Carlini et al. 2019 ("On
 Evaluating Adversarial Robustness", §5) that reveal gradient masking: PGD at
 least as strong as FGSM, more steps never weaker, APGD at least as strong as
-PGD, accuracy non-increasing in ε and ~0 at a large ε.
+PGD, Square (gradient-free) no stronger than PGD, accuracy non-increasing in ε
+and ~0 at a large ε.
 
 Modules (everything public is re-exported here; import from
 `advmeta_jax.attacks`):
-  linf      fgsm, pgd, mi_fgsm, apgd, apgd_checkpoints; the losses margin,
-            cross_entropy_per_example, dlr_loss; Array, LogitsFn.
+  linf      fgsm, pgd, mi_fgsm, apgd, apgd_checkpoints, apgd_t; the losses
+            margin, cross_entropy_per_example, dlr_loss, dlr_targeted_loss;
+            Array, LogitsFn.
   cw        carlini_wagner_l2.
+  fab       fab, project_linf_hyperplane.
+  square    square, square_fraction, square_sizes.
+  autoattack  autoattack, autoattack_with_report, robust_accuracies, stages.
   registry  names, get, hyperparameters, make_attack, parse_eps, ATTACKS.
   masking   check_attack_strength, StrengthReport, attack_accuracy.
   _checks   validation of hyperparameters and inputs (private).
 """
 
+from advmeta_jax.attacks.autoattack import autoattack
+from advmeta_jax.attacks.autoattack import autoattack_with_report
+from advmeta_jax.attacks.autoattack import robust_accuracies
+from advmeta_jax.attacks.autoattack import stages as autoattack_stages
 from advmeta_jax.attacks.cw import carlini_wagner_l2
+from advmeta_jax.attacks.fab import fab
+from advmeta_jax.attacks.fab import project_linf_hyperplane
 from advmeta_jax.attacks.linf import APGD_LOSSES
 from advmeta_jax.attacks.linf import apgd
 from advmeta_jax.attacks.linf import apgd_checkpoints
+from advmeta_jax.attacks.linf import apgd_t
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import cross_entropy_per_example
 from advmeta_jax.attacks.linf import dlr_loss
+from advmeta_jax.attacks.linf import dlr_targeted_loss
 from advmeta_jax.attacks.linf import fgsm
 from advmeta_jax.attacks.linf import LogitsFn
 from advmeta_jax.attacks.linf import margin
@@ -85,13 +112,19 @@ from advmeta_jax.attacks.registry import hyperparameters
 from advmeta_jax.attacks.registry import make_attack
 from advmeta_jax.attacks.registry import names
 from advmeta_jax.attacks.registry import parse_eps
+from advmeta_jax.attacks.square import square
+from advmeta_jax.attacks.square import square_fraction
+from advmeta_jax.attacks.square import square_sizes
 # Reachable as `attacks.ConfigError` before the split (an import of the old
 # module); kept so that such code keeps working.
 from advmeta_jax.errors import ConfigError
 
 __all__ = [
     "APGD_LOSSES", "ATTACKS", "StrengthReport", "apgd", "apgd_checkpoints",
-    "attack_accuracy", "carlini_wagner_l2", "check_attack_strength",
-    "cross_entropy_per_example", "dlr_loss", "fgsm", "get", "hyperparameters",
-    "make_attack", "margin", "mi_fgsm", "names", "parse_eps", "pgd",
+    "apgd_t", "attack_accuracy", "autoattack", "autoattack_stages",
+    "autoattack_with_report", "carlini_wagner_l2", "check_attack_strength",
+    "cross_entropy_per_example", "dlr_loss", "dlr_targeted_loss", "fab",
+    "fgsm", "get", "hyperparameters", "make_attack", "margin", "mi_fgsm",
+    "names", "parse_eps", "pgd", "project_linf_hyperplane",
+    "robust_accuracies", "square", "square_fraction", "square_sizes",
 ]

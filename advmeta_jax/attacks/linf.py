@@ -1,4 +1,4 @@
-"""The L∞ attacks (FGSM, PGD, MI-FGSM, APGD), their losses and helpers.
+"""The L∞ attacks (FGSM, PGD, MI-FGSM, APGD, APGD-T), losses and helpers.
 
 Every attack is `attack(logits_fn, x, y, *, <hyperparameters>) -> x_adv` with
 `x_adv` in [0, 1] and inside the ε-ball around `x`; the package docstring
@@ -300,9 +300,22 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
     raise ConfigError("apgd needs a PRNG key for its random start: pass "
                       "key=jax.random.key(...).")
   _check_inputs(x, y)
-  loss_fn = _LOSSES[loss]
-  rho, alpha = 0.75, 0.75
   eps = jnp.asarray(eps, x.dtype)
+  x_out, _ = _apgd_run(logits_fn, _LOSSES[loss], x, y,
+                       _random_start(key, x, eps), eps=eps,
+                       num_steps=num_steps)
+  return x_out
+
+
+def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
+              eps: Array, num_steps: int) -> Tuple[Array, Array]:
+  """One APGD run from `x0` (see `apgd`); `loss_fn(logits, y)` per example.
+
+  Returns:
+    (x_out, fooled): per example the last misclassified iterate if any
+    (`fooled`), else the point of highest loss.
+  """
+  rho, alpha = 0.75, 0.75
   n = x.shape[0]
 
   checkpoints = apgd_checkpoints(num_steps)
@@ -315,7 +328,6 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
     previous = w
   is_checkpoint, window = jnp.asarray(is_checkpoint), jnp.asarray(window)
 
-  x0 = _random_start(key, x, eps)
   loss0, grad0, logits0 = _loss_and_input_gradient(logits_fn, loss_fn, x0, y)
   fooled0 = jnp.argmax(logits0, axis=-1) != y
 
@@ -367,12 +379,161 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
         reduced_last_check=jnp.where(check, reduce, s["reduced_last_check"]))
 
   state = jax.lax.fori_loop(0, num_steps, iteration, state)
-  return jnp.where(_per_example(state["fooled"], x), state["x_adv"],
-                   state["x_best"])
+  x_out = jnp.where(_per_example(state["fooled"], x), state["x_adv"],
+                    state["x_best"])
+  return x_out, state["fooled"]
 
+
+
+# --- helpers of the targeted attacks and of AutoAttack ------------------------
+
+def _num_classes(logits_fn: LogitsFn, x: Array) -> int:
+  """The number of classes of `logits_fn` (from its output shape, no FLOPs)."""
+  return int(jax.eval_shape(logits_fn, x).shape[-1])
+
+
+def _hold(logits_fn: LogitsFn, active: Array, x_held: Array) -> LogitsFn:
+  """`logits_fn` with the inactive examples held at `x_held`.
+
+  The attacked batch keeps its static shape: the examples that are done
+  (fooled already, or misclassified from the start) stay in the batch at
+  `x_held` (their adversarial example, or `x`) and get no gradient, while
+  the active ones are attacked. Without batch coupling this is the
+  reference's "attack only the remaining points"; with transductive
+  BatchNorm it keeps the batch the model sees close to the returned one.
+  """
+  def held(z):
+    return logits_fn(jnp.where(_per_example(active, z), z, x_held))
+  return held
+
+
+def _accept(logits_fn: LogitsFn, y: Array, robust: Array, x_adv: Array,
+            x_run: Array, success: Optional[Array] = None
+            ) -> Tuple[Array, Array]:
+  """Merges one run into the ensemble's bookkeeping.
+
+  The run's points `x_run` of the still-robust examples are evaluated in one
+  batch with the others held at `x_adv`; an example counts as fooled when it
+  is misclassified there (and `success`, e.g. FAB's ‖δ‖∞ <= ε, holds).
+
+  Returns:
+    (x_adv, robust) updated: fooled examples take their `x_run`.
+  """
+  candidate = jnp.where(_per_example(robust, x_adv), x_run, x_adv)
+  fooled = robust & (jnp.argmax(logits_fn(candidate), axis=-1) != y)
+  if success is not None:
+    fooled = fooled & success
+  return (jnp.where(_per_example(fooled, x_adv), x_run, x_adv),
+          robust & ~fooled)
+
+
+def _ranked_classes(logits: Array, num_targets: int) -> Array:
+  """`[num_targets, N]`: the classes ranked 2nd, 3rd, ... by `logits`."""
+  order = jnp.argsort(logits, axis=-1)                    # ascending
+  columns = logits.shape[-1] - 2 - np.arange(num_targets)
+  return jnp.transpose(order[:, columns])
+
+
+def dlr_targeted_loss(logits: Array, labels: Array, targets: Array) -> Array:
+  """Targeted DLR loss (Croce & Hein 2020, eq. 7), per example.
+
+  −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2), z_π the logits sorted in
+  decreasing order. With 3 classes (no z_π4) the denominator is z_π1 − z_π3.
+
+  Raises:
+    ConfigError: fewer than 3 classes.
+  """
+  num_classes = logits.shape[-1]
+  if num_classes < 3:
+    raise ConfigError(
+        f"the targeted DLR loss needs at least 3 classes, the model has "
+        f"{num_classes}.")
+  logits = logits.astype(jnp.float32)
+  ordered = jnp.sort(logits, axis=-1)
+  low = (ordered[:, -3] if num_classes == 3 else
+         0.5 * (ordered[:, -3] + ordered[:, -4]))
+  z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  z_t = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+  return -(z_y - z_t) / (ordered[:, -1] - low + 1e-12)
+
+
+def _check_target_classes(num_target_classes) -> int:
+  return _check_steps(num_target_classes, "num_target_classes", minimum=1)
+
+
+def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
+           num_steps: int = 100, num_target_classes: int = 9) -> Array:
+  """APGD-T: APGD on the targeted DLR loss (Croce & Hein 2020, §4; AutoAttack's
+  `APGDAttack_targeted`).
+
+  For each target rank r = 2, …, T + 1 with T = min(`num_target_classes`,
+  classes − 1) (AutoAttack's standard run: 9; for an N-way task all N − 1
+  other classes), the target of each example is its r-th most likely class on
+  the clean batch, and one APGD run (`num_steps` steps, own random start)
+  maximizes `dlr_targeted_loss` on the examples not fooled yet. The others
+  are held at their adversarial example in the attacked batch (`_hold`), and
+  an example counts as fooled when it is misclassified in the batch assembled
+  after a run (without batch coupling: when that run fooled it, as in the
+  reference code). The target loop is a `lax.scan`.
+
+  Args:
+    logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits
+      (at least 3 classes).
+    x: clean images `[N, H, W, C]` in [0, 1].
+    y: integer labels `[N]`.
+    eps: ε, the L∞ budget in [0, 1].
+    key: PRNG key of the random starts (one per target).
+    num_steps: APGD iterations per target (a Python int; 100 in AutoAttack).
+    num_target_classes: T before capping at classes − 1 (9 in AutoAttack).
+
+  Returns:
+    `x_adv`: per example the first successful adversarial example, or `x`
+    where every target failed (and where `x` is misclassified already).
+
+  Raises:
+    ConfigError: a hyperparameter out of range, or fewer than 3 classes.
+  """
+  _check_eps(eps)
+  num_steps = _check_steps(num_steps)
+  num_target_classes = _check_target_classes(num_target_classes)
+  if key is None:
+    raise ConfigError("apgd_t needs a PRNG key for its random starts: pass "
+                      "key=jax.random.key(...).")
+  _check_inputs(x, y)
+  num_classes = _num_classes(logits_fn, x)
+  if num_classes < 3:
+    raise ConfigError(f"apgd_t needs at least 3 classes (targeted DLR loss), "
+                      f"the model has {num_classes}.")
+  num_targets = min(num_target_classes, num_classes - 1)
+  eps = jnp.asarray(eps, x.dtype)
+  clean_logits = logits_fn(x)
+  targets = _ranked_classes(clean_logits, num_targets)
+  robust = jnp.argmax(clean_logits, axis=-1) == y
+
+  def one_target(carry, inputs):
+    x_adv, robust = carry
+    target, k = inputs
+
+    def run(_):
+      held = _hold(logits_fn, robust, x_adv)
+      loss_fn = lambda logits, labels: dlr_targeted_loss(logits, labels,
+                                                         target)
+      x_run, fooled = _apgd_run(held, loss_fn, x, y,
+                                _random_start(k, x, eps), eps=eps,
+                                num_steps=num_steps)
+      # Where the run failed the reference returns x, not the best point.
+      x_run = jnp.where(_per_example(fooled, x), x_run, x)
+      return _accept(logits_fn, y, robust, x_adv, x_run)
+
+    return jax.lax.cond(jnp.any(robust), run, lambda _: (x_adv, robust),
+                        None), None
+
+  (x_adv, _), _ = jax.lax.scan(one_target, (x, robust),
+                               (targets, jax.random.split(key, num_targets)))
+  return x_adv
 
 __all__ = [
-    "APGD_LOSSES", "Array", "LogitsFn", "apgd", "apgd_checkpoints",
-    "cross_entropy_per_example", "dlr_loss", "fgsm", "margin", "mi_fgsm",
-    "pgd",
+    "APGD_LOSSES", "Array", "LogitsFn", "apgd", "apgd_checkpoints", "apgd_t",
+    "cross_entropy_per_example", "dlr_loss", "dlr_targeted_loss", "fgsm",
+    "margin", "mi_fgsm", "pgd",
 ]

@@ -2,8 +2,9 @@
 
 The sanity checks of Carlini et al. 2019 ("On Evaluating Adversarial
 Robustness", §5): PGD at least as strong as FGSM, more steps never weaker,
-APGD at least as strong as PGD, accuracy non-increasing in ε and ~0 at a
-large ε. A failed expectation is reported in a `StrengthReport`, not raised.
+APGD at least as strong as PGD, a gradient-free attack (Square) no stronger
+than PGD, accuracy non-increasing in ε and ~0 at a large ε. A failed
+expectation is reported in a `StrengthReport`, not raised.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from advmeta_jax.attacks.linf import LogitsFn
 from advmeta_jax.attacks.linf import _pgd_iterations
 from advmeta_jax.attacks.linf import _project_linf
 from advmeta_jax.attacks.linf import apgd
+from advmeta_jax.attacks.square import square
 from advmeta_jax.attacks.registry import parse_eps
 from advmeta_jax.errors import ConfigError
 
@@ -30,7 +32,7 @@ class StrengthReport:
 
   Attributes:
     accuracies: accuracy (in [0, 1]) per setting, e.g. "clean", "fgsm",
-      "pgd5", "pgd20", "apgd20", "noise".
+      "pgd5", "pgd20", "apgd20", "noise", "square1000".
     eps_sweep: `(ε, PGD accuracy)` pairs, ε increasing.
     findings: one sentence per failed expectation, with the numbers; empty when
       everything holds.
@@ -68,18 +70,25 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
                                                               2.0, 4.0),
                           large_eps: float = 0.5,
                           max_accuracy_at_large_eps: float = 0.05,
-                          tolerance: float = 0.02) -> StrengthReport:
+                          tolerance: float = 0.02,
+                          square_queries: int = 1000) -> StrengthReport:
   """Sanity checks that reveal gradient masking (Carlini et al. 2019, "On
   Evaluating Adversarial Robustness", §5 and the checklist of its appendix).
 
   Runs FGSM, PGD with `pgd_steps[0]` and `pgd_steps[1]` steps (same step size
-  and random start), APGD-CE with `pgd_steps[1]` steps, uniform noise in the
-  ε-ball, and PGD with the longer step count over ε × `eps_multipliers` and
-  `large_eps` (step size scaled with ε). Expected, each up to `tolerance`:
+  and random start), APGD-CE with `pgd_steps[1]` steps, the Square Attack
+  with `square_queries` queries (1000 by default, schedule rescaled to that
+  budget: about 1000 forward passes of the batch and no gradients, a small
+  fraction of AutoAttack's 5000), uniform noise in the ε-ball, and PGD with
+  the longer step count over ε × `eps_multipliers` and `large_eps` (step
+  size scaled with ε). Expected, each up to `tolerance`:
     * every attack's accuracy ≤ clean accuracy, and PGD ≤ random noise;
     * PGD ≤ FGSM (an iterative attack beats a single step);
     * PGD with more steps ≤ PGD with fewer;
     * APGD ≤ PGD;
+    * PGD ≤ Square: a gradient-free attack that beats the gradient-based
+      one means the gradients do not point where the loss grows (masked,
+      obfuscated, e.g. a quantized or `stop_gradient` input);
     * accuracy non-increasing as ε grows;
     * accuracy ≤ `max_accuracy_at_large_eps` at `large_eps` (an attack with
       a huge budget must win; if not, the gradients do not lead anywhere).
@@ -90,8 +99,8 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   it next to the robust accuracy.
 
   This function runs the attacks itself and returns Python numbers; it is an
-  evaluation driver, not meant to be traced. It compiles twice: once for APGD
-  and once for a PGD loop with traced ε, step size and step count, which
+  evaluation driver, not meant to be traced. It compiles three times: once
+  for APGD, once for Square and once for a PGD loop with traced ε, step size and step count, which
   serves the clean and noise accuracies (0 steps), FGSM (one step of size ε
   from x, identical to `fgsm`), both PGD runs (the same random start as
   `pgd(..., key=k)` for the first half of `jax.random.split(key)`) and the
@@ -109,6 +118,7 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     large_eps: the "unbounded" budget of the last sweep point.
     max_accuracy_at_large_eps: what accuracy counts as ~0 there.
     tolerance: slack of every comparison, in accuracy units.
+    square_queries: Square's query budget (0 skips the Square check).
 
   Returns:
     A `StrengthReport`; `report.ok` when every expectation holds.
@@ -121,6 +131,7 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   eps = parse_eps(eps)
   large_eps = parse_eps(large_eps, "large_eps")
   few, many = (_check_steps(s, "pgd_steps", minimum=1) for s in pgd_steps)
+  square_queries = _check_steps(square_queries, "square_queries")
   if few >= many:
     raise ConfigError(f"pgd_steps must be (fewer, more) steps, got "
                       f"{tuple(pgd_steps)}.")
@@ -151,6 +162,14 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
 
   @jax.jit
+  def square_accuracy(xs, ys, e):
+    # Its own key (a fold of APGD's) leaves the other attacks' starts as
+    # they were before this check existed.
+    x_adv = square(logits_fn, xs, ys, eps=e, key=jax.random.fold_in(k_apgd, 1),
+                   num_queries=square_queries, rescale_schedule=True)
+    return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
+
+  @jax.jit
   def apgd_accuracy(xs, ys, e):
     x_adv = apgd(logits_fn, xs, ys, eps=e, num_steps=many, key=k_apgd)
     return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
@@ -167,6 +186,9 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
       f"pgd{many}": run(noise, eps, step_size, many),
       f"apgd{many}": float(apgd_accuracy(x, y, jnp.float32(eps))),
   }
+  if square_queries:
+    accuracies[f"square{square_queries}"] = float(
+        square_accuracy(x, y, jnp.float32(eps)))
   sweep_eps = sorted({min(1.0, eps * float(m)) for m in eps_multipliers} |
                      {large_eps})
   sweep = [(e, accuracies[f"pgd{many}"] if e == eps else
@@ -193,6 +215,11 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
                  "more steps should never weaken the attack")
   expect_at_most(f"apgd{many}", accuracies[f"apgd{many}"], f"pgd{many}",
                  pgd_many, "APGD should be at least as strong as PGD")
+  if square_queries:
+    expect_at_most(f"pgd{many}", pgd_many, f"square{square_queries}",
+                   accuracies[f"square{square_queries}"],
+                   "Square (gradient-free) should be no stronger than PGD; "
+                   "the gradients may be masked")
   for (e0, a0), (e1, a1) in zip(sweep[:-1], sweep[1:]):
     expect_at_most(f"PGD at eps {e1:.4f}", a1, f"PGD at eps {e0:.4f}", a0,
                    "a larger budget should never weaken the attack")

@@ -18,14 +18,19 @@ from advmeta_jax.attacks._checks import _check_eps
 from advmeta_jax.attacks._checks import _check_non_negative
 from advmeta_jax.attacks._checks import _check_positive
 from advmeta_jax.attacks._checks import _check_steps
+from advmeta_jax.attacks.autoattack import VERSIONS
+from advmeta_jax.attacks.autoattack import autoattack
 from advmeta_jax.attacks.cw import carlini_wagner_l2
+from advmeta_jax.attacks.fab import fab
 from advmeta_jax.attacks.linf import APGD_LOSSES
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
 from advmeta_jax.attacks.linf import apgd
+from advmeta_jax.attacks.linf import apgd_t
 from advmeta_jax.attacks.linf import fgsm
 from advmeta_jax.attacks.linf import mi_fgsm
 from advmeta_jax.attacks.linf import pgd
+from advmeta_jax.attacks.square import square
 from advmeta_jax.errors import ConfigError
 
 ATTACKS: Dict[str, Callable[..., Array]] = {
@@ -34,13 +39,23 @@ ATTACKS: Dict[str, Callable[..., Array]] = {
     "mi_fgsm": mi_fgsm,
     "cw_l2": carlini_wagner_l2,
     "apgd": apgd,
+    "apgd_t": apgd_t,
+    "fab": fab,
+    "square": square,
+    "autoattack": autoattack,
 }
-_ALIASES = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd"}
+_ALIASES = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd",
+            "apgd-ce": "apgd", "apgd-t": "apgd_t", "fab-t": "fab",
+            "fab_t": "fab"}
 
 # Hyperparameters whose string form is an integer, a bool or a name.
-_INT_HPARAMS = ("num_steps", "binary_search_steps")
-_BOOL_HPARAMS = ("random_start", "batch_consistent")
-_STR_HPARAMS = ("loss",)
+_INT_HPARAMS = ("num_steps", "binary_search_steps", "num_queries",
+                "num_target_classes", "num_restarts")
+_BOOL_HPARAMS = ("random_start", "batch_consistent", "abort_early",
+                 "targeted", "rescale_schedule", "shared_squares")
+_STR_HPARAMS = ("loss", "version")
+# Hyperparameters in [0, 1] (`p_init` excludes 0, `beta` too).
+_UNIT_HPARAMS = ("alpha_max", "beta", "p_init")
 
 
 def names() -> Tuple[str, ...]:
@@ -198,12 +213,22 @@ def _validate_early(name: str, values: Mapping[str, Any]) -> None:
   for k, v in values.items():
     if k == "eps":
       _check_eps(v)
-    elif k in ("step_size", "learning_rate") and v is not None:
+    elif k in ("step_size", "learning_rate", "eta") and v is not None:
       _check_positive(v, k)
     elif k in ("c", "confidence", "decay"):
       _check_non_negative(v, k)
     elif k in _INT_HPARAMS:
-      _check_steps(v, k, minimum=1 if k == "binary_search_steps" else 0)
+      _check_steps(v, k, minimum=0 if k in ("num_steps", "num_queries")
+                   else 1)
+    elif k in _UNIT_HPARAMS:
+      _check_non_negative(v, k)
+      if (k != "alpha_max" and float(v) <= 0) or float(v) > 1:
+        raise ConfigError(f"{name}: {k} must lie in "
+                          f"{'[0, 1]' if k == 'alpha_max' else '(0, 1]'}, "
+                          f"got {v!r}.")
+    elif k == "version" and v not in VERSIONS:
+      raise ConfigError(f"unknown AutoAttack version {v!r}; choose one of: "
+                        f"{', '.join(VERSIONS)}.")
     elif k == "loss" and v not in APGD_LOSSES:
       raise ConfigError(f"unknown APGD loss {v!r}; choose one of: "
                         f"{', '.join(APGD_LOSSES)}.")

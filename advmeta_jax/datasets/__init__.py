@@ -1,11 +1,18 @@
 """Few-shot datasets by name: `load(name, split, ...)` returns a `ClassSplit`.
 
-Registered names (see each module's docstring for source, class split, format):
+Registered names (see each module's docstring for sources, class split and
+the on-disk layouts it detects in `--data_dir`):
   digits         offline default, shipped in scikit-learn (no download)
-  cifar_fs       CIFAR-100 via tensorflow-datasets, Bertinetto 64/16/20 split
-  omniglot       Omniglot via tensorflow-datasets
-  mini_imagenet  MiniImageNet from a local --data_dir (Ravi-Larochelle split)
+  cifar_fs       CIFAR-FS (module `cifar_fs`): CIFAR-100 archives, Bertinetto's
+                 PNGs, torchmeta, MetaOptNet or tfds; Bertinetto 64/16/20 split
+  omniglot       Omniglot (module `omniglot`): the original zips, extracted
+                 folders or tfds
+  mini_imagenet  MiniImageNet (module `mini_imagenet`): CSV + images, npz,
+                 torchmeta, learn2learn or MetaOptNet (Ravi-Larochelle split)
   image_folder   your own data: one folder per class
+
+Slow formats are read once into a prepared cache (module `cache`);
+`prepare(...)` (module `preparation`) does it ahead of time (`python -m launch.prepare_data`).
 """
 
 from advmeta_jax.datasets.base import ClassSplit
@@ -19,7 +26,10 @@ from advmeta_jax.datasets.base import resize_uint8
 from advmeta_jax.datasets.base import SPLITS
 
 # Importing a source module registers it.
+from advmeta_jax.datasets import cifar_fs  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import digits  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import image_folder  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import mini_imagenet  # noqa: F401  pylint: disable=g-bad-import-order
+from advmeta_jax.datasets import omniglot  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import tfds_sources  # noqa: F401  pylint: disable=g-bad-import-order
+from advmeta_jax.datasets.preparation import prepare  # pylint: disable=g-bad-import-order

@@ -103,6 +103,8 @@ def from_class_lists(images: np.ndarray, labels: Sequence, classes: Sequence,
 # A loader maps (split, options) to a ClassSplit. Options every loader accepts:
 #   data_dir: Optional[str]   where the data lives (local formats) or the tfds dir
 #   image_size: Optional[int] resize images to image_size x image_size
+# and, for loaders registered with caches=True,
+#   cache_dir: Optional[str]  where prepared caches of slow formats are kept
 # Loaders ignore nothing silently: an option they cannot honour is a DataError.
 Loader = Callable[..., ClassSplit]
 
@@ -115,17 +117,22 @@ class DatasetInfo:
   default_image_size: int
   channels: int
   needs_data_dir: bool = False
+  caches: bool = False
 
 
 _REGISTRY: Dict[str, DatasetInfo] = {}
 
 
 def register(name: str, *, description: str, default_image_size: int,
-             channels: int, needs_data_dir: bool = False):
-  """Decorator that registers a loader `(split, *, data_dir, image_size)`."""
+             channels: int, needs_data_dir: bool = False,
+             caches: bool = False):
+  """Decorator that registers a loader `(split, *, data_dir, image_size)`.
+
+  A loader registered with `caches=True` also takes `cache_dir`.
+  """
   def wrap(fn: Loader) -> Loader:
     _REGISTRY[name] = DatasetInfo(name, fn, description, default_image_size,
-                                  channels, needs_data_dir)
+                                  channels, needs_data_dir, caches)
     return fn
   return wrap
 
@@ -143,7 +150,8 @@ def info(name: str) -> DatasetInfo:
 
 
 def load(name: str, split: str, *, data_dir: Optional[str] = None,
-         image_size: Optional[int] = None) -> ClassSplit:
+         image_size: Optional[int] = None,
+         cache_dir: Optional[str] = None) -> ClassSplit:
   """Loads one class split of a registered dataset.
 
   Args:
@@ -152,12 +160,17 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None,
     data_dir: directory of the data; required by local formats.
     image_size: side of the square images returned; `None` keeps the dataset's
       default (`info(name).default_image_size`).
+    cache_dir: where the prepared cache of a slow format is kept (see
+      `advmeta_jax.datasets.cache`); `None` keeps it next to the data.
+      Datasets without such formats (`info(name).caches` is False) do not use
+      it.
 
   Returns:
     The `ClassSplit`.
 
   Raises:
-    DataError: unknown name or split, missing or malformed data.
+    DataError: unknown name or split, missing or malformed data, a prepared
+      cache that does not match its manifest.
   """
   ds = info(name)
   if split not in SPLITS:
@@ -167,8 +180,11 @@ def load(name: str, split: str, *, data_dir: Optional[str] = None,
         f"dataset {name!r} is read from a local directory: pass --data_dir.")
   if image_size is not None and image_size < 1:
     raise DataError(f"image_size must be a positive integer, got {image_size}.")
-  return ds.loader(split, data_dir=data_dir,
-                   image_size=image_size or ds.default_image_size)
+  options = dict(data_dir=data_dir,
+                 image_size=image_size or ds.default_image_size)
+  if ds.caches:
+    options["cache_dir"] = cache_dir
+  return ds.loader(split, **options)
 
 
 def resize_uint8(images: np.ndarray, image_size: int) -> np.ndarray:
@@ -188,3 +204,52 @@ def resize_uint8(images: np.ndarray, image_size: int) -> np.ndarray:
     out.append(np.clip(np.rint(np.asarray(r)), 0, 255).astype(np.uint8))
   return np.concatenate(out) if out else np.zeros((0, image_size, image_size, c),
                                                   np.uint8)
+
+
+def gather_by_class(parts: Sequence[Tuple[np.ndarray, np.ndarray]],
+                    classes: Sequence, image_size: int,
+                    name: str) -> ClassSplit:
+  """The images of `classes` from several arrays, grouped by class.
+
+  Only the selected images are copied (into one preallocated array), so the
+  sources may be memory-mapped or lazily transposed views.
+
+  Args:
+    parts: `(images, labels)` pairs: uint8 `[N, H, W, C]` array-likes that
+      support integer-array indexing, and `[N]` labels (names or ids).
+    classes: the labels of the split, in the order of its class ids.
+    image_size: side of the returned images (resized if it differs).
+    name: the split's name, for messages.
+
+  Returns:
+    The split: class 0's images first (in part order, then source order),
+    then class 1's, and so on.
+
+  Raises:
+    DataError: a class of `classes` has no image in `parts`.
+  """
+  index = [[np.flatnonzero(np.asarray(labels) == c) for _, labels in parts]
+           for c in classes]
+  counts = [sum(len(i) for i in per_part) for per_part in index]
+  missing = [c for c, n in zip(classes, counts) if n == 0]
+  if missing:
+    raise DataError(
+        f"{name}: no images found for {len(missing)} of the split's "
+        f"{len(classes)} classes (first: {list(missing[:5])}).")
+  channels = parts[0][0].shape[-1]
+  out = np.empty((sum(counts), image_size, image_size, channels), np.uint8)
+  labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
+  pos = 0
+  for per_part in index:
+    for (images, _), idx in zip(parts, per_part):
+      for start in range(0, len(idx), 1024):
+        chunk = np.asarray(images[idx[start:start + 1024]])
+        out[pos:pos + len(chunk)] = resize_uint8(chunk, image_size)
+        pos += len(chunk)
+  return ClassSplit(images=out, labels=labels,
+                    class_names=tuple(str(c) for c in classes), name=name)
+
+
+def reason(e: BaseException) -> str:
+  """An exception as `Type: message` on one line, for a user's error message."""
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"

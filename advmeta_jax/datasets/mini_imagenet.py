@@ -7,23 +7,38 @@ Larochelle ("Optimization as a model for few-shot learning", ICLR 2017):
   val:   16 classes ( 9,600 images)
   test:  20 classes (12,000 images).
 Nothing is downloaded: pass `--data_dir` holding the files in one of the
-formats people have. Each format already carries the split (one file per
-split), so the split membership is read from the files, not from a table
-here; class ids within a split follow the sorted class names (WordNet ids).
+formats people have, in it or one folder below it. Each format carries the
+split (one file per split), so the split membership is read from the files and
+checked against Ravi & Larochelle's lists (`splits.MINI_IMAGENET_*_CLASSES`;
+a difference is a warning); class ids within a split follow the sorted class
+names (WordNet ids).
 
 Formats, auto-detected per split in this order of preference:
-  1. CSV + image files (Ravi & Larochelle's own format):
-       data_dir/{train,val,test}.csv   header `filename,label` (label: WordNet
-                                       id), one row per image
-       data_dir/images/<filename>      JPEG/PNG, decoded with Pillow
-  2. npz: data_dir/mini-imagenet-{train,val,test}.npz with uint8 images
-       [N, H, W, 3] under `images` (or `image_data`, `features`) and labels
-       [N] (WordNet id strings or integers) under `labels` (or `targets`);
-       loaded with `allow_pickle=False`.
-  3. pickle: data_dir/mini-imagenet-cache-{train,val,test}.pkl, a dict with
+  1. csv: Ravi & Larochelle's own format:
+       {train,val,test}.csv   header `filename,label` (label: WordNet id), one
+                              row per image
+       images/<filename>      JPEG/PNG, decoded with Pillow;  cached
+  2. npz: mini-imagenet-{train,val,test}.npz with uint8 images [N, H, W, 3]
+       under `images` (or `image_data`, `features`) and labels [N] (WordNet
+       id strings or integers) under `labels` (or `targets`); loaded with
+       `allow_pickle=False`; read directly.
+  3. torchmeta: miniimagenet/{train,val,test}_data.hdf5 (group `datasets`, one
+       uint8 [600, 84, 84, 3] dataset per WordNet id) with
+       {train,val,test}_labels.json (the sorted WordNet ids), torchmeta's
+       `MiniImagenet`; read directly.
+  4. learn2learn: mini-imagenet-cache-{train,val,test}.pkl, a dict with
        `image_data` (uint8 [N, 84, 84, 3]) and `class_dict` ({WordNet id: list
-       of image indices}). Loading a pickle runs code from the file, so it is
-       used only when neither other format is present, and a warning says so.
+       of image indices}), learn2learn's and few-shot-ssl's; cached.
+  5. metaoptnet: miniImageNet_category_split_{train_phase_train,val,test}
+       .pickle (MetaOptNet's and Gidaris & Komodakis'), dicts with `data`
+       (uint8 [N, 84, 84, 3]), `labels` (ints) and `catname2label` ({WordNet
+       id: int}); cached.
+Pickles are read with `safe_pickle` (NumPy arrays and plain containers only,
+with a warning that pickles can run code). "Cached" formats are read once into
+the prepared cache (`advmeta_jax.datasets.cache`), memory-mapped afterwards.
+
+Memory: every reader builds the split's images once (no second copy), at
+84x84x3 bytes each: 813 MB for the 38,400 meta-train images.
 
 Format returned: uint8 `[N, image_size, image_size, 3]` (default 84);
 greyscale is replicated to RGB and alpha dropped, other sizes are resized
@@ -34,16 +49,20 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
 import zipfile
-from typing import Optional, Tuple
+from typing import Dict, Optional
 
 from absl import logging
 import numpy as np
 
 from advmeta_jax.datasets import base
 from advmeta_jax.datasets import image_folder
+from advmeta_jax.datasets import safe_pickle
+from advmeta_jax.datasets import sources
+from advmeta_jax.datasets import splits
 from advmeta_jax.errors import DataError
+
+NAME = "mini_imagenet"
 
 NPZ_IMAGE_KEYS = ("images", "image_data", "features")
 NPZ_LABEL_KEYS = ("labels", "targets")
@@ -60,6 +79,16 @@ def _npz_path(data_dir: str, split: str) -> str:
 
 def _pkl_path(data_dir: str, split: str) -> str:
   return os.path.join(data_dir, f"mini-imagenet-cache-{split}.pkl")
+
+
+METAOPTNET_FILES = {"train": "train_phase_train", "val": "val",
+                    "test": "test"}
+
+
+def _metaoptnet_path(data_dir: str, split: str) -> str:
+  return os.path.join(
+      data_dir,
+      f"miniImageNet_category_split_{METAOPTNET_FILES[split]}.pickle")
 
 
 def to_rgb_uint8(images, image_size: int, what: str) -> np.ndarray:
@@ -185,20 +214,9 @@ def _load_npz(data_dir: str, split: str, image_size: int,
 
 def _load_pickle(data_dir: str, split: str, image_size: int,
                  name: str) -> base.ClassSplit:
-  """Format 3: `mini-imagenet-cache-<split>.pkl` (runs pickle)."""
+  """Format 4: `mini-imagenet-cache-<split>.pkl` (pickle)."""
   path = _pkl_path(data_dir, split)
-  logging.warning(
-      "%s: loading %s with pickle, which can run arbitrary code stored in the "
-      "file: load only pickles from a source you trust. The CSV + images and "
-      "npz formats are safer (see advmeta_jax.datasets.mini_imagenet); "
-      "convert once, e.g. np.savez('mini-imagenet-%s.npz', images=..., "
-      "labels=...).", name, path, split)
-  try:
-    with open(path, "rb") as f:
-      data = pickle.load(f, encoding="latin1")
-  except Exception as e:  # pickle raises many types for a bad file
-    raise DataError(f"{name}: cannot unpickle {path!r} "
-                    f"({type(e).__name__}: {e}).") from e
+  data = safe_pickle.load(path, name)
   if (not isinstance(data, dict) or "image_data" not in data or
       "class_dict" not in data):
     keys = sorted(map(str, data)) if isinstance(data, dict) else None
@@ -239,64 +257,137 @@ def _load_pickle(data_dir: str, split: str, image_size: int,
                          class_names=tuple(str(w) for w in wnids), name=name)
 
 
-def detect_format(data_dir: str, split: str) -> Tuple[str, str]:
-  """Which format holds `split` in `data_dir`, in order of preference.
-
-  Args:
-    data_dir: the MiniImageNet directory.
-    split: "train", "val" or "test".
-
-  Returns:
-    `(format, path)`: format "csv", "npz" or "pickle" and the file found.
-
-  Raises:
-    DataError: `data_dir` is missing or holds none of the formats.
-  """
-  if not os.path.isdir(data_dir):
-    raise DataError(f"mini_imagenet: data_dir {data_dir!r} is not a "
-                    f"directory.")
-  candidates = (("csv", _csv_path(data_dir, split)),
-                ("npz", _npz_path(data_dir, split)),
-                ("pickle", _pkl_path(data_dir, split)))
-  for fmt, path in candidates:
-    if os.path.isfile(path):
-      return fmt, path
-  present = sorted(os.listdir(data_dir))
-  raise DataError(
-      f"mini_imagenet/{split}: none of the supported files is in "
-      f"{data_dir!r}; looked for "
-      + ", ".join(os.path.basename(p) for _, p in candidates)
-      + f" (the CSV also needs an images/ folder). The directory holds: "
-      f"{present[:10]}{' ...' if len(present) > 10 else ''}.")
+def _load_torchmeta(folder: str, split: str, image_size: int,
+                    name: str) -> base.ClassSplit:
+  """Format 3: torchmeta's `<split>_data.hdf5` + `<split>_labels.json`."""
+  from advmeta_jax.datasets import hdf5  # pylint: disable=g-import-not-at-top
+  labels_path = os.path.join(folder, f"{split}_labels.json")
+  wnids = hdf5.read_json_list(labels_path, name, "WordNet ids")
+  if not all(isinstance(w, str) and w for w in wnids) or len(set(wnids)) != len(
+      wnids):
+    raise DataError(f"{name}: {labels_path!r} must list distinct WordNet id "
+                    f"strings.")
+  wnids = sorted(wnids)
+  images, counts = hdf5.read_datasets(
+      os.path.join(folder, f"{split}_data.hdf5"),
+      [f"datasets/{w}" for w in wnids], image_size, name)
+  return base.ClassSplit(
+      images=images,
+      labels=np.repeat(np.arange(len(wnids), dtype=np.int32), counts),
+      class_names=tuple(wnids), name=name)
 
 
-_LOADERS = {"csv": _load_csv, "npz": _load_npz, "pickle": _load_pickle}
+def _load_metaoptnet(data_dir: str, split: str, image_size: int,
+                     name: str) -> base.ClassSplit:
+  """Format 5: MetaOptNet's `miniImageNet_category_split_*.pickle`."""
+  path = _metaoptnet_path(data_dir, split)
+  data = safe_pickle.load(path, name)
+  images = safe_pickle.get(data, "data", path, name, "uint8 [N, 84, 84, 3]")
+  ids = safe_pickle.get(data, "labels", path, name, "an int per image")
+  names = safe_pickle.get(data, "catname2label", path, name,
+                          "{WordNet id: int}")
+  images = to_rgb_uint8(images, image_size, f"{name}: {path}['data']")
+  if not isinstance(names, dict) or not names:
+    raise DataError(f"{name}: {path}['catname2label'] must be a non-empty "
+                    f"dict {{WordNet id: label}}.")
+  try:
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    wnid_of = {int(v): str(k) for k, v in names.items()}
+  except (TypeError, ValueError) as e:
+    raise DataError(f"{name}: {path}: 'labels' and the values of "
+                    f"'catname2label' must be integers ({e}).") from e
+  if ids.shape != (images.shape[0],):
+    raise DataError(f"{name}: {path}['labels'] must hold one label per image "
+                    f"({images.shape[0]}), got {ids.shape[0]}.")
+  unknown = sorted(set(ids.tolist()) - set(wnid_of))
+  if unknown:
+    raise DataError(f"{name}: {path}['labels'] holds ids {unknown[:5]} that "
+                    f"'catname2label' does not name.")
+  present = sorted(set(ids.tolist()))
+  wnids = sorted(wnid_of[i] for i in present)
+  lookup = np.zeros(max(present) + 1, np.int32)
+  for i in present:
+    lookup[i] = wnids.index(wnid_of[i])
+  return base.ClassSplit(images=images, labels=lookup[ids],
+                         class_names=tuple(wnids), name=name)
 
 
-@base.register("mini_imagenet", default_image_size=84, channels=3,
-               needs_data_dir=True,
+def _reader(load_fn, folder_of=os.path.dirname):
+  def read(source: str, split: str, image_size: int,
+           dataset: str) -> Dict[str, base.ClassSplit]:
+    del dataset
+    return {split: load_fn(folder_of(source), split, image_size,
+                           f"{NAME}/{split}")}
+  return read
+
+
+def _torchmeta_probe(root: str, split: str) -> Optional[str]:
+  for folder in (root, os.path.join(root, "miniimagenet")):
+    if (os.path.isfile(os.path.join(folder, f"{split}_data.hdf5")) and
+        os.path.isfile(os.path.join(folder, f"{split}_labels.json"))):
+      return folder
+  return None
+
+
+LAYOUTS = (
+    sources.Layout("csv", "{split}.csv with images/",
+                   lambda root, split: sources.is_file(_csv_path(root, split)),
+                   _reader(_load_csv), cached=True),
+    sources.Layout("npz", "mini-imagenet-{split}.npz",
+                   lambda root, split: sources.is_file(_npz_path(root, split)),
+                   _reader(_load_npz), cached=False),
+    sources.Layout("torchmeta", "miniimagenet/{split}_data.hdf5 with "
+                   "{split}_labels.json", _torchmeta_probe,
+                   _reader(_load_torchmeta, folder_of=lambda s: s),
+                   cached=False),
+    sources.Layout("learn2learn", "mini-imagenet-cache-{split}.pkl",
+                   lambda root, split: sources.is_file(_pkl_path(root, split)),
+                   _reader(_load_pickle), cached=True),
+    sources.Layout("metaoptnet", "miniImageNet_category_split_"
+                   "{train_phase_train,val,test}.pickle",
+                   lambda root, split: sources.is_file(
+                       _metaoptnet_path(root, split)),
+                   _reader(_load_metaoptnet), cached=True),
+)
+
+
+def _finish(data: base.ClassSplit, split: str) -> base.ClassSplit:
+  """Warns when the split's classes or counts differ from the published."""
+  splits.ordered_classes(data.class_names, splits.MINI_IMAGENET_SPLITS[split],
+                         data.name)
+  splits.check_counts(data.class_counts(), data.class_names,
+                      splits.MINI_IMAGENET_IMAGES_PER_CLASS, data.name)
+  return data
+
+
+@base.register(NAME, default_image_size=84, channels=3,
+               needs_data_dir=True, caches=True,
                description="MiniImageNet from a local --data_dir (CSV + "
-               "images, npz, or pickle cache), Ravi-Larochelle 64/16/20 "
-               "split, 84x84 RGB.")
+               "images, npz, torchmeta HDF5, learn2learn or MetaOptNet "
+               "pickles), Ravi-Larochelle 64/16/20 split, 84x84 RGB.")
 def load_mini_imagenet(split: str, *, data_dir: Optional[str] = None,
-                       image_size: int = 84) -> base.ClassSplit:
+                       image_size: int = 84,
+                       cache_dir: Optional[str] = None) -> base.ClassSplit:
   """Loads a MiniImageNet class split from a local directory.
 
   Args:
     split: "train", "val" or "test".
     data_dir: directory holding one of the formats of the module docstring.
-    image_size: side of the returned square images.
+    image_size: side of the square images returned.
+    cache_dir: where the prepared cache of a slow format is kept; `None`:
+      next to the data.
 
   Returns:
     The split; class ids follow the sorted WordNet ids.
 
   Raises:
-    DataError: missing directory or files, malformed or corrupt files.
+    DataError: missing directory or files, malformed or corrupt files, a
+      cache that does not match its manifest.
   """
   if not data_dir:
     raise DataError("mini_imagenet is read from a local directory: pass "
                     "--data_dir.")
-  fmt, path = detect_format(data_dir, split)
-  name = f"mini_imagenet/{split}"
-  logging.info("%s: reading %s (%s format).", name, path, fmt)
-  return _LOADERS[fmt](data_dir, split, image_size, name)
+  found = sources.find(data_dir, split, LAYOUTS, NAME)
+  return _finish(sources.load(found, split, dataset=NAME,
+                              image_size=image_size, cache_dir=cache_dir),
+                 split)

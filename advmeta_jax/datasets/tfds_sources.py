@@ -1,4 +1,7 @@
-"""`cifar_fs` and `omniglot`: few-shot datasets read with tensorflow-datasets.
+"""`cifar_fs` and `omniglot` read from a tensorflow-datasets data_dir.
+
+One of the layouts of `cifar_fs` and `omniglot` (see those modules): the one
+used when `--data_dir` is not given, or points to a tfds data_dir.
 
 Both are read with `tfds.data_source` (random access to a dataset prepared in
 the `array_record` file format), which needs neither TensorFlow nor network
@@ -54,45 +57,31 @@ from absl import logging
 import numpy as np
 
 from advmeta_jax.datasets import base
+from advmeta_jax.datasets import splits
 from advmeta_jax.errors import DataError
 
-# --- CIFAR-FS class split (Bertinetto et al. 2019) ----------------------------
-
-CIFAR_FS_TRAIN_CLASSES = (
-    "dolphin", "seal", "aquarium_fish", "ray", "trout", "orchid", "sunflower",
-    "tulip", "bottle", "bowl", "can", "cup", "plate", "apple", "mushroom",
-    "orange", "pear", "clock", "keyboard", "chair", "couch", "bee",
-    "caterpillar", "cockroach", "bear", "lion", "tiger", "wolf", "bridge",
-    "castle", "house", "road", "skyscraper", "cloud", "forest", "mountain",
-    "elephant", "kangaroo", "porcupine", "possum", "raccoon", "skunk",
-    "lobster", "spider", "boy", "girl", "dinosaur", "lizard", "snake",
-    "turtle", "hamster", "mouse", "rabbit", "shrew", "squirrel", "oak_tree",
-    "palm_tree", "pine_tree", "willow_tree", "bus", "train", "lawn_mower",
-    "streetcar", "tank",
-)
-CIFAR_FS_VAL_CLASSES = (
-    "beaver", "otter", "flatfish", "shark", "lamp", "television", "beetle",
-    "butterfly", "sea", "camel", "cattle", "crab", "crocodile", "maple_tree",
-    "motorcycle", "tractor",
-)
-CIFAR_FS_TEST_CLASSES = (
-    "whale", "poppy", "rose", "sweet_pepper", "telephone", "bed", "table",
-    "wardrobe", "leopard", "plain", "chimpanzee", "fox", "snail", "worm",
-    "baby", "man", "woman", "bicycle", "pickup_truck", "rocket",
-)
-_CIFAR_FS_SPLITS = {"train": CIFAR_FS_TRAIN_CLASSES,
-                    "val": CIFAR_FS_VAL_CLASSES,
-                    "test": CIFAR_FS_TEST_CLASSES}
-
-# CIFAR-100's fine label names in label-id order (`fine_label_names.txt` of the
-# dataset: the names sorted alphabetically). Used when the prepared dataset
-# carries no label names (tfds sets them only while preparing).
-CIFAR100_FINE_LABELS = tuple(sorted(
-    CIFAR_FS_TRAIN_CLASSES + CIFAR_FS_VAL_CLASSES + CIFAR_FS_TEST_CLASSES))
-
-OMNIGLOT_NUM_VAL_CLASSES = 100
+# The class tables live in `splits`; kept here under their old names.
+CIFAR_FS_TRAIN_CLASSES = splits.CIFAR_FS_TRAIN_CLASSES
+CIFAR_FS_VAL_CLASSES = splits.CIFAR_FS_VAL_CLASSES
+CIFAR_FS_TEST_CLASSES = splits.CIFAR_FS_TEST_CLASSES
+_CIFAR_FS_SPLITS = splits.CIFAR_FS_SPLITS
+CIFAR100_FINE_LABELS = splits.CIFAR100_FINE_LABELS
+OMNIGLOT_NUM_VAL_CLASSES = splits.OMNIGLOT_NUM_VAL_CLASSES
 
 _READ_CHUNK = 1024  # records converted and resized at a time
+
+
+def is_prepared(root: str, tfds_name: str) -> bool:
+  """Whether `root` looks like a tfds data_dir holding `tfds_name`.
+
+  True when `root/<tfds_name>/<version>/dataset_info.json` exists (tfds writes
+  it when it prepares a dataset).
+  """
+  folder = os.path.join(root, tfds_name)
+  if not os.path.isdir(folder):
+    return False
+  return any(os.path.isfile(os.path.join(folder, v, "dataset_info.json"))
+             for v in os.listdir(folder))
 
 
 def _tfds_dir(data_dir: Optional[str]) -> str:
@@ -229,9 +218,6 @@ def _cifar100_names(source, what: str) -> Tuple[str, ...]:
   return names
 
 
-@base.register("cifar_fs", default_image_size=32, channels=3,
-               description="CIFAR-FS: CIFAR-100 via tensorflow-datasets, "
-               "Bertinetto et al. 64/16/20 class split, 32x32 RGB.")
 def load_cifar_fs(split: str, *, data_dir: Optional[str] = None,
                   image_size: int = 32) -> base.ClassSplit:
   """Loads a CIFAR-FS class split from a prepared tfds `cifar100`.
@@ -298,10 +284,6 @@ def _split_classes(labels: Sequence[int], split: str,
   return tuple(present[:-OMNIGLOT_NUM_VAL_CLASSES])
 
 
-@base.register("omniglot", default_image_size=28, channels=1,
-               description="Omniglot via tensorflow-datasets: background "
-               "alphabets for train (864 chars) and val (last 100 chars), "
-               "evaluation alphabets for test (659 chars), 28x28 greyscale.")
 def load_omniglot(split: str, *, data_dir: Optional[str] = None,
                   image_size: int = 28) -> base.ClassSplit:
   """Loads an Omniglot class split from a prepared tfds `omniglot`.

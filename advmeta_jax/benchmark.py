@@ -1,0 +1,586 @@
+r"""Benchmarks of the meta-train step, of the attacks and of conv4's convolutions.
+
+`run(Options(...))` is `python -m launch.benchmark`: it measures one section,
+prints a Markdown table and writes the results as JSON (`Options.out`).
+
+    train    s/step, tasks/s, compile time, FLOPs, MFU and memory per learner
+             × image size × shots × conv formulation × variant, and the plain
+             PyTorch baseline (`Options.torch`, `torch_baseline.py`: a loop
+             over tasks, `autograd.grad(create_graph=True)`; maml and aq)
+    attacks  images/s of each attack on conv4 (a batch of `attack_batch`
+             images, jitted, after a warm-up; the model at its initialisation)
+    conv     each of conv4's four convolutions alone, forward + backward, in
+             each formulation and PyTorch's `conv2d`, first checked to agree
+
+Each train and attack configuration runs in a fresh subprocess
+(`python -m advmeta_jax.benchmark MODE JSON`), so that its peak memory (RSS
+on the CPU, device memory elsewhere) is its own. Second-order MAML, conv4
+F=32, 5-way, 15 queries per class, task batch 4, 5 inner steps unless the
+options say otherwise.
+
+FLOPs per step are counted analytically (`analytic_step_flops`): with f the
+FLOPs of one image through conv4 (`models.conv4_forward_flops`), S support
+and Q query images per task, a second-order MAML step costs
+B·(9·steps·S + 3·Q)·f (each inner step is a forward and backward pass, 3f per
+image, differentiated again by the meta-gradient, ×3; the query is one forward
+and backward); the robust learners add their attacks. XLA's own cost analysis
+is reported beside it but undercounts: it counts the body of the inner
+`lax.scan` (and of an attack's loop) once. Achieved FLOP/s over a matmul peak
+measured in the same process with the step's compute dtype is the model FLOP
+utilization, MFU. Memory: peak RSS on the CPU (it includes the runtime,
+~0.2 GiB, and the compiler's own peak), RSS after the timed steps, peak device
+memory elsewhere, and XLA's own figure for the compiled step (arguments +
+outputs + temporaries).
+
+Variants (`variant_fields`): `remat` rematerializes the inner steps, `pN`
+adapts N tasks at a time in rematerialized rounds (`parallel_tasks`), `bf16`
+feeds the convolutions bfloat16 (float32 accumulation and parameters),
+`first_order` is FOMAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advmeta_jax import attacks
+from advmeta_jax import episodes
+from advmeta_jax import models
+from advmeta_jax import training
+from advmeta_jax.config import Config
+from advmeta_jax.errors import ConfigError
+
+SECTIONS = ("train", "attacks", "conv")
+# The modes of one configuration in its own process: what each times.
+CHILD_MODES = ("single", "single_attack", "single_torch")
+VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
+# The side halving of conv4's blocks, shared with the model code.
+conv_layer_shapes = models.conv4_layer_shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What to benchmark (the flags of launch.benchmark, same names)."""
+  section: str = "train"
+  sizes: Sequence[int] = (32, 84)
+  shots: Sequence[int] = (1, 5)
+  conv_impls: Sequence[str] = ("matmul",)
+  learners: Sequence[str] = ("maml",)
+  n_way: int = 5
+  q_query: int = 15
+  task_batch_size: int = 4
+  inner_steps: int = 5
+  filters: int = 32
+  variants: Sequence[str] = ("base",)
+  attack_steps: int = 7          # PGD steps of the aq/tafl training attack
+  torch: bool = False
+  torch_threads: int = 2
+  steps: int = 10                # timed steps, after one warm-up
+  out: str = "benchmark.json"
+  conv_images: int = 75          # section conv
+  attacks: Sequence[str] = ("pgd", "cw_l2")   # section attacks
+  attack_batch: int = 75
+  pgd_steps: int = 20
+  cw_steps: int = 100
+
+
+# --- FLOPs and memory -------------------------------------------------------
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10,
+                      dtype: str = "float32") -> float:
+  """FLOP/s of an n×n matmul with `dtype` inputs (float32 accumulation),
+  best of `repeats`."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def analytic_step_flops(cfg: dict) -> float:
+  """Matmul FLOPs of one meta-train step, counted by hand (module docstring).
+
+  With f the FLOPs of one image through conv4, T inner steps, A attack steps,
+  S support and Q query images per task, per task:
+    maml:        9·T·S + 3·Q
+    aq, tafl:    9·T·S + 2·A·Q (PGD at θ', input gradient only) + 3·Q
+                 (adversarial query, differentiated) + Q (clean query)
+    maml_ad:     2·S (FGSM at θ) + 9·T·2S + 2·Q (FGSM at θ') + 3·2Q
+    adml:        2·S + 2·9·T·S + 2·Q + 3·2·Q + Q
+  (first-order: 3 instead of 9 per inner image-step), times B·f.
+  """
+  f = models.conv4_forward_flops(image_size=cfg["size"], channels=3,
+                                 filters=cfg["filters"],
+                                 num_classes=cfg["n_way"])
+  t, a = cfg["inner_steps"], cfg.get("attack_steps", 7)
+  s, q = cfg["n_way"] * cfg["k_shot"], cfg["n_way"] * cfg["q_query"]
+  inner = 3 if cfg.get("first_order") else 9
+  per_task = {
+      "maml": inner * t * s + 3 * q,
+      "aq": inner * t * s + 2 * a * q + 4 * q,
+      "tafl": inner * t * s + 2 * a * q + 4 * q,
+      "maml_ad": 2 * s + inner * t * 2 * s + 2 * q + 6 * q,
+      "adml": 2 * s + 2 * inner * t * s + 2 * q + 7 * q,
+  }.get(cfg["learner"])
+  if per_task is None:
+    return float("nan")
+  return float(cfg["task_batch_size"] * per_task * f)
+
+
+def _current_rss_bytes() -> float:
+  """This process's resident memory now (Linux), NaN elsewhere."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return float(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return float("nan")
+
+
+def _device_name() -> str:
+  device = jax.devices()[0]
+  return f"{device.platform}: {device.device_kind}"
+
+
+def _median_time(fn, steps: int) -> float:
+  fn()   # warm-up (and compilation)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+# --- one configuration of the train section ---------------------------------
+
+def variant_fields(variant: str) -> dict:
+  """`remat`, `compute_dtype`, `first_order`, `parallel_tasks` of a
+  '+'-joined variant name ("pN": N tasks at a time, in rounds)."""
+  parts = variant.split("+")
+  parallel = [int(p[1:]) for p in parts if p[:1] == "p" and p[1:].isdigit()]
+  unknown = [p for p in parts if p not in VARIANT_OPTIONS and not (
+      p[:1] == "p" and p[1:].isdigit())]
+  if unknown:
+    raise ConfigError(f"--variants: unknown option(s) {unknown} in "
+                      f"{variant!r}; choose from {VARIANT_OPTIONS} and pN "
+                      f"(N tasks at a time).")
+  return dict(remat="remat" in parts, first_order="first_order" in parts,
+              compute_dtype="bfloat16" if "bf16" in parts else "float32",
+              parallel_tasks=parallel[0] if parallel else 0)
+
+
+def step_config(cfg: dict) -> Config:
+  """The `config.Config` of a train-section configuration: 3-channel images
+  of side `size` (the CIFAR-FS / MiniImageNet model), α = 0.01, β = 1e-3 and
+  the learner's default training attack with `attack_steps` steps."""
+  return Config.make(
+      dataset="cifar_fs", image_size=cfg["size"], n_way=cfg["n_way"],
+      k_shot=cfg["k_shot"], q_query=cfg["q_query"], filters=cfg["filters"],
+      compute_dtype=cfg.get("compute_dtype", "float32"),
+      learner=cfg["learner"], task_batch_size=cfg["task_batch_size"],
+      inner_lr=0.01, inner_steps=cfg["inner_steps"],
+      first_order=cfg["first_order"], meta_lr=1e-3,
+      train_attack_steps=cfg.get("attack_steps", 7),
+      remat=cfg.get("remat", False),
+      parallel_tasks=cfg.get("parallel_tasks", 0),
+      conv_impl=cfg["conv_impl"]).validate()
+
+
+def _random_tasks(key, b: int, n: int, k_shot: int, q: int, size: int):
+  keys = jax.random.split(key, 2)
+  labels = lambda per_class: jnp.tile(jnp.repeat(jnp.arange(n), per_class),
+                                      (b, 1))
+  return episodes.Task(
+      jax.random.uniform(keys[0], (b, n * k_shot, size, size, 3)),
+      labels(k_shot),
+      jax.random.uniform(keys[1], (b, n * q, size, size, 3)), labels(q))
+
+
+def run_single(cfg: dict) -> dict:
+  """Compiles and times one train-step configuration in this process."""
+  jnp.zeros(()).block_until_ready()   # the runtime, before any step
+  runtime_rss = _current_rss_bytes()
+  config = step_config(cfg)
+  exp = training.build(config)
+  optimizer = training.make_optimizer(config.meta.meta_lr)
+  params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
+  state = training.init_state(params, optimizer)
+  step = jax.jit(training.make_train_step(
+      exp.learner, optimizer, parallel_tasks=config.loop.parallel_tasks),
+                 donate_argnums=0)
+  b, size = cfg["task_batch_size"], cfg["size"]
+  keys = jax.random.split(jax.random.key(1), 3)
+  tasks = _random_tasks(keys[0], b, cfg["n_way"], cfg["k_shot"],
+                        cfg["q_query"], size)
+  t = time.perf_counter()
+  compiled = step.lower(state, tasks, keys[2]).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  program_bytes = float("nan")
+  try:
+    mem = compiled.memory_analysis()
+    program_bytes = float(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                          + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    pass   # not every backend reports it
+  flops = analytic_step_flops(cfg)
+  state, m = step(state, tasks, keys[2])          # warm-up
+  jax.block_until_ready(m)
+  times = []
+  for i in range(cfg["steps"]):
+    t = time.perf_counter()
+    state, m = step(state, tasks, jax.random.fold_in(keys[2], i))
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  rss_after_steps = _current_rss_bytes()
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    mem = (device.memory_stats() or {}).get("peak_bytes_in_use")
+  else:
+    mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peaks = {d: matmul_peak_flops(dtype=d) for d in ("float32", "bfloat16")}
+  peak = peaks[config.model.compute_dtype]
+  return {**cfg, "compile_s": compile_s, "step_s": step_s,
+          "tasks_per_s": b / step_s, "flops_per_step": flops,
+          "xla_cost_analysis_flops": xla_flops,
+          "achieved_flops": flops / step_s, "matmul_peak_flops": peak,
+          "matmul_peak_flops_float32": peaks["float32"],
+          "matmul_peak_flops_bfloat16": peaks["bfloat16"],
+          "mfu": flops / step_s / peak, "peak_memory_bytes": mem,
+          "memory_kind": "peak RSS" if device.platform == "cpu"
+                         else "peak device memory",
+          "xla_program_bytes": program_bytes,
+          "runtime_rss_bytes": runtime_rss,
+          "rss_after_steps_bytes": rss_after_steps,
+          "device": _device_name(),
+          "load_average_1m": os.getloadavg()[0],
+          "loss_finite": bool(np.isfinite(float(m["loss"])))}
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+def run_torch_single(cfg: dict) -> dict:
+  """The PyTorch baseline (`torch_baseline.py`) on one configuration, with
+  `cfg["torch_threads"]` threads (default 2)."""
+  from advmeta_jax import torch_baseline  # pylint: disable=g-import-not-at-top
+  r = torch_baseline.benchmark(cfg, threads=cfg.get("torch_threads", 2))
+  r["flops_per_step"] = analytic_step_flops(cfg)
+  r["achieved_flops"] = r["flops_per_step"] / r["step_s"]
+  r["load_average_1m"] = os.getloadavg()[0]
+  return r
+
+
+# --- one attack ---------------------------------------------------------------
+
+def attack_hparams(name: str, *, pgd_steps: int = 20,
+                   cw_steps: int = 100) -> dict:
+  """The hyperparameters an attack is timed with (ε 8/255)."""
+  table = {
+      "fgsm": {"eps": "8/255"},
+      "pgd": {"eps": "8/255", "step_size": "2/255", "num_steps": pgd_steps},
+      "mi_fgsm": {"eps": "8/255", "num_steps": pgd_steps},
+      "cw_l2": {"c": 1.0, "num_steps": cw_steps},
+      "apgd": {"eps": "8/255", "num_steps": pgd_steps},
+  }
+  if name not in table:
+    raise ConfigError(f"--attacks: no benchmark settings for {name!r}; "
+                      f"choose from {sorted(table)}.")
+  return table[name]
+
+
+def run_attack_single(cfg: dict) -> dict:
+  """Times one attack on conv4 in this process."""
+  size, n = cfg["size"], cfg["batch"]
+  model = models.make_conv4(num_classes=5, filters=cfg["filters"],
+                            image_size=size)
+  apply_fn = models.make_apply_fn(model)
+  params = models.init_params(model, jax.random.key(0), (size, size, 3))
+  attack = attacks.make_attack(cfg["attack"], cfg["hparams"])
+  run_attack = jax.jit(lambda p, x, y, key: attack(
+      lambda z: apply_fn(p, z), x, y, key=key))
+  keys = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.uniform(keys[0], (n, size, size, 3))
+  y = jax.random.randint(keys[1], (n,), 0, 5)
+  t = time.perf_counter()
+  compiled = run_attack.lower(params, x, y, keys[2]).compile()
+  compile_s = time.perf_counter() - t
+  compiled(params, x, y, keys[2]).block_until_ready()
+  times = []
+  for i in range(cfg["steps"]):
+    t = time.perf_counter()
+    compiled(params, x, y, jax.random.fold_in(keys[2], i)).block_until_ready()
+    times.append(time.perf_counter() - t)
+  call_s = float(np.median(times))
+  return {**cfg, "compile_s": compile_s, "call_s": call_s,
+          "images_per_s": n / call_s, "device": _device_name()}
+
+
+# --- one convolution ----------------------------------------------------------
+
+def _check_close(name: str, got, want, cfg: dict) -> None:
+  """Raises unless each of `got` is within 1e-4 (relative to its max) of the
+  matching `want` (the input and kernel gradients of `lax.conv`)."""
+  for g, w in zip(got, want):
+    g, w = np.asarray(g), np.asarray(w)
+    err = float(np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-12))
+    if err > 1e-4:
+      raise AssertionError(f"{name} disagrees with lax.conv on {cfg}: "
+                           f"relative error {err:.2e}")
+
+
+def run_conv_layer(cfg: dict) -> dict:
+  """Times one 3×3 convolution's forward + backward (input and kernel
+  gradients of a fixed random projection of the output) in every formulation
+  of `cfg["conv_impls"]`, and in PyTorch when `cfg["torch"]` and torch
+  imports. Checks first that all of them agree with `conv3x3_xla`."""
+  n, side, c, f = cfg["images"], cfg["side"], cfg["channels"], cfg["filters"]
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (n, side, side, c))
+  kernel = jax.random.normal(keys[1], (3, 3, c, f)) / np.sqrt(9 * c)
+  proj = jax.random.normal(keys[2], (n, side, side, f))
+  impls = {"matmul": models.conv3x3_matmul, "xla": models.conv3x3_xla}
+
+  def grads_of(conv):
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * proj),
+                            argnums=(0, 1)))
+  fns = {name: grads_of(impls[name])
+         for name in dict.fromkeys([*cfg["conv_impls"], "xla"])}
+  reference = fns["xla"](x, kernel)
+  flops = 3 * 2 * n * side * side * 9 * c * f   # forward, dx, dkernel
+  out = {**cfg, "flops": flops, "ms": {}}
+  for name in cfg["conv_impls"]:
+    fn = fns[name]
+    _check_close(f"conv_impl {name}", fn(x, kernel), reference, cfg)
+    out["ms"][name] = 1e3 * _median_time(
+        lambda: jax.block_until_ready(fn(x, kernel)), cfg["steps"])
+  if cfg.get("torch") and torch_available():
+    from advmeta_jax import torch_baseline  # pylint: disable=g-import-not-at-top
+    step, grads, version = torch_baseline.conv_grads_step(
+        x, kernel, proj, threads=cfg.get("torch_threads", 2))
+    _check_close("torch conv2d", grads, reference, cfg)
+    out["ms"]["pytorch"] = 1e3 * _median_time(step, cfg["steps"])
+    out["torch_version"] = version
+  out["device"] = _device_name()
+  return out
+
+
+# --- configurations in their own processes ------------------------------------
+
+CHILD_RUNNERS: Dict[str, Callable[[dict], dict]] = {
+    "single": run_single, "single_attack": run_attack_single,
+    "single_torch": run_torch_single}
+
+
+def run_child(mode: str, cfg_json: str) -> None:
+  """Runs one configuration (JSON) in this process and prints its result as
+  one line `RESULT <json>`: the child's side of `run_in_subprocess`."""
+  print("RESULT " + json.dumps(CHILD_RUNNERS[mode](json.loads(cfg_json))))
+
+
+def run_in_subprocess(mode: str, cfg: dict) -> Optional[dict]:
+  """The result of one configuration run in a fresh Python process; None
+  (and its stderr on ours) when it failed."""
+  package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+  proc = subprocess.run(
+      [sys.executable, "-m", "advmeta_jax.benchmark", mode, json.dumps(cfg)],
+      capture_output=True, text=True, check=False, env=env)
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not line:
+    print(f"{cfg}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+    return None
+  return json.loads(line[0][len("RESULT "):])
+
+
+def _run_and_print(mode: str, cfg: dict, describe, into: list) -> None:
+  """Runs one configuration in a subprocess; on success appends its result to
+  `into` and prints `describe(result)`."""
+  r = run_in_subprocess(mode, cfg)
+  if r is not None:
+    into.append(r)
+    print(describe(r), flush=True)
+
+
+def machine() -> dict:
+  return {"platform": platform.platform(), "cpus": os.cpu_count(),
+          "python": platform.python_version(), "command": " ".join(sys.argv),
+          "load_average": os.getloadavg()}
+
+
+def _save_and_print(out: str, table: str, rows: list, **payload) -> dict:
+  """Writes `payload` and the machine to `out` as JSON, prints the table and
+  the device (that of `rows[0]`); returns what it wrote."""
+  payload = {"machine": machine(), **payload}
+  with open(out, "w") as f:
+    json.dump(payload, f, indent=2)
+  print(table)
+  print(f"device: {rows[0]['device'] if rows else '?'}; {payload['machine']}")
+  return payload
+
+
+# --- the sections ---------------------------------------------------------------
+
+def _gib(x):
+  return "–" if x is None or not np.isfinite(x) else f"{x / 2**30:.2f}"
+
+
+def _name(r: dict) -> str:
+  return f"{r['learner']} {r['size']}x{r['size']} {r['k_shot']}-shot"
+
+
+def train_table(results: List[dict], torch_results: List[dict]) -> str:
+  """The Markdown table of the train section (ratio to PyTorch if any)."""
+  def key(r):
+    return (r["learner"], r["size"], r["k_shot"])
+  torch_by = {key(r): r for r in torch_results}
+  header = ("learner", "impl", "variant", "image", "shot", "s/step", "tasks/s",
+            "× torch", "compile s", "GFLOP/step", "MFU %", "peak RSS GiB",
+            "RSS after GiB", "XLA GiB")
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in results + torch_results:
+    ref = torch_by.get(key(r))
+    ratio = (f"{r['tasks_per_s'] / ref['tasks_per_s']:.2f}"
+             if ref is not None and r.get("impl") != "pytorch" else "–")
+    impl = (f"pytorch {r['torch_version']}" if r.get("impl") == "pytorch"
+            else f"jax {r['conv_impl']}")
+    mfu = r.get("mfu")
+    lines.append(
+        f"| {r['learner']} | {impl} | {r.get('variant', '–')} | {r['size']} | "
+        f"{r['k_shot']} | {r['step_s']:.3f} | {r['tasks_per_s']:.2f} | "
+        f"{ratio} | {r.get('compile_s', float('nan')):.1f} | "
+        f"{r['flops_per_step'] / 1e9:.1f} | "
+        f"{'–' if mfu is None else f'{100 * mfu:.1f}'} | "
+        f"{_gib(r['peak_memory_bytes'])} | "
+        f"{_gib(r.get('rss_after_steps_bytes'))} | "
+        f"{_gib(r.get('xla_program_bytes'))} |")
+  return "\n".join(lines)
+
+
+def train_section(o: Options) -> dict:
+  """Every learner × size × shots × conv formulation × variant (and the
+  PyTorch baseline of maml and aq), each in its own process."""
+  variants = {v: variant_fields(v) for v in o.variants}
+  results, torch_results = [], []
+  for learner, size, shot in itertools.product(o.learners, o.sizes, o.shots):
+    base = dict(learner=learner, size=int(size), k_shot=int(shot),
+                n_way=o.n_way, q_query=o.q_query,
+                task_batch_size=o.task_batch_size,
+                inner_steps=o.inner_steps, filters=o.filters,
+                attack_steps=o.attack_steps, steps=o.steps)
+    for impl, (variant, fields) in itertools.product(o.conv_impls,
+                                                     variants.items()):
+      cfg = dict(base, conv_impl=impl, variant=variant, **fields)
+      _run_and_print("single", cfg, lambda r: (
+          f"{_name(r)} {r['conv_impl']} {r['variant']}: {r['step_s']:.3f} "
+          f"s/step, {r['tasks_per_s']:.2f} tasks/s, compile "
+          f"{r['compile_s']:.1f} s, MFU {100 * r['mfu']:.1f}%, "
+          f"{r['memory_kind']} {_gib(r['peak_memory_bytes'])} GiB, XLA "
+          f"{_gib(r['xla_program_bytes'])} GiB"), results)
+    if o.torch and learner in ("maml", "aq") and torch_available():
+      _run_and_print("single_torch", dict(
+          base, first_order=False, torch_threads=o.torch_threads), lambda r: (
+              f"{_name(r)} pytorch: {r['step_s']:.3f} s/step, "
+              f"{r['tasks_per_s']:.2f} tasks/s, peak RSS "
+              f"{_gib(r['peak_memory_bytes'])} GiB"), torch_results)
+  if o.torch and not torch_available():
+    print("--torch: torch is not importable here; no baseline.",
+          file=sys.stderr)
+  return _save_and_print(o.out, train_table(results, torch_results), results,
+                         results=results, torch_results=torch_results)
+
+
+def attacks_section(o: Options) -> dict:
+  """Each attack × image size, each in its own process."""
+  results = []
+  for name, size in itertools.product(o.attacks, o.sizes):
+    cfg = dict(attack=name, hparams=attack_hparams(
+        name, pgd_steps=o.pgd_steps, cw_steps=o.cw_steps), size=int(size),
+               batch=o.attack_batch, filters=o.filters, steps=o.steps)
+    _run_and_print("single_attack", cfg, lambda r: (
+        f"{r['attack']} {r['size']}x{r['size']}: {r['images_per_s']:.1f} "
+        f"images/s ({r['call_s']:.3f} s per batch of {r['batch']}, compile "
+        f"{r['compile_s']:.1f} s)"), results)
+  lines = ["| attack | hyperparameters | image | images/s | s per batch | "
+           "compile s |", "|---|---|---|---|---|---|"]
+  for r in results:
+    hp = ", ".join(f"{k}={v}" for k, v in r["hparams"].items())
+    lines.append(f"| {r['attack']} | {hp} | {r['size']} | "
+                 f"{r['images_per_s']:.1f} | {r['call_s']:.3f} | "
+                 f"{r['compile_s']:.1f} |")
+  return _save_and_print(o.out, "\n".join(lines), results,
+                         attack_results=results)
+
+
+def conv_section(o: Options) -> dict:
+  """conv4's four convolutions at each image size, in this process."""
+  rows = []
+  for size in o.sizes:
+    for layer, side, c in conv_layer_shapes(int(size), filters=o.filters):
+      rows.append(run_conv_layer(dict(
+          layer=layer, size=int(size), side=side, channels=c,
+          filters=o.filters, images=o.conv_images,
+          conv_impls=list(o.conv_impls), torch=o.torch,
+          torch_threads=o.torch_threads, steps=o.steps)))
+  impls = list(rows[0]["ms"]) if rows else []
+  lines = ["| image | layer | input | " + " | ".join(
+      f"{i} ms (GFLOP/s)" for i in impls) + " |",
+           "|" + "---|" * (3 + len(impls))]
+  for r in rows:
+    cells = [f"{r['ms'][i]:.2f} ({r['flops'] / r['ms'][i] / 1e6:.0f})"
+             for i in impls]
+    lines.append(f"| {r['size']} | conv{r['layer']} | {r['images']}×"
+                 f"{r['side']}×{r['side']}×{r['channels']} | "
+                 + " | ".join(cells) + " |")
+  for size in o.sizes:
+    sub = [r for r in rows if r["size"] == int(size)]
+    lines.append(f"| {size} | all four | | " + " | ".join(
+        f"{sum(r['ms'][i] for r in sub):.2f}" for i in impls) + " |")
+  return _save_and_print(o.out, "\n".join(lines), rows, conv_results=rows)
+
+
+def run(options: Options) -> dict:
+  """Runs `options.section`, prints its table and writes `options.out`;
+  returns the JSON written.
+
+  Raises:
+    ConfigError: an unknown section, variant option or attack.
+  """
+  sections = {"train": train_section, "attacks": attacks_section,
+              "conv": conv_section}
+  if options.section not in sections:
+    raise ConfigError(f"unknown section {options.section!r}; choose one of: "
+                      f"{', '.join(SECTIONS)}.")
+  return sections[options.section](options)
+
+
+if __name__ == "__main__":
+  run_child(*sys.argv[1:3])

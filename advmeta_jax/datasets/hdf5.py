@@ -1,0 +1,93 @@
+"""Reading torchmeta's HDF5 files: one uint8 dataset per class, and a JSON list.
+
+torchmeta (Deleu et al., "Torchmeta: A meta-learning library for PyTorch",
+2019) converts CIFAR-100 and MiniImageNet once into HDF5 files with one
+dataset of shape `[n, H, W, 3]` per class, and lists each split's classes in a
+JSON file beside them. Each dataset is read straight into its place in one
+preallocated array, so a split costs one copy of its pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from advmeta_jax.datasets import base
+from advmeta_jax.errors import DataError
+
+
+def read_json_list(path: str, what: str, expected: str) -> list:
+  """The JSON list in `path`; DataError naming the file if it is not one."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"{what}: cannot read {path!r} as JSON ({e}).") from e
+  if not isinstance(value, list) or not value:
+    raise DataError(f"{what}: {path!r} must hold a non-empty JSON list of "
+                    f"{expected}, got {type(value).__name__}.")
+  return value
+
+
+def _open(path: str, what: str):
+  try:
+    import h5py  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"{what}: reading {path!r} needs h5py (`pip install "
+                    f"h5py`).") from e
+  try:
+    return h5py.File(path, "r")
+  except (OSError, ValueError) as e:
+    raise DataError(f"{what}: cannot open {path!r} as HDF5 "
+                    f"({base.reason(e)}); the file is "
+                    f"truncated or corrupt: download or convert it again."
+                    ) from e
+
+
+def read_datasets(path: str, keys: Sequence[str], image_size: int,
+                  what: str) -> Tuple[np.ndarray, List[int]]:
+  """Reads the datasets `keys` of an HDF5 file into one uint8 array.
+
+  Args:
+    path: the HDF5 file.
+    keys: dataset paths inside the file (e.g. "fish/shark"), in class order.
+    image_size: side of the returned images (resized if it differs).
+    what: the split, for messages.
+
+  Returns:
+    `(images, counts)`: uint8 `[sum(counts), image_size, image_size, 3]`, the
+    datasets one after the other, and the number of images of each.
+
+  Raises:
+    DataError: the file cannot be opened, a key is missing, a dataset is not
+      uint8 `[n, H, W, 3]`, or its data cannot be read.
+  """
+  with _open(path, what) as f:
+    shapes = []
+    for key in keys:
+      ds = f.get(key)
+      if ds is None or not hasattr(ds, "shape"):
+        raise DataError(f"{what}: {path!r} has no dataset {key!r} (it holds "
+                        f"{sorted(f.keys())[:8]} at the top).")
+      if ds.dtype != np.uint8 or len(ds.shape) != 4 or ds.shape[-1] != 3:
+        raise DataError(f"{what}: {path!r}[{key!r}] must be uint8 "
+                        f"[n, H, W, 3], got {ds.dtype} {ds.shape}.")
+      shapes.append(ds.shape)
+    counts = [s[0] for s in shapes]
+    out = np.empty((sum(counts), image_size, image_size, 3), np.uint8)
+    pos = 0
+    for key, shape in zip(keys, shapes):
+      try:
+        if shape[1:3] == (image_size, image_size):
+          if shape[0]:
+            f[key].read_direct(out, dest_sel=np.s_[pos:pos + shape[0]])
+        else:
+          out[pos:pos + shape[0]] = base.resize_uint8(f[key][()], image_size)
+      except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{what}: cannot read {path!r}[{key!r}] "
+                        f"({base.reason(e)}); the "
+                        f"file is truncated or corrupt.") from e
+      pos += shape[0]
+  return out, counts
