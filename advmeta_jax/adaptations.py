@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import jax
 
+from advmeta_jax import autotune
 from advmeta_jax import maml
 from advmeta_jax import metric
 from advmeta_jax import r2d2
@@ -247,6 +248,11 @@ def _matching(embed, config) -> Adaptation:
       n_way=config.data.n_way, variant=config.model.fce)
 
 
+def _remat(config) -> bool:
+  """`config.loop.remat`, `auto` resolved for the backend (autotune.py)."""
+  return autotune.resolve(config).loop.remat
+
+
 class Kind(NamedTuple):
   """A registered adaptation: its name, how a run's config builds it, and
   whether its model is conv4's embedding without a head (`metric`)."""
@@ -258,10 +264,10 @@ class Kind(NamedTuple):
 KINDS: Dict[str, Kind] = {
     "gradient": Kind("gradient", lambda apply_fn, config: gradient_adaptation(
         apply_fn, inner_lr=config.meta.inner_lr,
-        first_order=config.meta.first_order, remat=config.loop.remat)),
+        first_order=config.meta.first_order, remat=_remat(config))),
     "head": Kind("head", lambda apply_fn, config: head_adaptation(
         apply_fn, inner_lr=config.meta.inner_lr,
-        first_order=config.meta.first_order, remat=config.loop.remat)),
+        first_order=config.meta.first_order, remat=_remat(config))),
     "prototype": Kind("prototype", lambda embed, config: prototype_adaptation(
         embed, n_way=config.data.n_way), metric=True),
     "matching": Kind("matching", _matching, metric=True),

@@ -15,6 +15,7 @@ import inspect
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from advmeta_jax import attacks
+from advmeta_jax import autotune
 from advmeta_jax import datasets
 from advmeta_jax import episodes
 from advmeta_jax import fce
@@ -83,7 +84,10 @@ def image_shape(config: Config) -> Tuple[int, int, int]:
 
 
 def build(config: Config) -> Experiment:
-  """Builds model and bound learner from a validated `Config`."""
+  """Builds model and bound learner from a validated `Config`, its `auto`
+  speed settings resolved for the backend (`autotune.resolve`; the
+  Experiment's `config` is the resolved one)."""
+  config = autotune.resolve(config)
   entry = learners.get(config.meta.learner, config.meta.robust)
   shape = image_shape(config)
   common = dict(filters=config.model.filters, conv_impl=config.loop.conv_impl,

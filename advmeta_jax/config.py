@@ -99,6 +99,30 @@ def eps_text(value, name: str) -> None:
   attacks.parse_eps(value or "0", name)
 
 
+# The value of a speed/memory setting resolved per backend from the table of
+# autotune.py (`autotune.resolve`).
+AUTO = "auto"
+
+
+def auto_or_bool(value, name: str) -> None:
+  if value != AUTO and not isinstance(value, bool):
+    raise ConfigError(f"{name} must be auto, true or false, got {value!r}.")
+
+
+def auto_or_non_negative_int(value, name: str) -> None:
+  if value != AUTO and (not _is_int(value) or value < 0):
+    raise ConfigError(f"{name} must be auto or an integer >= 0, got "
+                      f"{value!r}.")
+
+
+class AutoBool:
+  """Flag kind: true, false or auto (`--remat`, `--noremat`, `--remat=auto`)."""
+
+
+class AutoInt:
+  """Flag kind: an integer or auto (`--parallel_tasks=2`, `=auto`)."""
+
+
 def positive_eps_text(value, name: str) -> None:
   from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
   if attacks.parse_eps(value, name) <= 0:
@@ -161,6 +185,10 @@ def _fce_variants():
 def _conv_impls():
   from advmeta_jax import models  # pylint: disable=g-import-not-at-top
   return models.CONV_IMPLS
+
+
+def _conv_impl_choices():
+  return (AUTO,) + tuple(_conv_impls())
 
 
 def _compute_dtypes():
@@ -333,16 +361,24 @@ class LoopConfig(_Section):
   num_devices: int = setting(
       0, "Devices the task batch is sharded over (0: all devices of all "
       "hosts); task_batch_size must be a multiple.", check=non_negative_int)
-  remat: bool = setting(False, "Rematerialize the inner steps in the "
-                        "meta-gradient (same result, less memory, ~1/3 more "
-                        "compute).")
-  parallel_tasks: int = setting(
-      0, "Tasks adapted at once (0: the whole task batch); fewer run in "
+  # The three below only change speed and memory: `auto` (the default) is
+  # the value the table of autotune.py measured fastest on the backend the
+  # run finds (jax.default_backend()); train logs what it resolved to.
+  remat: Any = setting(
+      AUTO, "Rematerialize the inner steps in the meta-gradient (same "
+      "result, less memory, ~1/3 more compute): true, false or auto (the "
+      "backend's measured choice, advmeta_jax/autotune.py).",
+      check=auto_or_bool, kind=AutoBool)
+  parallel_tasks: Any = setting(
+      AUTO, "Tasks adapted at once (0: the whole task batch); fewer run in "
       "sequential rounds, rematerialized: same result, memory of "
-      "parallel_tasks tasks.")
+      "parallel_tasks tasks. auto: the backend's measured choice "
+      "(advmeta_jax/autotune.py).", check=auto_or_non_negative_int,
+      kind=AutoInt)
   conv_impl: str = setting(
-      "matmul", "Convolution formulation (same function): matmul is fastest "
-      "on CPU; xla is lax.conv.", choices=_conv_impls)
+      AUTO, "Convolution formulation (same function): matmul (patches and "
+      "one matmul) or xla (lax.conv); auto: the backend's measured choice "
+      "(advmeta_jax/autotune.py).", choices=_conv_impl_choices)
   data_dir: Optional[str] = setting(
       None, "Directory of the data, in any layout of docs/datasets.md (e.g. "
       "the CIFAR-100 archives, MiniImageNet's pickles or HDF5, Omniglot's "
@@ -391,6 +427,23 @@ def _split_flat(flat: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
   for name, value in flat.items():
     nested[SECTION_OF[name]][name] = value
   return nested
+
+
+def check_speed_settings(config: "Config") -> None:
+  """Refuses the one combination of speed settings that is not the same
+  function: `lax.conv` (conv_impl=xla) with rematerialized inner steps
+  over several vmapped tasks (whose per-task kernels make it a grouped
+  convolution). Found on jax 0.10.2 (CPU, eager and jitted): the loss is
+  right, the meta-gradient is not (tests/test_autotune.py). `auto` values
+  are checked once resolved (autotune.resolve)."""
+  loop = config.loop
+  if (loop.conv_impl == "xla" and loop.remat is True
+      and loop.parallel_tasks not in (1, AUTO)
+      and config.meta.task_batch_size > 1):
+    raise ConfigError(
+        "conv_impl=xla with remat=true over several vmapped tasks gives a "
+        "wrong meta-gradient (a JAX bug, see advmeta_jax/config.py); use "
+        "parallel_tasks=1, conv_impl=matmul or remat=false.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,10 +516,11 @@ class Config:
                         f"'matchingnet' only, not {self.meta.learner!r}; use "
                         "fce='none'.")
     p, b = self.loop.parallel_tasks, self.meta.task_batch_size
-    if not _is_int(p) or p < 0 or (p and b % p):
+    if p != AUTO and (not _is_int(p) or p < 0 or (p and b % p)):
       raise ConfigError(
           f"parallel_tasks must be 0 (the whole batch) or a divisor of "
           f"task_batch_size={b}, got {p!r}.")
+    check_speed_settings(self)
     return self
 
   def resume_differences(self, old: "Config") -> List[str]:
@@ -502,7 +556,10 @@ def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
     kw = dict(flag_values=flag_values)
     kind = meta.get("kind") or type(f.default)
     help_ = meta["help"]() if callable(meta["help"]) else meta["help"]
-    if meta.get("choices") is not None:
+    if kind in (AutoBool, AutoInt):
+      flags.DEFINE_flag(_auto_flag(kind, f.name, f.default, help_),
+                        flag_values)
+    elif meta.get("choices") is not None:
       flags.DEFINE_enum(f.name, f.default, list(meta["choices"]()),
                         help_, **kw)
     elif kind is bool:
@@ -513,6 +570,58 @@ def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
       flags.DEFINE_float(f.name, f.default, help_, **kw)
     else:
       flags.DEFINE_string(f.name, f.default, help_, **kw)
+
+
+def _parse_auto_bool(text):
+  if isinstance(text, bool):
+    return text
+  lower = str(text).strip().lower()
+  if lower in ("true", "t", "1", "yes"):
+    return True
+  if lower in ("false", "f", "0", "no"):
+    return False
+  raise ValueError("should be auto, true or false")
+
+
+def _parse_auto_int(text):
+  if _is_int(text):
+    return int(text)
+  try:
+    return int(str(text).strip())
+  except ValueError:
+    raise ValueError("should be auto or an integer >= 0") from None
+
+
+def _auto_flag(kind, name, default, help_):
+  """An absl flag whose value is `AUTO` or a bool (`kind` AutoBool: a
+  boolean flag, so `--name` and `--noname` work) or an int (AutoInt)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  parse_value = _parse_auto_bool if kind is AutoBool else _parse_auto_int
+
+  class Parser(flags.ArgumentParser):
+
+    def parse(self, argument):
+      if isinstance(argument, str) and argument.strip().lower() == AUTO:
+        return AUTO
+      return parse_value(argument)
+
+    def flag_type(self):
+      return "auto|bool" if kind is AutoBool else "auto|int"
+
+  class Serializer(flags.ArgumentSerializer):
+
+    def serialize(self, value):
+      return str(value).lower()
+
+  class AutoFlag(flags.Flag):
+
+    def _serialize(self, value):
+      if value is None:
+        return ""
+      return f"--{self.name}={self.serializer.serialize(value)}"
+
+  return AutoFlag(Parser(), Serializer(), name, default, help_,
+                  boolean=kind is AutoBool)
 
 
 def from_flags(flag_values=None) -> Config:

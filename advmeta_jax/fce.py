@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advmeta_jax import autotune
 from advmeta_jax import metric
 from advmeta_jax import models
 from advmeta_jax.errors import ConfigError
@@ -132,7 +133,8 @@ def model_for_config(config) -> FCEMatching:
   m = config.model
   size = config.data.image_size or _default_size(config.data.dataset)
   return make_model(variant=m.fce, filters=m.filters,
-                    conv_impl=config.loop.conv_impl, image_size=size,
+                    conv_impl=autotune.resolve(config).loop.conv_impl,
+                    image_size=size,
                     compute_dtype=m.compute_dtype, hidden=m.fce_hidden,
                     steps=m.fce_steps)
 

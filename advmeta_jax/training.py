@@ -43,6 +43,7 @@ import numpy as np
 import optax
 import tqdm
 
+from advmeta_jax import autotune
 from advmeta_jax import checkpoints
 from advmeta_jax import datasets
 from advmeta_jax import episodes
@@ -274,7 +275,11 @@ def train(config: Config, workdir: str, *,
                       f"model expects {exp.image_shape}.")
   loop = config.loop
   mesh = make_mesh(loop.num_devices)
-  check_task_batch(config.meta.task_batch_size, mesh, loop.parallel_tasks)
+  # `auto` speed settings, resolved for the backend (autotune.py): the step
+  # runs the resolved config; config.json keeps what was asked.
+  resolved = exp.config
+  check_task_batch(config.meta.task_batch_size, mesh,
+                   resolved.loop.parallel_tasks)
   primary = jax.process_index() == 0
   # Only a config whose data checks passed is written: a refused run leaves
   # nothing behind that would block the corrected command.
@@ -289,6 +294,7 @@ def train(config: Config, workdir: str, *,
   if primary:
     checkpoints.write_config(workdir, config)
   logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
+  logging.info("speed settings: %s", autotune.describe(config, resolved))
 
   optimizer = make_optimizer(config.meta.meta_lr)
   init_key, _ = run_keys(config.meta.seed)
@@ -309,7 +315,7 @@ def train(config: Config, workdir: str, *,
 
   source = sharding_lib.replicate(
       episodes.make_source(train_split, jax.local_devices()[0]), mesh)
-  step_fn = _jitted_train_iteration(exp.learner, config, mesh)
+  step_fn = _jitted_train_iteration(exp.learner, resolved, mesh)
 
   bar = None
   if progress and primary and start < loop.num_steps:

@@ -1,0 +1,131 @@
+"""Per-backend defaults of the settings that change only speed and memory.
+
+`conv_impl`, `parallel_tasks` and `remat` (the `loop` section) default to
+`auto`: the value that the benchmark measured fastest on the backend the run
+finds (`jax.default_backend()`: "cpu", "gpu" or "tpu"), from `TABLE` below.
+Each entry cites the run that chose it (command, commit, figure); an entry
+nobody has measured says "unmeasured" and holds the usual choice there.
+`python -m launch.benchmark --suite=accelerator` prints the entry it would
+write for the backend it ran on.
+
+All three compute the same function (tested: `tests/test_autotune.py`
+compares the loss and meta-gradient of `auto` with those of each explicit
+setting), so resolving them never changes a result beyond float rounding,
+and a run may resume on another backend. An explicit value
+(`--conv_impl=matmul`, `--parallel_tasks=2`, `--remat` / `--noremat`) is
+used as given.
+
+`resolve(config)` returns the config with every `auto` replaced; `build`
+(builders.py) resolves before building, and `train` logs the resolved
+values. The config.json of a run keeps `auto`, so a run resumed on another
+backend gets that backend's choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import jax
+
+from advmeta_jax.config import AUTO
+from advmeta_jax.config import check_speed_settings
+from advmeta_jax.config import Config
+
+# The settings `auto` resolves, in the loop section.
+AUTO_FIELDS = ("conv_impl", "parallel_tasks", "remat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """The `auto` values of one backend.
+
+  Attributes:
+    conv_impl: "matmul" or "xla" (models.CONV_IMPLS).
+    tasks_per_device: parallel_tasks per device: the tasks adapted at once
+      are this times the number of devices (0: the whole task batch).
+    remat: rematerialize the inner steps.
+    source: the benchmark run that chose the entry (command, commit,
+      figure), or why it is unmeasured.
+  """
+  conv_impl: str
+  tasks_per_device: int
+  remat: bool
+  source: str
+
+
+TABLE: Dict[str, Entry] = {
+    # 2-core x86-64 CPU (AVX-512 BF16, AMX), jax 0.10.2; PyTorch 2.13.0+cpu.
+    "cpu": Entry(
+        conv_impl="matmul", tasks_per_device=1, remat=True,
+        source=(
+            "`python -m launch.benchmark --learners=maml --sizes=32,84 "
+            "--shots=1 --variants=base,p1+remat --torch --steps=5` (issue "
+            "18, before auto existed): p1+remat at 0.89x (32x32 1-shot) and "
+            "0.73x (84x84 1-shot) PyTorch's tasks/s, the whole batch "
+            "vmapped (base) 0.66x and 0.59x, with a third of the memory; "
+            "lax.conv (xla) 0.10-0.13x of matmul under vmap or lax.map "
+            "(docs/performance.md, commit 6082013); confirmed by the "
+            "table of docs/performance.md (\"Default vs PyTorch\"), "
+            "commit TODO.")),
+    "gpu": Entry(
+        conv_impl="xla", tasks_per_device=0, remat=False,
+        source=("unmeasured: lax.conv (cuDNN) with the whole task batch "
+                "vmapped, the usual choice on a GPU; run `python -m "
+                "launch.benchmark --suite=accelerator --out=DIR` on one and "
+                "copy the entry it prints.")),
+    "tpu": Entry(
+        conv_impl="xla", tasks_per_device=0, remat=False,
+        source=("unmeasured: lax.conv with the whole task batch vmapped, "
+                "the usual choice on a TPU; run `python -m launch.benchmark "
+                "--suite=accelerator --out=DIR` on one and copy the entry "
+                "it prints.")),
+}
+# Backends not in the table (e.g. a plugin's name) get the accelerator entry.
+FALLBACK = "gpu"
+
+
+def backend_entry(backend: Optional[str] = None) -> Entry:
+  """The table entry of `backend` (default: `jax.default_backend()`)."""
+  backend = jax.default_backend() if backend is None else backend
+  return TABLE.get(backend, TABLE[FALLBACK])
+
+
+def resolve(config: Config, *, backend: Optional[str] = None,
+            num_devices: Optional[int] = None) -> Config:
+  """`config` with each `auto` of `AUTO_FIELDS` replaced by the value of
+  `backend`'s entry (default: `jax.default_backend()`); explicit values are
+  kept. `num_devices` is the size of the mesh the task batch is sharded over
+  (default: `config.loop.num_devices`, or every device when 0), so that the
+  tasks of a round split over the devices; a round that would not divide the
+  task batch becomes the whole batch (0)."""
+  loop = config.loop
+  if all(getattr(loop, f) != AUTO for f in AUTO_FIELDS):
+    return config
+  entry = backend_entry(backend)
+  changes = {}
+  if loop.conv_impl == AUTO:
+    changes["conv_impl"] = entry.conv_impl
+  if loop.remat == AUTO:
+    changes["remat"] = entry.remat
+  if loop.parallel_tasks == AUTO:
+    if num_devices is None:
+      num_devices = loop.num_devices or jax.device_count()
+    p, b = entry.tasks_per_device * num_devices, config.meta.task_batch_size
+    changes["parallel_tasks"] = 0 if p >= b or b % max(p, 1) else p
+  resolved = config.replace(**changes)
+  check_speed_settings(resolved)
+  return resolved
+
+
+def describe(config: Config, resolved: Config,
+             backend: Optional[str] = None) -> str:
+  """One line: each of `AUTO_FIELDS` with its value, "(auto)" where it was
+  resolved, e.g. "backend cpu: conv_impl=matmul (auto), ..."."""
+  backend = jax.default_backend() if backend is None else backend
+  parts = []
+  for f in AUTO_FIELDS:
+    value = getattr(resolved.loop, f)
+    parts.append(f"{f}={value}" + (" (auto)" if getattr(config.loop, f) == AUTO
+                                   else ""))
+  return f"backend {backend}: " + ", ".join(parts)
