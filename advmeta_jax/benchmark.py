@@ -56,9 +56,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from advmeta_jax import attacks
+from advmeta_jax import autotune
 from advmeta_jax import episodes
 from advmeta_jax import models
 from advmeta_jax import training
+from advmeta_jax.config import AUTO
 from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
 
@@ -66,6 +68,9 @@ SECTIONS = ("train", "attacks", "conv")
 # The modes of one configuration in its own process: what each times.
 CHILD_MODES = ("single", "single_attack", "single_torch")
 VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
+# The variant `launch.train` runs by default: the `auto` speed settings
+# resolved for the backend (autotune.py), float32, second order.
+DEFAULT_VARIANT = "default"
 # The side halving of conv4's blocks, shared with the model code.
 conv_layer_shapes = models.conv4_layer_shapes
 
@@ -76,21 +81,23 @@ class Options:
   section: str = "train"
   sizes: Sequence[int] = (32, 84)
   shots: Sequence[int] = (1, 5)
-  conv_impls: Sequence[str] = ("matmul",)
+  conv_impls: Sequence[str] = ("auto",)
   learners: Sequence[str] = ("maml",)
+  # learner:size:shot entries measured instead of learners × sizes × shots
+  rows: Sequence[str] = ()
   n_way: int = 5
   q_query: int = 15
   task_batch_size: int = 4
   inner_steps: int = 5
   filters: int = 32
-  variants: Sequence[str] = ("base",)
+  variants: Sequence[str] = ("default",)
   attack_steps: int = 7          # PGD steps of the aq/tafl training attack
   torch: bool = False
   torch_threads: int = 2
   steps: int = 10                # timed steps, after one warm-up
   out: str = "benchmark.json"
   conv_images: int = 75          # section conv
-  attacks: Sequence[str] = ("pgd", "cw_l2")   # section attacks
+  attacks: Sequence[str] = ("pgd", "cw_l2", "autoattack")   # section attacks
   attack_batch: int = 75
   pgd_steps: int = 20
   cw_steps: int = 100
@@ -155,6 +162,16 @@ def _current_rss_bytes() -> float:
   return float("nan")
 
 
+def peak_memory_bytes() -> float:
+  """This process's peak memory: device memory (`memory_stats`) on a GPU or
+  TPU, RSS on the CPU."""
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    return float((device.memory_stats() or {}).get("peak_bytes_in_use",
+                                                   float("nan")))
+  return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
 def _device_name() -> str:
   device = jax.devices()[0]
   return f"{device.platform}: {device.device_kind}"
@@ -174,15 +191,22 @@ def _median_time(fn, steps: int) -> float:
 
 def variant_fields(variant: str) -> dict:
   """`remat`, `compute_dtype`, `first_order`, `parallel_tasks` of a
-  '+'-joined variant name ("pN": N tasks at a time, in rounds)."""
+  '+'-joined variant name ("pN": N tasks at a time, in rounds). "default"
+  is what `launch.train` runs by default (`auto` remat and parallel_tasks);
+  the others are explicit, from "base" (the whole batch vmapped, no
+  remat)."""
+  if variant == DEFAULT_VARIANT:
+    return dict(remat=AUTO, first_order=False, compute_dtype="float32",
+                parallel_tasks=AUTO)
   parts = variant.split("+")
   parallel = [int(p[1:]) for p in parts if p[:1] == "p" and p[1:].isdigit()]
   unknown = [p for p in parts if p not in VARIANT_OPTIONS and not (
       p[:1] == "p" and p[1:].isdigit())]
   if unknown:
     raise ConfigError(f"--variants: unknown option(s) {unknown} in "
-                      f"{variant!r}; choose from {VARIANT_OPTIONS} and pN "
-                      f"(N tasks at a time).")
+                      f"{variant!r}; choose {DEFAULT_VARIANT!r} or "
+                      f"'+'-joined options of {VARIANT_OPTIONS} and pN (N "
+                      f"tasks at a time).")
   return dict(remat="remat" in parts, first_order="first_order" in parts,
               compute_dtype="bfloat16" if "bf16" in parts else "float32",
               parallel_tasks=parallel[0] if parallel else 0)
@@ -200,9 +224,9 @@ def step_config(cfg: dict) -> Config:
       inner_lr=0.01, inner_steps=cfg["inner_steps"],
       first_order=cfg["first_order"], meta_lr=1e-3,
       train_attack_steps=cfg.get("attack_steps", 7),
-      remat=cfg.get("remat", False),
-      parallel_tasks=cfg.get("parallel_tasks", 0),
-      conv_impl=cfg["conv_impl"]).validate()
+      remat=cfg.get("remat", AUTO),
+      parallel_tasks=cfg.get("parallel_tasks", AUTO),
+      conv_impl=cfg.get("conv_impl", AUTO)).validate()
 
 
 def _random_tasks(key, b: int, n: int, k_shot: int, q: int, size: int):
@@ -219,8 +243,8 @@ def run_single(cfg: dict) -> dict:
   """Compiles and times one train-step configuration in this process."""
   jnp.zeros(()).block_until_ready()   # the runtime, before any step
   runtime_rss = _current_rss_bytes()
-  config = step_config(cfg)
-  exp = training.build(config)
+  exp = training.build(step_config(cfg))
+  config = exp.config   # `auto` settings resolved, as train resolves them
   optimizer = training.make_optimizer(config.meta.meta_lr)
   params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
   state = training.init_state(params, optimizer)
@@ -256,13 +280,12 @@ def run_single(cfg: dict) -> dict:
   step_s = float(np.median(times))
   rss_after_steps = _current_rss_bytes()
   device = jax.devices()[0]
-  if device.platform != "cpu":
-    mem = (device.memory_stats() or {}).get("peak_bytes_in_use")
-  else:
-    mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  mem = peak_memory_bytes()
   peaks = {d: matmul_peak_flops(dtype=d) for d in ("float32", "bfloat16")}
   peak = peaks[config.model.compute_dtype]
-  return {**cfg, "compile_s": compile_s, "step_s": step_s,
+  return {**cfg, "resolved": {f: getattr(config.loop, f) for f in
+                              autotune.AUTO_FIELDS},
+          "compile_s": compile_s, "step_s": step_s,
           "tasks_per_s": b / step_s, "flops_per_step": flops,
           "xla_cost_analysis_flops": xla_flops,
           "achieved_flops": flops / step_s, "matmul_peak_flops": peak,
@@ -301,14 +324,22 @@ def run_torch_single(cfg: dict) -> dict:
 # --- one attack ---------------------------------------------------------------
 
 def attack_hparams(name: str, *, pgd_steps: int = 20,
-                   cw_steps: int = 100) -> dict:
-  """The hyperparameters an attack is timed with (ε 8/255)."""
+                   cw_steps: int = 100, autoattack_steps: int = 100,
+                   autoattack_queries: int = 5000,
+                   autoattack_targets: int = 9) -> dict:
+  """The hyperparameters an attack is timed with (ε 8/255; AutoAttack's own
+  defaults unless told fewer steps, e.g. in a tiny test run)."""
   table = {
       "fgsm": {"eps": "8/255"},
       "pgd": {"eps": "8/255", "step_size": "2/255", "num_steps": pgd_steps},
       "mi_fgsm": {"eps": "8/255", "num_steps": pgd_steps},
       "cw_l2": {"c": 1.0, "num_steps": cw_steps},
       "apgd": {"eps": "8/255", "num_steps": pgd_steps},
+      # AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (5000 queries).
+      "autoattack": {"eps": "8/255", "version": "standard",
+                     "num_steps": autoattack_steps,
+                     "num_queries": autoattack_queries,
+                     "num_target_classes": autoattack_targets},
   }
   if name not in table:
     raise ConfigError(f"--attacks: no benchmark settings for {name!r}; "
@@ -340,56 +371,11 @@ def run_attack_single(cfg: dict) -> dict:
     times.append(time.perf_counter() - t)
   call_s = float(np.median(times))
   return {**cfg, "compile_s": compile_s, "call_s": call_s,
-          "images_per_s": n / call_s, "device": _device_name()}
-
-
-# --- one convolution ----------------------------------------------------------
-
-def _check_close(name: str, got, want, cfg: dict) -> None:
-  """Raises unless each of `got` is within 1e-4 (relative to its max) of the
-  matching `want` (the input and kernel gradients of `lax.conv`)."""
-  for g, w in zip(got, want):
-    g, w = np.asarray(g), np.asarray(w)
-    err = float(np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-12))
-    if err > 1e-4:
-      raise AssertionError(f"{name} disagrees with lax.conv on {cfg}: "
-                           f"relative error {err:.2e}")
-
-
-def run_conv_layer(cfg: dict) -> dict:
-  """Times one 3×3 convolution's forward + backward (input and kernel
-  gradients of a fixed random projection of the output) in every formulation
-  of `cfg["conv_impls"]`, and in PyTorch when `cfg["torch"]` and torch
-  imports. Checks first that all of them agree with `conv3x3_xla`."""
-  n, side, c, f = cfg["images"], cfg["side"], cfg["channels"], cfg["filters"]
-  keys = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(keys[0], (n, side, side, c))
-  kernel = jax.random.normal(keys[1], (3, 3, c, f)) / np.sqrt(9 * c)
-  proj = jax.random.normal(keys[2], (n, side, side, f))
-  impls = {"matmul": models.conv3x3_matmul, "xla": models.conv3x3_xla}
-
-  def grads_of(conv):
-    return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * proj),
-                            argnums=(0, 1)))
-  fns = {name: grads_of(impls[name])
-         for name in dict.fromkeys([*cfg["conv_impls"], "xla"])}
-  reference = fns["xla"](x, kernel)
-  flops = 3 * 2 * n * side * side * 9 * c * f   # forward, dx, dkernel
-  out = {**cfg, "flops": flops, "ms": {}}
-  for name in cfg["conv_impls"]:
-    fn = fns[name]
-    _check_close(f"conv_impl {name}", fn(x, kernel), reference, cfg)
-    out["ms"][name] = 1e3 * _median_time(
-        lambda: jax.block_until_ready(fn(x, kernel)), cfg["steps"])
-  if cfg.get("torch") and torch_available():
-    from advmeta_jax import torch_baseline  # pylint: disable=g-import-not-at-top
-    step, grads, version = torch_baseline.conv_grads_step(
-        x, kernel, proj, threads=cfg.get("torch_threads", 2))
-    _check_close("torch conv2d", grads, reference, cfg)
-    out["ms"]["pytorch"] = 1e3 * _median_time(step, cfg["steps"])
-    out["torch_version"] = version
-  out["device"] = _device_name()
-  return out
+          "images_per_s": n / call_s, "device": _device_name(),
+          "peak_memory_bytes": peak_memory_bytes(),
+          "memory_kind": "peak RSS" if jax.devices()[0].platform == "cpu"
+                         else "peak device memory",
+          "load_average_1m": os.getloadavg()[0]}
 
 
 # --- configurations in their own processes ------------------------------------
@@ -405,20 +391,38 @@ def run_child(mode: str, cfg_json: str) -> None:
   print("RESULT " + json.dumps(CHILD_RUNNERS[mode](json.loads(cfg_json))))
 
 
-def run_in_subprocess(mode: str, cfg: dict) -> Optional[dict]:
-  """The result of one configuration run in a fresh Python process; None
-  (and its stderr on ours) when it failed."""
+def run_child_process(mode: str, cfg: dict,
+                      timeout_s: Optional[float] = None) -> dict:
+  """The result of one configuration run in a fresh Python process, or `cfg`
+  with "error" (the child's last stderr line, or the timeout) and
+  "stderr" (its tail) when it failed."""
   package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
-  proc = subprocess.run(
-      [sys.executable, "-m", "advmeta_jax.benchmark", mode, json.dumps(cfg)],
-      capture_output=True, text=True, check=False, env=env)
+  try:
+    proc = subprocess.run(
+        [sys.executable, "-m", "advmeta_jax.benchmark", mode, json.dumps(cfg)],
+        capture_output=True, text=True, check=False, env=env,
+        timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    return dict(cfg, error=f"timed out after {timeout_s:.0f} s", stderr="")
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not line:
-    print(f"{cfg}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-    return None
+    last = [l for l in proc.stderr.splitlines() if l.strip()]
+    return dict(cfg, error=(last[-1][:300] if last else
+                            f"exit code {proc.returncode}"),
+                stderr=proc.stderr[-2000:])
   return json.loads(line[0][len("RESULT "):])
+
+
+def run_in_subprocess(mode: str, cfg: dict) -> Optional[dict]:
+  """The result of one configuration run in a fresh Python process; None
+  (and its stderr on ours) when it failed."""
+  r = run_child_process(mode, cfg)
+  if "error" in r:
+    print(f"{cfg}: failed\n{r['stderr']}", file=sys.stderr)
+    return None
+  return r
 
 
 def _run_and_print(mode: str, cfg: dict, describe, into: list) -> None:
@@ -457,6 +461,30 @@ def _name(r: dict) -> str:
   return f"{r['learner']} {r['size']}x{r['size']} {r['k_shot']}-shot"
 
 
+def resolved_label(r: dict) -> str:
+  """The conv formulation and memory options a row ran with, `auto` ones
+  resolved: "matmul p1+remat (auto)"."""
+  res = r.get("resolved") or {}
+  impl = res.get("conv_impl", r.get("conv_impl"))
+  p, remat = res.get("parallel_tasks", 0), res.get("remat", False)
+  opts = "+".join(([f"p{p}"] if p else []) + (["remat"] if remat else []))
+  was_auto = AUTO in (r.get("conv_impl"), r.get("remat"),
+                      r.get("parallel_tasks"))
+  return f"{impl} {opts or 'p0'}" + (" (auto)" if was_auto else "")
+
+
+def parse_rows(rows: Sequence[str]) -> List[tuple]:
+  """`(learner, size, shot)` of each "learner:size:shot" entry."""
+  out = []
+  for row in rows:
+    parts = row.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+      raise ConfigError(f"--rows: {row!r} is not learner:size:shot (e.g. "
+                        "maml:84:1).")
+    out.append((parts[0], int(parts[1]), int(parts[2])))
+  return out
+
+
 def train_table(results: List[dict], torch_results: List[dict]) -> str:
   """The Markdown table of the train section (ratio to PyTorch if any)."""
   def key(r):
@@ -471,7 +499,7 @@ def train_table(results: List[dict], torch_results: List[dict]) -> str:
     ratio = (f"{r['tasks_per_s'] / ref['tasks_per_s']:.2f}"
              if ref is not None and r.get("impl") != "pytorch" else "–")
     impl = (f"pytorch {r['torch_version']}" if r.get("impl") == "pytorch"
-            else f"jax {r['conv_impl']}")
+            else f"jax {resolved_label(r)}")
     mfu = r.get("mfu")
     lines.append(
         f"| {r['learner']} | {impl} | {r.get('variant', '–')} | {r['size']} | "
@@ -490,7 +518,9 @@ def train_section(o: Options) -> dict:
   PyTorch baseline of maml and aq), each in its own process."""
   variants = {v: variant_fields(v) for v in o.variants}
   results, torch_results = [], []
-  for learner, size, shot in itertools.product(o.learners, o.sizes, o.shots):
+  combos = (parse_rows(o.rows) if o.rows else
+            itertools.product(o.learners, o.sizes, o.shots))
+  for learner, size, shot in combos:
     base = dict(learner=learner, size=int(size), k_shot=int(shot),
                 n_way=o.n_way, q_query=o.q_query,
                 task_batch_size=o.task_batch_size,
@@ -500,7 +530,7 @@ def train_section(o: Options) -> dict:
                                                      variants.items()):
       cfg = dict(base, conv_impl=impl, variant=variant, **fields)
       _run_and_print("single", cfg, lambda r: (
-          f"{_name(r)} {r['conv_impl']} {r['variant']}: {r['step_s']:.3f} "
+          f"{_name(r)} {resolved_label(r)} {r['variant']}: {r['step_s']:.3f} "
           f"s/step, {r['tasks_per_s']:.2f} tasks/s, compile "
           f"{r['compile_s']:.1f} s, MFU {100 * r['mfu']:.1f}%, "
           f"{r['memory_kind']} {_gib(r['peak_memory_bytes'])} GiB, XLA "
@@ -540,33 +570,6 @@ def attacks_section(o: Options) -> dict:
                          attack_results=results)
 
 
-def conv_section(o: Options) -> dict:
-  """conv4's four convolutions at each image size, in this process."""
-  rows = []
-  for size in o.sizes:
-    for layer, side, c in conv_layer_shapes(int(size), filters=o.filters):
-      rows.append(run_conv_layer(dict(
-          layer=layer, size=int(size), side=side, channels=c,
-          filters=o.filters, images=o.conv_images,
-          conv_impls=list(o.conv_impls), torch=o.torch,
-          torch_threads=o.torch_threads, steps=o.steps)))
-  impls = list(rows[0]["ms"]) if rows else []
-  lines = ["| image | layer | input | " + " | ".join(
-      f"{i} ms (GFLOP/s)" for i in impls) + " |",
-           "|" + "---|" * (3 + len(impls))]
-  for r in rows:
-    cells = [f"{r['ms'][i]:.2f} ({r['flops'] / r['ms'][i] / 1e6:.0f})"
-             for i in impls]
-    lines.append(f"| {r['size']} | conv{r['layer']} | {r['images']}×"
-                 f"{r['side']}×{r['side']}×{r['channels']} | "
-                 + " | ".join(cells) + " |")
-  for size in o.sizes:
-    sub = [r for r in rows if r["size"] == int(size)]
-    lines.append(f"| {size} | all four | | " + " | ".join(
-        f"{sum(r['ms'][i] for r in sub):.2f}" for i in impls) + " |")
-  return _save_and_print(o.out, "\n".join(lines), rows, conv_results=rows)
-
-
 def run(options: Options) -> dict:
   """Runs `options.section`, prints its table and writes `options.out`;
   returns the JSON written.
@@ -581,6 +584,10 @@ def run(options: Options) -> dict:
                       f"{', '.join(SECTIONS)}.")
   return sections[options.section](options)
 
+
+# The conv section lives in conv_benchmark.py (re-exported here).
+from advmeta_jax.conv_benchmark import conv_section  # pylint: disable=g-import-not-at-top,wrong-import-position
+from advmeta_jax.conv_benchmark import run_conv_layer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if __name__ == "__main__":
   run_child(*sys.argv[1:3])

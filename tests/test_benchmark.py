@@ -108,10 +108,11 @@ def test_step_config_is_the_library_config_of_a_benchmark_row():
   """A row's config builds conv4 with the row's shape and the bound learner
   with the variant's memory options."""
   config = benchmark.step_config(dict(
-      learner="aq", conv_impl="xla", size=32, k_shot=5, n_way=5, q_query=15,
+      learner="aq", conv_impl="matmul", size=32, k_shot=5, n_way=5, q_query=15,
       task_batch_size=4, inner_steps=5, filters=32, attack_steps=3,
       **benchmark.variant_fields("p2+remat+bf16")))
-  assert (config.image_size, config.k_shot, config.conv_impl) == (32, 5, "xla")
+  assert (config.image_size, config.k_shot, config.conv_impl) == (
+      32, 5, "matmul")
   assert (config.remat, config.parallel_tasks, config.compute_dtype) == (
       True, 2, "bfloat16")
   assert config.train_attack_steps == 3
@@ -139,3 +140,57 @@ def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
   (r,) = payload["attack_results"]
   assert r["attack"] == "fgsm" and r["images_per_s"] > 0
   assert "| fgsm | eps=8/255 | 16 |" in capsys.readouterr().out
+
+
+def test_the_default_variant_is_what_train_runs_by_default():
+  """No --variants / --conv_impls: the `auto` settings, resolved as
+  launch.train resolves them; the row reports what they resolved to."""
+  from advmeta_jax import autotune  # pylint: disable=g-import-not-at-top
+  o = benchmark.Options()
+  assert o.variants == ("default",) and o.conv_impls == ("auto",)
+  fields = benchmark.variant_fields("default")
+  cfg = dict(learner="maml", conv_impl="auto", size=16, k_shot=1, n_way=3,
+             q_query=2, task_batch_size=2, inner_steps=1, filters=4, steps=1,
+             **fields)
+  config = benchmark.step_config(cfg)
+  # every loop setting at launch.train's default
+  assert config.loop == benchmark.Config().loop
+  r = benchmark.run_single(cfg)
+  want = autotune.resolve(config).loop
+  assert r["resolved"] == {f: getattr(want, f) for f in autotune.AUTO_FIELDS}
+  assert benchmark.resolved_label(r).endswith("(auto)")
+
+
+def test_rows_name_configurations_beyond_the_product():
+  assert benchmark.parse_rows(["maml:32:1", "aq:84:1"]) == [
+      ("maml", 32, 1), ("aq", 84, 1)]
+  with pytest.raises(Exception, match="not learner:size:shot"):
+    benchmark.parse_rows(["maml:84"])
+
+
+def test_accelerator_suite_runs_tiny_and_writes_its_files(tmp_path):
+  """The suite end to end at toy sizes on whatever backend is here (the
+  CPU in CI): both files written and well formed, an auto entry printed."""
+  from advmeta_jax import accelerator_suite  # pylint: disable=g-import-not-at-top
+  payload = accelerator_suite.run(str(tmp_path), tiny=True)
+  data = json.loads((tmp_path / "accelerator_suite.json").read_text())
+  assert data == json.loads(json.dumps(payload))
+  train, attack = data["train_results"], data["attack_results"]
+  assert len(train) + len(attack) + len(data["skipped"]) == len(
+      accelerator_suite.TINY_ROWS)
+  assert {r["learner"] for r in train} == {"maml", "aq", "tafl"}
+  assert {r["conv_impl"] for r in train} == {"matmul", "xla"}
+  for r in train:
+    assert "error" not in r, r
+    for key in ("step_s", "tasks_per_s", "compile_s", "mfu",
+                "peak_memory_bytes", "matmul_peak_flops"):
+      assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+  assert [r["attack"] for r in attack] == ["autoattack"]
+  assert attack[0]["images_per_s"] > 0
+  md = (tmp_path / "accelerator_suite.md").read_text()
+  assert md.startswith("# Accelerator suite: ")
+  assert "| learner | image | shot | B | impl |" in md
+  assert "| autoattack | 32 |" in md and "Goals of issue 18" in md
+  assert data["entry"]["conv_impl"] in benchmark.models.CONV_IMPLS
+  assert f'"{data["backend"]}": Entry(' in data["entry_text"]
+  assert data["entry_text"] in md

@@ -1,0 +1,331 @@
+r"""The accelerator suite: one prepared command for the first GPU or TPU lent.
+
+    python -m launch.benchmark --suite=accelerator --out=DIR
+
+On whatever backend it finds, it measures within `BUDGET_S` of wall time
+(compilation and process starts included; what is left when the budget is
+spent is listed as skipped, so the command ends in under 8 minutes):
+
+  * the meta-train step (s/step, tasks/s, compile s, MFU against a matmul
+    peak measured in the same child process, peak device memory from
+    `device.memory_stats()`, XLA's figure for the compiled step) of MAML, AQ
+    and TAFL at 32×32 and 84×84, 1- and 5-shot, B = 4 and a large B
+    (`LARGE_B`, to fill the device), each conv_impl, and the base / remat /
+    bf16 / parallel_tasks variants: the budgeted subset `PLAN`, most
+    important first (second-order MAML 84×84 1-shot B = 4 in every
+    formulation and variant, then AQ and TAFL, then 32×32, 5-shot, large B);
+  * attack throughput on conv4 (images/s on a batch of 75): PGD-20, C&W-L2
+    (100 steps) and AutoAttack standard, at 32×32 and 84×84.
+
+Each row runs in its own process (`benchmark.run_in_subprocess`), so its
+peak memory is its own; a row that fails (e.g. out of memory) is recorded
+with its error. It writes DIR/accelerator_suite.json and
+DIR/accelerator_suite.md, and prints the `autotune.TABLE` entry it would
+choose for the backend: the fastest formulation and memory option of MAML
+84×84 1-shot B = 4 in float32.
+
+`tiny=True` (`--tiny`) runs a few rows at toy sizes on any backend, so a
+CPU test runs the suite end to end; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from advmeta_jax import benchmark
+
+# Wall-time budget of the whole suite, compile included (the issue: < 8 min).
+BUDGET_S = 450.0
+# The largest a single row may take, and the least left to start one.
+ROW_LIMIT_S = 150.0
+MIN_LEFT_S = 25.0
+# The large task batch of each image size (B = 4: 4.0 GiB at 84×84 1-shot by
+# XLA's figure on the CPU; these fill roughly half of an H200).
+LARGE_B = {32: 256, 84: 64}
+
+
+def _train(learner, size, shot, impl, variant, b=4):
+  return ("train", dict(learner=learner, size=size, k_shot=shot,
+                        conv_impl=impl, variant=variant, task_batch_size=b))
+
+
+def _attack(name, size):
+  return ("attack", dict(attack=name, size=size))
+
+
+# Most important first; the budget cuts from the end. xla + remat over the
+# whole vmapped batch is refused (config.check_speed_settings), so the
+# `remat` variant of lax.conv is p1+remat.
+PLAN: Tuple[tuple, ...] = (
+    _train("maml", 84, 1, "xla", "base"),
+    _train("maml", 84, 1, "matmul", "base"),
+    _train("maml", 84, 1, "xla", "bf16"),
+    _train("maml", 84, 1, "xla", "p1+remat"),
+    _train("maml", 84, 1, "matmul", "remat"),
+    _train("aq", 84, 1, "xla", "base"),
+    _train("tafl", 84, 1, "xla", "base"),
+    _attack("pgd", 84),
+    _train("maml", 84, 1, "xla", "base", b=LARGE_B[84]),
+    _train("maml", 32, 1, "xla", "base"),
+    _train("maml", 84, 5, "xla", "base"),
+    _attack("pgd", 32),
+    _attack("cw_l2", 32),
+    _attack("autoattack", 32),
+    _train("maml", 32, 1, "matmul", "base"),
+    _train("maml", 32, 1, "xla", "base", b=LARGE_B[32]),
+    _train("aq", 84, 1, "xla", "p1+remat"),
+    _train("aq", 32, 1, "xla", "base"),
+    _train("tafl", 32, 1, "xla", "base"),
+    _train("maml", 32, 5, "xla", "base"),
+    _train("aq", 84, 5, "xla", "base"),
+    _train("maml", 84, 1, "xla", "p2"),
+    _train("maml", 84, 1, "xla", "bf16", b=LARGE_B[84]),
+    _train("maml", 84, 5, "matmul", "base"),
+    _attack("cw_l2", 84),
+    _attack("autoattack", 84),
+    _train("tafl", 84, 5, "xla", "base"),
+    _train("aq", 84, 1, "xla", "base", b=LARGE_B[84]),
+)
+
+# The rows of a tiny run (indices into PLAN): both formulations, a memory
+# variant, each learner, the large batch and AutoAttack.
+TINY_ROWS = (0, 1, 3, 5, 6, 8, 13)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """The task shape and model of the rows; `size_map` maps the nominal
+  image side (32, 84) to the one run (itself, or 16 in a tiny run)."""
+  n_way: int = 5
+  q_query: int = 15
+  inner_steps: int = 5
+  filters: int = 32
+  attack_steps: int = 7          # PGD steps of AQ/TAFL's training attack
+  steps: int = 10                # timed steps (after a warm-up)
+  attack_batch: int = 75
+  attack_calls: int = 3
+  pgd_steps: int = 20
+  cw_steps: int = 100
+  autoattack_steps: int = 100
+  autoattack_queries: int = 5000
+  autoattack_targets: int = 9
+  tiny: bool = False
+
+  def size(self, nominal: int) -> int:
+    return 16 if self.tiny else nominal
+
+  def batch(self, b: int) -> int:
+    return (2 if b == 4 else 4) if self.tiny else b
+
+
+FULL = Shape()
+TINY = Shape(n_way=3, q_query=2, inner_steps=1, filters=4, attack_steps=1,
+             steps=1, attack_batch=4, attack_calls=1, pgd_steps=2, cw_steps=2,
+             autoattack_steps=2, autoattack_queries=4, autoattack_targets=2,
+             tiny=True)
+
+
+def row_config(row: tuple, shape: Shape) -> Tuple[str, dict]:
+  """The child mode and configuration of one row of `PLAN`."""
+  kind, f = row
+  if kind == "train":
+    return "single", dict(
+        learner=f["learner"], size=shape.size(f["size"]),
+        nominal_size=f["size"], k_shot=f["k_shot"], n_way=shape.n_way,
+        q_query=shape.q_query, task_batch_size=shape.batch(
+            f["task_batch_size"]), inner_steps=shape.inner_steps,
+        filters=shape.filters, attack_steps=shape.attack_steps,
+        steps=shape.steps, conv_impl=f["conv_impl"], variant=f["variant"],
+        **benchmark.variant_fields(f["variant"]))
+  hparams = benchmark.attack_hparams(
+      f["attack"], pgd_steps=shape.pgd_steps, cw_steps=shape.cw_steps,
+      autoattack_steps=shape.autoattack_steps,
+      autoattack_queries=shape.autoattack_queries,
+      autoattack_targets=shape.autoattack_targets)
+  return "single_attack", dict(
+      attack=f["attack"], hparams=hparams, size=shape.size(f["size"]),
+      nominal_size=f["size"], batch=shape.attack_batch,
+      filters=shape.filters, steps=shape.attack_calls)
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        text=True, check=True, timeout=10,
+        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except Exception:  # pylint: disable=broad-except  (no git, no repository)
+    return "unknown"
+
+
+def choose_entry(results: Sequence[dict]) -> Optional[dict]:
+  """The `autotune.TABLE` entry of the fastest float32 second-order MAML
+  84×84 1-shot B = 4 row (nominal sizes), or None without one."""
+  rows = [r for r in results if r.get("kind") == "train" and "error" not in r
+          and r["learner"] == "maml" and r["nominal_size"] == 84
+          and r["k_shot"] == 1 and r["compute_dtype"] == "float32"
+          and not r["first_order"] and r["batch_label"] == "B=4"]
+  if not rows:
+    return None
+  best = max(rows, key=lambda r: r["tasks_per_s"])
+  res = best["resolved"]
+  others = "; ".join(f"{benchmark.resolved_label(r)} {r['step_s']:.4f}"
+                     for r in rows if r is not best)
+  return dict(
+      conv_impl=res["conv_impl"], tasks_per_device=int(res["parallel_tasks"]),
+      remat=bool(res["remat"]),
+      figure=(f"maml 84x84 1-shot B=4: {benchmark.resolved_label(best)} "
+              f"{best['step_s']:.4f} s/step ({others})"))
+
+
+def entry_text(backend: str, entry: dict, commit: str, device: str) -> str:
+  """The entry as Python source for autotune.TABLE."""
+  return (
+      f'    "{backend}": Entry(\n'
+      f'        conv_impl="{entry["conv_impl"]}", '
+      f'tasks_per_device={entry["tasks_per_device"]}, '
+      f'remat={entry["remat"]},\n'
+      f'        source=("`python -m launch.benchmark --suite=accelerator '
+      f'--out=DIR`, commit {commit}, {device}: {entry["figure"]}")),')
+
+
+def _gib(x) -> str:
+  return "–" if x is None or not np.isfinite(x) else f"{x / 2**30:.2f}"
+
+
+def markdown(payload: dict) -> str:
+  """The suite's tables: train rows, attack rows, the chosen entry."""
+  m = payload["machine"]
+  lines = [f"# Accelerator suite: {payload['device']}", "",
+           f"Commit {payload['commit']}, jax {payload['jax']}, backend "
+           f"{payload['backend']}, wall time {payload['wall_s']:.0f} s "
+           f"(budget {payload['budget_s']:.0f} s), load average "
+           f"{m['load_average'][0]:.2f}; command `{m['command']}`."
+           + (" Tiny sizes: the figures mean nothing." if payload["tiny"]
+              else ""), "",
+           "| learner | image | shot | B | impl | variant | s/step | tasks/s "
+           "| compile s | MFU % | peak mem GiB | XLA GiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in payload["train_results"]:
+    if "error" in r:
+      lines.append(f"| {r['learner']} | {r['nominal_size']} | {r['k_shot']} "
+                   f"| {r['task_batch_size']} | {r['conv_impl']} | "
+                   f"{r['variant']} | failed: {r['error']} | | | | | |")
+      continue
+    lines.append(
+        f"| {r['learner']} | {r['nominal_size']} | {r['k_shot']} | "
+        f"{r['task_batch_size']} | {benchmark.resolved_label(r)} | "
+        f"{r['variant']} | {r['step_s']:.4f} | {r['tasks_per_s']:.1f} | "
+        f"{r['compile_s']:.1f} | {100 * r['mfu']:.1f} | "
+        f"{_gib(r['peak_memory_bytes'])} | {_gib(r['xla_program_bytes'])} |")
+  lines += ["", "| attack | image | images/s | s per batch | compile s | "
+            "peak mem GiB |", "|---|---|---|---|---|---|"]
+  for r in payload["attack_results"]:
+    if "error" in r:
+      lines.append(f"| {r['attack']} | {r['nominal_size']} | failed: "
+                   f"{r['error']} | | | |")
+      continue
+    lines.append(f"| {r['attack']} | {r['nominal_size']} | "
+                 f"{r['images_per_s']:.1f} | {r['call_s']:.4f} | "
+                 f"{r['compile_s']:.1f} | {_gib(r['peak_memory_bytes'])} |")
+  lines += ["", "Goals of issue 18 (not asserted): " + goals(payload)]
+  if payload["skipped"]:
+    lines += ["", "Skipped (budget spent): " + "; ".join(payload["skipped"])]
+  if payload["entry_text"]:
+    lines += ["", "autotune.TABLE entry this run chooses:", "", "```python",
+              payload["entry_text"], "```"]
+  return "\n".join(lines) + "\n"
+
+
+def goals(payload: dict) -> str:
+  """Where the best rows stand against the issue's accelerator goals:
+  second-order MAML 84×84 1-shot B = 4 step <= 30 ms, AQ <= 100 ms, MFU
+  >= 40%."""
+  ok = [r for r in payload["train_results"] if "error" not in r]
+  def best(learner):
+    rows = [r["step_s"] for r in ok if r["learner"] == learner
+            and r["nominal_size"] == 84 and r["k_shot"] == 1
+            and r["batch_label"] == "B=4" and r["compute_dtype"] == "float32"]
+    return min(rows) if rows else None
+  parts = []
+  for learner, goal in (("maml", 0.030), ("aq", 0.100)):
+    b = best(learner)
+    parts.append(f"{learner} 84x84 1-shot B=4 step <= {1e3 * goal:.0f} ms: "
+                 + ("unmeasured" if b is None else
+                    f"{1e3 * b:.1f} ms ({'met' if b <= goal else 'not met'})"))
+  mfu = max((r["mfu"] for r in ok), default=None)
+  parts.append("MFU >= 40%: " + ("unmeasured" if mfu is None else
+                                  f"best {100 * mfu:.1f}% ("
+                                  f"{'met' if mfu >= 0.4 else 'not met'})"))
+  return "; ".join(parts) + "."
+
+
+def _describe(row: tuple) -> str:
+  kind, f = row
+  if kind == "train":
+    return (f"{f['learner']} {f['size']} {f['k_shot']}-shot "
+            f"B={f['task_batch_size']} {f['conv_impl']} {f['variant']}")
+  return f"{f['attack']} {f['size']}"
+
+
+def run(out_dir: str, *, tiny: bool = False,
+        budget_s: float = BUDGET_S) -> dict:
+  """Runs the suite (tiny: `TINY_ROWS` at `TINY` sizes) and writes
+  `out_dir`/accelerator_suite.json and .md; returns the JSON written."""
+  start = time.perf_counter()
+  os.makedirs(out_dir, exist_ok=True)
+  shape = TINY if tiny else FULL
+  plan = [PLAN[i] for i in TINY_ROWS] if tiny else list(PLAN)
+  train_results: List[dict] = []
+  attack_results: List[dict] = []
+  skipped: List[str] = []
+  for row in plan:
+    left = budget_s - (time.perf_counter() - start)
+    if left < MIN_LEFT_S:
+      skipped.append(_describe(row))
+      continue
+    mode, cfg = row_config(row, shape)
+    r = benchmark.run_child_process(mode, cfg,
+                                    timeout_s=min(ROW_LIMIT_S, left))
+    r["kind"] = row[0]
+    if row[0] == "train":
+      r["batch_label"] = "B=4" if row[1]["task_batch_size"] == 4 else "large"
+      train_results.append(r)
+    else:
+      attack_results.append(r)
+    print(_describe(row) + ": " + (
+        f"failed ({r['error']})" if "error" in r else
+        f"{r['step_s']:.4f} s/step, MFU {100 * r['mfu']:.1f}%"
+        if row[0] == "train" else f"{r['images_per_s']:.1f} images/s"),
+          flush=True)
+  backend = jax.default_backend()
+  device = benchmark._device_name()  # pylint: disable=protected-access
+  commit = _commit()
+  entry = choose_entry(train_results)
+  payload = {
+      "machine": benchmark.machine(), "device": device, "backend": backend,
+      "jax": jax.__version__, "commit": commit, "tiny": tiny,
+      "budget_s": budget_s, "wall_s": time.perf_counter() - start,
+      "train_results": train_results, "attack_results": attack_results,
+      "skipped": skipped, "entry": entry,
+      "entry_text": (entry_text(backend, entry, commit, device)
+                     if entry else None)}
+  with open(os.path.join(out_dir, "accelerator_suite.json"), "w") as f:
+    json.dump(payload, f, indent=2)
+  text = markdown(payload)
+  with open(os.path.join(out_dir, "accelerator_suite.md"), "w") as f:
+    f.write(text)
+  print(text)
+  return payload
+
+
+__all__ = ["BUDGET_S", "FULL", "LARGE_B", "PLAN", "TINY", "TINY_ROWS",
+           "choose_entry", "entry_text", "markdown", "row_config", "run"]
