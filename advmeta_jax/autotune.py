@@ -65,9 +65,14 @@ TABLE: Dict[str, Entry] = {
             "0.73x (84x84 1-shot) PyTorch's tasks/s, the whole batch "
             "vmapped (base) 0.66x and 0.59x, with a third of the memory; "
             "lax.conv (xla) 0.10-0.13x of matmul under vmap or lax.map "
-            "(docs/performance.md, commit 6082013); confirmed by the "
-            "table of docs/performance.md (\"Default vs PyTorch\"), "
-            "commit TODO.")),
+            "(docs/performance.md, commit 6082013); an A/B at commit "
+            "04f7329 (load 4-6): p1+remat 0.76 / 6.59 s/step at 32x32 / "
+            "84x84 1-shot vs base 1.07 / 7.40, a Python loop over tasks "
+            "1.07 (matmul) and 3.47 / 30.6 (lax.conv); then `python -m "
+            "launch.benchmark --rows=maml:32:1,maml:32:5,maml:84:1,"
+            "maml:84:5,aq:84:1 --torch --steps=5` at commit e843573 (under "
+            "load 2-12): 1.25-5.5x PyTorch's tasks/s, docs/performance.md "
+            "\"Default vs PyTorch\".")),
     "gpu": Entry(
         conv_impl="xla", tasks_per_device=0, remat=False,
         source=("unmeasured: lax.conv (cuDNN) with the whole task batch "
