@@ -29,7 +29,7 @@ from typing import Dict, Optional
 import jax
 
 from advmeta_jax.config import AUTO
-from advmeta_jax.config import check_speed_settings
+from advmeta_jax.errors import ConfigError
 from advmeta_jax.config import Config
 
 # The settings `auto` resolves, in the loop section.
@@ -88,6 +88,23 @@ TABLE: Dict[str, Entry] = {
 }
 # Backends not in the table (e.g. a plugin's name) get the accelerator entry.
 FALLBACK = "gpu"
+
+
+def check_speed_settings(config: Config) -> None:
+  """Refuses the one combination of speed settings that is not the same
+  function: `lax.conv` (conv_impl=xla) with rematerialized inner steps
+  over several vmapped tasks (whose per-task kernels make it a grouped
+  convolution). Found on jax 0.10.2 (CPU, eager and jitted): the loss is
+  right, the meta-gradient is not (tests/test_autotune.py). `auto` values
+  are checked once resolved (`resolve`)."""
+  loop = config.loop
+  if (loop.conv_impl == "xla" and loop.remat is True
+      and loop.parallel_tasks not in (1, AUTO)
+      and config.meta.task_batch_size > 1):
+    raise ConfigError(
+        "conv_impl=xla with remat=true over several vmapped tasks gives a "
+        "wrong meta-gradient (a JAX bug, see advmeta_jax/autotune.py); use "
+        "parallel_tasks=1, conv_impl=matmul or remat=false.")
 
 
 def backend_entry(backend: Optional[str] = None) -> Entry:

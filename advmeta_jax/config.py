@@ -429,23 +429,6 @@ def _split_flat(flat: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
   return nested
 
 
-def check_speed_settings(config: "Config") -> None:
-  """Refuses the one combination of speed settings that is not the same
-  function: `lax.conv` (conv_impl=xla) with rematerialized inner steps
-  over several vmapped tasks (whose per-task kernels make it a grouped
-  convolution). Found on jax 0.10.2 (CPU, eager and jitted): the loss is
-  right, the meta-gradient is not (tests/test_autotune.py). `auto` values
-  are checked once resolved (autotune.resolve)."""
-  loop = config.loop
-  if (loop.conv_impl == "xla" and loop.remat is True
-      and loop.parallel_tasks not in (1, AUTO)
-      and config.meta.task_batch_size > 1):
-    raise ConfigError(
-        "conv_impl=xla with remat=true over several vmapped tasks gives a "
-        "wrong meta-gradient (a JAX bug, see advmeta_jax/config.py); use "
-        "parallel_tasks=1, conv_impl=matmul or remat=false.")
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that defines a meta-training run (saved as config.json).
@@ -520,7 +503,8 @@ class Config:
       raise ConfigError(
           f"parallel_tasks must be 0 (the whole batch) or a divisor of "
           f"task_batch_size={b}, got {p!r}.")
-    check_speed_settings(self)
+    from advmeta_jax import autotune  # pylint: disable=g-import-not-at-top
+    autotune.check_speed_settings(self)
     return self
 
   def resume_differences(self, old: "Config") -> List[str]:
@@ -557,8 +541,9 @@ def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
     kind = meta.get("kind") or type(f.default)
     help_ = meta["help"]() if callable(meta["help"]) else meta["help"]
     if kind in (AutoBool, AutoInt):
-      flags.DEFINE_flag(_auto_flag(kind, f.name, f.default, help_),
-                        flag_values)
+      from advmeta_jax import auto_flags  # pylint: disable=g-import-not-at-top
+      flags.DEFINE_flag(auto_flags.auto_flag(kind is AutoBool, f.name,
+                                             f.default, help_), flag_values)
     elif meta.get("choices") is not None:
       flags.DEFINE_enum(f.name, f.default, list(meta["choices"]()),
                         help_, **kw)
@@ -570,58 +555,6 @@ def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
       flags.DEFINE_float(f.name, f.default, help_, **kw)
     else:
       flags.DEFINE_string(f.name, f.default, help_, **kw)
-
-
-def _parse_auto_bool(text):
-  if isinstance(text, bool):
-    return text
-  lower = str(text).strip().lower()
-  if lower in ("true", "t", "1", "yes"):
-    return True
-  if lower in ("false", "f", "0", "no"):
-    return False
-  raise ValueError("should be auto, true or false")
-
-
-def _parse_auto_int(text):
-  if _is_int(text):
-    return int(text)
-  try:
-    return int(str(text).strip())
-  except ValueError:
-    raise ValueError("should be auto or an integer >= 0") from None
-
-
-def _auto_flag(kind, name, default, help_):
-  """An absl flag whose value is `AUTO` or a bool (`kind` AutoBool: a
-  boolean flag, so `--name` and `--noname` work) or an int (AutoInt)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  parse_value = _parse_auto_bool if kind is AutoBool else _parse_auto_int
-
-  class Parser(flags.ArgumentParser):
-
-    def parse(self, argument):
-      if isinstance(argument, str) and argument.strip().lower() == AUTO:
-        return AUTO
-      return parse_value(argument)
-
-    def flag_type(self):
-      return "auto|bool" if kind is AutoBool else "auto|int"
-
-  class Serializer(flags.ArgumentSerializer):
-
-    def serialize(self, value):
-      return str(value).lower()
-
-  class AutoFlag(flags.Flag):
-
-    def _serialize(self, value):
-      if value is None:
-        return ""
-      return f"--{self.name}={self.serializer.serialize(value)}"
-
-  return AutoFlag(Parser(), Serializer(), name, default, help_,
-                  boolean=kind is AutoBool)
 
 
 def from_flags(flag_values=None) -> Config:
