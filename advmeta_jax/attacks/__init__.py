@@ -107,6 +107,7 @@ from advmeta_jax.attacks.masking import attack_accuracy
 from advmeta_jax.attacks.masking import check_attack_strength
 from advmeta_jax.attacks.masking import StrengthReport
 from advmeta_jax.attacks.registry import ATTACKS
+from advmeta_jax.attacks.registry import canonical_name
 from advmeta_jax.attacks.registry import get
 from advmeta_jax.attacks.registry import hyperparameters
 from advmeta_jax.attacks.registry import make_attack
@@ -122,9 +123,9 @@ from advmeta_jax.errors import ConfigError
 __all__ = [
     "APGD_LOSSES", "ATTACKS", "StrengthReport", "apgd", "apgd_checkpoints",
     "apgd_t", "attack_accuracy", "autoattack", "autoattack_stages",
-    "autoattack_with_report", "carlini_wagner_l2", "check_attack_strength",
-    "cross_entropy_per_example", "dlr_loss", "dlr_targeted_loss", "fab",
-    "fgsm", "get", "hyperparameters", "make_attack", "margin", "mi_fgsm",
-    "names", "parse_eps", "pgd", "project_linf_hyperplane",
+    "autoattack_with_report", "canonical_name", "carlini_wagner_l2",
+    "check_attack_strength", "cross_entropy_per_example", "dlr_loss",
+    "dlr_targeted_loss", "fab", "fgsm", "get", "hyperparameters", "make_attack",
+    "margin", "mi_fgsm", "names", "parse_eps", "pgd", "project_linf_hyperplane",
     "robust_accuracies", "square", "square_fraction", "square_sizes",
 ]
