@@ -393,8 +393,7 @@ def run_case(adaptation: adaptations.Adaptation, params,
   stages = {k[len(STAGE_PREFIX):]: out[k][:, -1] for k in out
             if k.startswith(STAGE_PREFIX)}
   if stages:   # jit returns dicts in sorted order: put them as they ran
-    order = ("clean",) + attacks.autoattack_stages(
-        "plus" if "apgd-dlr" in stages else "standard")
+    order = ("clean",) + attacks.autoattack_stage_order(stages)
     stages = {name: stages[name] for name in order if name in stages}
   return MetaTestResult(accuracy=out["query_accuracy"][:, -1],
                         loss=out["query_loss"][:, -1],

@@ -51,7 +51,7 @@ _ALIASES = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd",
 
 # Hyperparameters whose string form is an integer, a bool or a name.
 _INT_HPARAMS = ("num_steps", "binary_search_steps", "num_queries",
-                "num_target_classes", "num_restarts")
+                "num_target_classes", "num_restarts", "eot_iter")
 _BOOL_HPARAMS = ("random_start", "batch_consistent", "abort_early",
                  "targeted", "rescale_schedule", "shared_squares")
 _STR_HPARAMS = ("loss", "version")
