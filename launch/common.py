@@ -16,6 +16,7 @@ from absl import logging
 
 from advmeta_jax import config as config_lib
 from advmeta_jax.errors import AdvMetaError
+from advmeta_jax.errors import ConfigError
 
 
 def define_config_flags(only=None, flag_values=flags.FLAGS):
@@ -166,4 +167,11 @@ def attack_specs(names, eps_list, *, attack_steps: int = 20,
       specs.append(evaluation.default_test_attack(
           name, eps, num_steps=attack_steps, apgd_steps=apgd_steps,
           square_queries=square_queries))
-  return tuple(dict.fromkeys(specs))
+  specs = tuple(dict.fromkeys(specs))
+  for spec in specs:   # refuse bad budgets before any run is loaded
+    try:
+      spec.build()
+    except ConfigError as e:
+      raise ConfigError(f"--attacks={spec.name}: {e} (set by --attack_steps, "
+                        "--apgd_steps or --square_queries)") from None
+  return specs

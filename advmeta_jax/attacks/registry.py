@@ -237,8 +237,9 @@ def _validate_early(name: str, values: Mapping[str, Any]) -> None:
     elif k in ("c", "confidence", "decay"):
       _check_non_negative(v, k)
     elif k in _INT_HPARAMS:
+      # 0 steps or queries: the identity, except inside AutoAttack.
       _check_steps(v, k, minimum=0 if k in ("num_steps", "num_queries")
-                   else 1)
+                   and _ALIASES.get(name, name) != "autoattack" else 1)
     elif k in _UNIT_HPARAMS:
       _check_non_negative(v, k)
       if (k != "alpha_max" and float(v) <= 0) or float(v) > 1:
