@@ -54,6 +54,8 @@ Attack = Callable[..., Array]   # (logits_fn, x, y, *, key) -> x_adv
 SUPPORT_MODES = ("clean", "adv", "mixed")
 QUERY_MODES = ("clean", "adv")
 MIXED_ADV_FRACTION = 0.4   # ADML's "40%" support
+# Per-episode metrics of AutoAttack's stages: `stage/<name>`.
+STAGE_PREFIX = "stage/"
 
 
 def confidence_interval_95(values) -> float:
@@ -204,7 +206,9 @@ def evaluate_case(adaptation: adaptations.Adaptation, params, task: episodes.Tas
     every step) when `curves`, else `[1]` (after the last step):
     `query_loss`/`query_accuracy` of the case's query (clean or attacked),
     and `clean_query_loss`/`clean_query_accuracy` on the clean query with
-    the same adapted classifier (the L_AR of TAFL is their loss difference).
+    the same adapted classifier (the L_AR of TAFL is their loss difference);
+    under AutoAttack also `stage/<name>`, its robust accuracy after each of
+    its stages ("clean" first).
   """
   if case.needs_attack and attack is None:
     raise ConfigError(f"test case {case} needs an attack; none was given.")
@@ -216,7 +220,14 @@ def evaluate_case(adaptation: adaptations.Adaptation, params, task: episodes.Tas
   def query_metrics(logits_fn):
     out = _metrics(logits_fn(xq), yq, "clean_query")
     if case.query == "adv":
-      xq_adv = jax.lax.stop_gradient(attack(logits_fn, xq, yq, key=query_key))
+      with_report = getattr(attack, "with_report", None)
+      if with_report is None:
+        xq_adv = attack(logits_fn, xq, yq, key=query_key)
+      else:   # AutoAttack: also its robust accuracy after each stage
+        xq_adv, report = with_report(logits_fn, xq, yq, key=query_key)
+        out.update({STAGE_PREFIX + name: acc
+                    for name, acc in report["accuracy"].items()})
+      xq_adv = jax.lax.stop_gradient(xq_adv)
       out.update(_metrics(logits_fn(xq_adv), yq, "query"))
     else:
       out["query_loss"] = out["clean_query_loss"]
@@ -251,6 +262,12 @@ class MetaTestResult:
     clean_loss: `[episodes]` clean-query loss of the same adapted classifier
       (equal to `loss` for a clean query).
     clean_accuracy: the same for the accuracy.
+    stages: under AutoAttack, `{stage: [episodes]}` robust accuracy after
+      each stage in the order they ran ("clean", "apgd-ce", "apgd-t",
+      "fab-t", "square" for the standard version): the ensemble's
+      bookkeeping, monotone, while `accuracy` re-evaluates the returned
+      batch (the two differ only through batch coupling, e.g. conv4's
+      transductive BatchNorm); None for other attacks.
   """
   accuracy: np.ndarray
   loss: np.ndarray
@@ -258,6 +275,7 @@ class MetaTestResult:
   step_loss: np.ndarray
   clean_loss: Optional[np.ndarray] = None
   clean_accuracy: Optional[np.ndarray] = None
+  stages: Optional[Dict[str, np.ndarray]] = None
 
   @property
   def num_episodes(self) -> int:
@@ -278,10 +296,19 @@ class MetaTestResult:
     return np.maximum(self.loss - self.clean_loss, delta)
 
   def summary(self) -> Dict[str, float]:
-    return {"accuracy": self.mean, "accuracy_ci95": self.ci95,
-            "loss": float(self.loss.mean()), "episodes": self.num_episodes,
-            "step_accuracy": self.step_accuracy.mean(0).tolist(),
-            "step_loss": self.step_loss.mean(0).tolist()}
+    out = {"accuracy": self.mean, "accuracy_ci95": self.ci95,
+           "loss": float(self.loss.mean()), "episodes": self.num_episodes,
+           "step_accuracy": self.step_accuracy.mean(0).tolist(),
+           "step_loss": self.step_loss.mean(0).tolist()}
+    if self.stages:
+      out["stages"] = self.stage_summary()
+    return out
+
+  def stage_summary(self) -> Dict[str, Dict[str, float]]:
+    """`{stage: {"accuracy", "accuracy_ci95"}}` of AutoAttack's stages."""
+    return {name: {"accuracy": float(v.mean()),
+                   "accuracy_ci95": confidence_interval_95(v)}
+            for name, v in (self.stages or {}).items()}
 
 
 def episode_keys(seed: int, start: int, count: int) -> jax.Array:
@@ -363,12 +390,18 @@ def run_case(adaptation: adaptations.Adaptation, params,
     chunks.append(jax.device_get(run_batch(params, keys, source)))
   out = {k: np.concatenate([c[k] for c in chunks])[:num_episodes]
          for k in chunks[0]}
+  stages = {k[len(STAGE_PREFIX):]: out[k][:, -1] for k in out
+            if k.startswith(STAGE_PREFIX)}
+  if stages:   # jit returns dicts in sorted order: put them as they ran
+    order = ("clean",) + attacks.autoattack_stage_order(stages)
+    stages = {name: stages[name] for name in order if name in stages}
   return MetaTestResult(accuracy=out["query_accuracy"][:, -1],
                         loss=out["query_loss"][:, -1],
                         step_accuracy=out["query_accuracy"],
                         step_loss=out["query_loss"],
                         clean_loss=out["clean_query_loss"][:, -1],
-                        clean_accuracy=out["clean_query_accuracy"][:, -1])
+                        clean_accuracy=out["clean_query_accuracy"][:, -1],
+                        stages=stages or None)
 
 
 def meta_test(apply_fn: Callable, params, source: episodes.EpisodeSource, *,
@@ -441,23 +474,28 @@ CW_STRONG = dict(c=1.0, num_steps=100, batch_consistent=True)
 # Test attacks that are settings of a registered attack under their own name.
 PRESETS = {"cw_l2_strong": AttackSpec.of("cw_l2", tag="cw_l2_strong",
                                          **CW_STRONG)}
-TEST_ATTACKS = ("fgsm", "pgd", "mi_fgsm", "apgd", "cw_l2", "cw_l2_strong")
+TEST_ATTACKS = ("fgsm", "pgd", "mi_fgsm", "apgd", "apgd_t", "fab", "square",
+                "autoattack", "cw_l2", "cw_l2_strong")
 
 
 def default_test_attack(name: str, eps: Optional[str], num_steps: int = 20,
-                        apgd_steps: int = 100) -> AttackSpec:
+                        apgd_steps: int = 100,
+                        square_queries: int = 5000) -> AttackSpec:
   """The test-time attack `name` at budget `eps` with the protocol defaults.
 
   PGD: step ε/4 (2/255 at 8/255), `num_steps` steps, random start (20 steps
-  at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. APGD:
-  `apgd_steps` (AutoAttack's 100). FGSM: one step of ε. C&W-L2 (no ε): the
-  TAFL reference settings (`CW_TAFL_REFERENCE`); `cw_l2_strong`: `CW_STRONG`.
+  at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. FGSM:
+  one step of ε. C&W-L2 (no ε): the TAFL reference settings
+  (`CW_TAFL_REFERENCE`); `cw_l2_strong`: `CW_STRONG`.
+  AutoAttack's components as its standard run sets them: APGD-CE, APGD-T
+  (the N−1 other classes of an N-way task as targets) and FAB-T with
+  `apgd_steps` iterations (100), Square with `square_queries` queries (5000,
+  p_init 0.8); `autoattack`: the standard ensemble with those settings and
+  its per-stage report (`MetaTestResult.stages`).
   """
   if name in PRESETS:
     return PRESETS[name]
-  attacks.get(name)   # unknown names: the registry's error
-  name = {"carlini_wagner_l2": "cw_l2", "cw": "cw_l2", "apgd_ce": "apgd"}.get(
-      name, name)
+  name = attacks.canonical_name(name)   # unknown names: the registry's error
   if name == "fgsm":
     return AttackSpec.of("fgsm", eps=eps)
   if name == "pgd":
@@ -467,6 +505,15 @@ def default_test_attack(name: str, eps: Optional[str], num_steps: int = 20,
     return AttackSpec.of("mi_fgsm", eps=eps, num_steps=num_steps)
   if name == "apgd":
     return AttackSpec.of("apgd", eps=eps, num_steps=apgd_steps)
+  if name == "apgd_t":
+    return AttackSpec.of("apgd_t", eps=eps, num_steps=apgd_steps)
+  if name == "fab":
+    return AttackSpec.of("fab", eps=eps, num_steps=apgd_steps, targeted=True)
+  if name == "square":
+    return AttackSpec.of("square", eps=eps, num_queries=square_queries)
+  if name == "autoattack":
+    return AttackSpec.of("autoattack", eps=eps, version="standard",
+                         num_steps=apgd_steps, num_queries=square_queries)
   if name == "cw_l2":
     return AttackSpec.of("cw_l2", **CW_TAFL_REFERENCE)
   raise ConfigError(f"no protocol defaults for attack {name!r}; choose one "

@@ -20,7 +20,7 @@ iterations, 9 binary-search steps), which `tafl_table1` runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
@@ -136,7 +136,8 @@ SHRINK_TRAIN = dict(dataset="digits", data_dir=None, image_size=None,
                     num_steps=3, filters=4, task_batch_size=2, q_query=3,
                     train_attack_steps=2, log_every=1, checkpoint_every=3,
                     eval_batch_size=4)
-SHRINK_PROTOCOL = dict(episodes=4, inner_steps=2, attack_steps=2)
+SHRINK_PROTOCOL = dict(episodes=4, inner_steps=2, attack_steps=2,
+                       square_queries=10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,10 @@ class ExperimentConfig:
       hyperparameters follow `evaluation.default_test_attack`, or an
       `AttackSpec` with all of them.
     attack_steps: iterations of PGD and MI-FGSM at test.
-    apgd_steps: iterations of APGD at test (AutoAttack's 100).
+    apgd_steps: iterations of APGD, APGD-T and FAB-T at test, alone and in
+      AutoAttack (its 100).
+    square_queries: queries of Square at test, alone and in AutoAttack (its
+      5000).
     episodes: meta-test episodes per cell.
     inner_steps: test-time adaptation steps.
     paper: the published cells.
@@ -172,6 +176,7 @@ class ExperimentConfig:
   attacks: Tuple[Any, ...] = (("pgd", "8/255"),)
   attack_steps: int = 20
   apgd_steps: int = 100
+  square_queries: int = 5000
   episodes: int = 600
   inner_steps: int = 10
   paper: Tuple[PaperResult, ...] = ()
@@ -201,13 +206,24 @@ class ExperimentConfig:
   def test_cases(self) -> Tuple[TestCase, ...]:
     return parse_cases(self.cases)
 
-  def test_attacks(self, *, shrink: bool = False) -> Tuple[AttackSpec, ...]:
+  def test_attacks(self, *, shrink: bool = False,
+                   extra: Sequence[Any] = ()) -> Tuple[AttackSpec, ...]:
+    """The meta-test attacks, then `extra` ones (`(name, ε or None)` or a
+    name, which takes the ε of the experiment's first ε attack): attacks
+    beyond the paper's, e.g. AutoAttack, whose cells have no paper value."""
     steps = SHRINK_PROTOCOL["attack_steps"] if shrink else self.attack_steps
     apgd_steps = SHRINK_PROTOCOL["attack_steps"] if shrink else self.apgd_steps
+    queries = (SHRINK_PROTOCOL["square_queries"] if shrink
+               else self.square_queries)
+    first_eps = next((a[1] for a in self.attacks
+                      if not isinstance(a, AttackSpec) and a[1] is not None),
+                     "8/255")
     specs = []
-    for attack in self.attacks:
+    for attack in tuple(self.attacks) + tuple(
+        (a, first_eps) if isinstance(a, str) else a for a in extra):
       spec = attack if isinstance(attack, AttackSpec) else default_test_attack(
-          *attack, num_steps=steps, apgd_steps=apgd_steps)
+          *attack, num_steps=steps, apgd_steps=apgd_steps,
+          square_queries=queries)
       if shrink and spec.name == "cw_l2":   # a few Adam steps, same settings
         spec = AttackSpec(spec.name, tuple(
             (k, min(v, 5) if k in ("num_steps", "binary_search_steps") else v)

@@ -31,6 +31,7 @@ from advmeta_jax import attacks
 from advmeta_jax import experiments
 from advmeta_jax import plots
 from advmeta_jax.evaluation import AttackSpec
+from advmeta_jax.evaluation import confidence_interval_95
 from advmeta_jax.evaluation import format_accuracy
 from advmeta_jax.evaluation import MetaTestResult
 from advmeta_jax.evaluation import TestCase
@@ -160,6 +161,28 @@ def markdown_report(cells: Sequence[Cell],
   return markdown_table(header, lines)
 
 
+def stage_table(cells: Sequence[Cell]) -> str:
+  """AutoAttack's robust accuracy after each stage, one line per cell run
+  under it (empty when none was): the ensemble's bookkeeping per stage and
+  the returned batch re-evaluated (the cell's accuracy)."""
+  staged = [c for c in cells if c.result.stages]
+  if not staged:
+    return ""
+  names = list(dict.fromkeys(n for c in staged for n in c.result.stages))
+  header = (["learner", "support/query", "attack"]
+            + [f"after {n} %" if n != "clean" else "clean %" for n in names]
+            + ["re-evaluated %"])
+  rows = []
+  for c in staged:
+    r = c.result
+    rows.append([c.run, c.case.name, c.attack.label] + [
+        format_accuracy(r.stages[n].mean(),
+                        confidence_interval_95(r.stages[n]))
+        if n in r.stages else "—" for n in names] + [
+            format_accuracy(r.mean, r.ci95)])
+  return markdown_table(header, rows)
+
+
 def pivot_table(cells: Sequence[Cell]) -> str:
   """Learners as rows, (case, attack) as columns: the README layout."""
   columns: List[Tuple[str, str]] = []
@@ -279,6 +302,20 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
                        f"{kde_threshold:g}"),
                       [(k, f"{samples[k].mean():.3f}",
                         f"{100 * s:.1f}%") for k, s in shares.items()])]
+  stages = stage_table(cells)
+  if stages:
+    payload["autoattack_stages"] = [
+        {"learner": c.run, "case": c.case.name, "attack": c.attack.label,
+         # A list: the stages in the order they ran (the JSON sorts keys).
+         "stages": [{"stage": n, "accuracy": round(100 * a["accuracy"], 2),
+                     "ci95": round(100 * a["accuracy_ci95"], 2)}
+                    for n, a in c.result.stage_summary().items()]}
+        for c in cells if c.result.stages]
+    parts += ["", "## AutoAttack, robust accuracy after each stage", "",
+              "Each stage attacks the examples still classified correctly; "
+              "the last column re-evaluates the returned batch (it can sit "
+              "above the last stage when transductive BatchNorm couples the "
+              "examples of a batch).", "", stages]
   if masking:
     failed = {k: v for k, v in masking.items() if not v.ok}
     payload["masking_checks"] = {f"{k[0]} | {k[1]}": {
@@ -286,8 +323,9 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
     parts += ["", "## Gradient-masking checks", ""]
     if not failed:
       parts.append(f"All {len(masking)} checks passed (PGD-5 ≥ PGD-20 ≥ "
-                   "APGD, iterative ≤ FGSM ≤ noise ≤ clean, accuracy falls "
-                   "with ε and reaches ~0 at ε = 0.5).")
+                   "APGD, Square (gradient-free) ≥ PGD-20, iterative ≤ FGSM "
+                   "≤ noise ≤ clean, accuracy falls with ε and reaches ~0 "
+                   "at ε = 0.5).")
     for (run, label), report in failed.items():
       parts.append(f"- WARNING {run} under {label}: "
                    + " ".join(report.findings))

@@ -211,12 +211,14 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
               shrink: bool = False, rows: Optional[Sequence[str]] = None,
               data_dir: Optional[str] = None, episodes_: Optional[int] = None,
               seed: int = 0, progress: bool = True,
-              kde_threshold: float = 1.0, log: Log = print) -> Reproduction:
+              kde_threshold: float = 1.0, log: Log = print,
+              extra_attacks: Sequence = ()) -> Reproduction:
   """Trains every row of `experiment` in `workdir/<row>`, then evaluates them.
 
   A row whose run is complete is not retrained; an interrupted one resumes
   from its last checkpoint. The report goes to `workdir/report/`, with the
-  paper's numbers beside ours.
+  paper's numbers beside ours. `extra_attacks` adds test attacks beyond the
+  paper's (`ExperimentConfig.test_attacks`), e.g. `("autoattack",)`.
   """
   t0 = time.perf_counter()
   chosen = _available_rows(experiment, rows)
@@ -226,7 +228,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   cases = experiment.test_cases()
   if evaluation.mixed_adv_count(first.k_shot) is None:
     cases = evaluation.cases_for_shots(cases, first.k_shot)
-  attack_specs = experiment.test_attacks(shrink=shrink)
+  attack_specs = experiment.test_attacks(shrink=shrink, extra=extra_attacks)
   settings = experiment.protocol(shrink=shrink)
   num_episodes = episodes_ or settings["episodes"]
   # Check the data before any training.
@@ -256,7 +258,8 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
     # toy models are untrained and fail it, as they should).
     masking = protocol.masking_checks(
         runs[:1] if shrink else runs,
-        [s for s in attack_specs if s.eps is not None][:1 if shrink else None],
+        [s for s in attack_specs[:len(experiment.attacks)]
+         if s.eps is not None][:1 if shrink else None],
         data=test_data, seed=seed, inner_steps=settings["inner_steps"])
   seconds = time.perf_counter() - t0
   header = (f"# {experiment.name}{' (shrunk)' if shrink else ''}\n\n"

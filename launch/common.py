@@ -16,6 +16,7 @@ from absl import logging
 
 from advmeta_jax import config as config_lib
 from advmeta_jax.errors import AdvMetaError
+from advmeta_jax.errors import ConfigError
 
 
 def define_config_flags(only=None, flag_values=flags.FLAGS):
@@ -114,15 +115,21 @@ def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255",
         "with support in clean, adv, mixed (40% adversarial, K >= 2) and "
         "query in clean, adv.")
   flags.DEFINE_list("attacks", attacks, "Test-time attacks (comma-separated): "
-                    "fgsm, pgd, mi_fgsm, apgd, cw_l2 (TAFL's reference C&W), "
-                    "cw_l2_strong.")
+                    "fgsm, pgd, mi_fgsm, apgd, apgd_t, fab (FAB-T), square, "
+                    "autoattack (standard: APGD-CE, APGD-T, FAB-T, Square, "
+                    "with a per-stage report), cw_l2 (TAFL's reference "
+                    "C&W), cw_l2_strong.")
   flags.DEFINE_list("eps", eps, "L-inf budgets (comma-separated, e.g. "
                     "8/255,2/255); each eps attack runs at each. cw_l2 "
                     "ignores them.")
   flags.DEFINE_integer("attack_steps", 20, "Iterations of PGD and MI-FGSM "
                        "at test time.")
-  flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD at test time "
+  flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD, APGD-T and "
+                       "FAB-T at test time, alone and in autoattack "
                        "(AutoAttack's 100).")
+  flags.DEFINE_integer("square_queries", 5000, "Queries of the Square "
+                       "attack at test time, alone and in autoattack "
+                       "(AutoAttack's 5000).")
   if not run_flags:
     return
   flags.DEFINE_integer("episodes", None, "Episodes per cell (default: the "
@@ -135,10 +142,19 @@ def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255",
 
 def attack_specs_from_flags():
   """The `AttackSpec`s of --attacks × --eps (cw_l2 once, with no ε)."""
+  f = flags.FLAGS
+  return attack_specs(f.attacks, f.eps, attack_steps=f.attack_steps,
+                      apgd_steps=f.apgd_steps,
+                      square_queries=f.square_queries)
+
+
+def attack_specs(names, eps_list, *, attack_steps: int = 20,
+                 apgd_steps: int = 100, square_queries: int = 5000):
+  """The `AttackSpec`s of `names` × `eps_list` (ε-free attacks once)."""
   from advmeta_jax import attacks as attacks_lib  # pylint: disable=g-import-not-at-top
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
   specs = []
-  for name in flags.FLAGS.attacks:
+  for name in names:
     if name in evaluation.PRESETS:
       specs.append(evaluation.PRESETS[name])
       continue
@@ -146,9 +162,16 @@ def attack_specs_from_flags():
     if "eps" not in attacks_lib.hyperparameters(name):
       specs.append(evaluation.default_test_attack(name, None))
       continue
-    for eps in flags.FLAGS.eps:
+    for eps in eps_list:
       attacks_lib.parse_eps(eps, "--eps")
       specs.append(evaluation.default_test_attack(
-          name, eps, num_steps=flags.FLAGS.attack_steps,
-          apgd_steps=flags.FLAGS.apgd_steps))
-  return tuple(dict.fromkeys(specs))
+          name, eps, num_steps=attack_steps, apgd_steps=apgd_steps,
+          square_queries=square_queries))
+  specs = tuple(dict.fromkeys(specs))
+  for spec in specs:   # refuse bad budgets before any run is loaded
+    try:
+      spec.build()
+    except ConfigError as e:
+      raise ConfigError(f"--attacks={spec.name}: {e} (set by --attack_steps, "
+                        "--apgd_steps or --square_queries)") from None
+  return specs

@@ -29,6 +29,11 @@ flags.DEFINE_list("rows", None, "Only these rows (learners) of the table.")
 flags.DEFINE_string("data_dir", None, "Data directory (mini_imagenet) or "
                     "tensorflow-datasets data_dir (cifar_fs).")
 flags.DEFINE_integer("episodes", None, "Override the episodes per cell.")
+flags.DEFINE_list("extra_attacks", [], "Test attacks beyond the paper's, "
+                  "at the experiment's first ε (e.g. autoattack, square, "
+                  "apgd_t, fab): extra cells with no paper value. Trained "
+                  "rows are not retrained, so this can follow a finished "
+                  "run.")
 flags.DEFINE_integer("seed", 0, "Seed of the test episodes.")
 flags.DEFINE_float("kde_threshold", 1.0, "Share of tasks with L_AR above this "
                    "in the KDE section.")
@@ -40,7 +45,8 @@ def main(argv):
   out = reproduction.reproduce(
       experiments.get(FLAGS.experiment), FLAGS.workdir, shrink=FLAGS.shrink,
       rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=FLAGS.episodes,
-      seed=FLAGS.seed, kde_threshold=FLAGS.kde_threshold)
+      seed=FLAGS.seed, kde_threshold=FLAGS.kde_threshold,
+      extra_attacks=FLAGS.extra_attacks)
   print(out.report.markdown)
   print("\nwritten: " + ", ".join(sorted(out.report.files.values())))
   print(f"total wall time: {out.seconds / 60:.1f} min")

@@ -87,6 +87,7 @@ from advmeta_jax.attacks.autoattack import autoattack
 from advmeta_jax.attacks.autoattack import autoattack_with_report
 from advmeta_jax.attacks.autoattack import robust_accuracies
 from advmeta_jax.attacks.autoattack import stages as autoattack_stages
+from advmeta_jax.attacks.autoattack import version_of as autoattack_stage_order
 from advmeta_jax.attacks.cw import carlini_wagner_l2
 from advmeta_jax.attacks.fab import fab
 from advmeta_jax.attacks.fab import project_linf_hyperplane
@@ -107,6 +108,7 @@ from advmeta_jax.attacks.masking import attack_accuracy
 from advmeta_jax.attacks.masking import check_attack_strength
 from advmeta_jax.attacks.masking import StrengthReport
 from advmeta_jax.attacks.registry import ATTACKS
+from advmeta_jax.attacks.registry import canonical_name
 from advmeta_jax.attacks.registry import get
 from advmeta_jax.attacks.registry import hyperparameters
 from advmeta_jax.attacks.registry import make_attack
@@ -121,10 +123,11 @@ from advmeta_jax.errors import ConfigError
 
 __all__ = [
     "APGD_LOSSES", "ATTACKS", "StrengthReport", "apgd", "apgd_checkpoints",
-    "apgd_t", "attack_accuracy", "autoattack", "autoattack_stages",
-    "autoattack_with_report", "carlini_wagner_l2", "check_attack_strength",
-    "cross_entropy_per_example", "dlr_loss", "dlr_targeted_loss", "fab",
-    "fgsm", "get", "hyperparameters", "make_attack", "margin", "mi_fgsm",
-    "names", "parse_eps", "pgd", "project_linf_hyperplane",
-    "robust_accuracies", "square", "square_fraction", "square_sizes",
+    "apgd_t", "attack_accuracy", "autoattack", "autoattack_stage_order",
+    "autoattack_stages", "autoattack_with_report", "canonical_name",
+    "carlini_wagner_l2", "check_attack_strength", "cross_entropy_per_example",
+    "dlr_loss", "dlr_targeted_loss", "fab", "fgsm", "get", "hyperparameters",
+    "make_attack", "margin", "mi_fgsm", "names", "parse_eps", "pgd",
+    "project_linf_hyperplane", "robust_accuracies", "square", "square_fraction",
+    "square_sizes",
 ]

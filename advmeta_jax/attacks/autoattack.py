@@ -10,6 +10,7 @@ package docstring (`advmeta_jax.attacks`) states the conventions.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict, Tuple
 
 import jax
@@ -24,6 +25,7 @@ from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
 from advmeta_jax.attacks.linf import _accept
 from advmeta_jax.attacks.linf import _apgd_run
+from advmeta_jax.attacks.linf import _eot_loss_and_input_gradient
 from advmeta_jax.attacks.linf import _check_target_classes
 from advmeta_jax.attacks.linf import _hold
 from advmeta_jax.attacks.linf import _num_classes
@@ -33,11 +35,14 @@ from advmeta_jax.attacks.linf import apgd_t
 from advmeta_jax.attacks.square import square
 from advmeta_jax.errors import ConfigError
 
-VERSIONS = ("standard", "plus")
+VERSIONS = ("standard", "plus", "rand")
 
 # Stage names, as in the reference's `attacks_to_run`.
 STANDARD_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 PLUS_STAGES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+RAND_STAGES = ("apgd-ce", "apgd-dlr")
+_STAGES = {"standard": STANDARD_STAGES, "plus": PLUS_STAGES,
+           "rand": RAND_STAGES}
 
 Stage = Callable[[LogitsFn, Array, Array, Array], Array]
 
@@ -47,12 +52,30 @@ def stages(version: str) -> Tuple[str, ...]:
   if version not in VERSIONS:
     raise ConfigError(f"unknown AutoAttack version {version!r}; choose one "
                       f"of: {', '.join(VERSIONS)}.")
-  return STANDARD_STAGES if version == "standard" else PLUS_STAGES
+  return _STAGES[version]
 
 
-def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int) -> Stage:
+def _keyed(logits_fn: Callable) -> Callable[[Array, Array], Array]:
+  """`logits_fn` as `(x, key) -> logits`: a randomized model
+  `logits_fn(x, key)` as it is, a deterministic `logits_fn(x)` (one
+  parameter) ignoring the key."""
+  try:
+    params = list(inspect.signature(logits_fn).parameters.values())
+  except (TypeError, ValueError):   # builtins, some wrapped callables
+    return lambda z, k: logits_fn(z, k)
+  if len(params) == 1 and params[0].kind in (
+      inspect.Parameter.POSITIONAL_ONLY,
+      inspect.Parameter.POSITIONAL_OR_KEYWORD):
+    return lambda z, k: logits_fn(z)
+  return lambda z, k: logits_fn(z, k)
+
+
+def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
+                   eot_iter: int = 1, keyed=None) -> Stage:
   """APGD (CE or DLR) with `restarts` random restarts on the examples not
-  fooled yet (the reference's `APGDAttack.perturb`)."""
+  fooled yet (the reference's `APGDAttack.perturb`); with `keyed` (a
+  randomized model `(x, key) -> logits`), each gradient is averaged over
+  `eot_iter` draws of its randomness (EOT)."""
   def attack(logits_fn, x, y, key):
     eps_x = jnp.asarray(eps, x.dtype)
     robust = jnp.argmax(logits_fn(x), axis=-1) == y
@@ -61,9 +84,18 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int) -> Stage:
     keys = [key] if restarts == 1 else list(jax.random.split(key, restarts))
     for k in keys:
       held = _hold(logits_fn, robust, x_adv)
+      gradient = None
+      if keyed is not None:
+        def held_keyed(z, draw, active=robust, x_held=x_adv):
+          return keyed(jnp.where(_per_example(active, z), z, x_held), draw)
+        eot_key = jax.random.fold_in(k, 1)
+        gradient = lambda z, i, f=held_keyed, e=eot_key: (
+            _eot_loss_and_input_gradient(f, _LOSSES[loss], z, y,
+                                         jax.random.fold_in(e, i), eot_iter))
       x_run, fooled = _apgd_run(held, _LOSSES[loss], x, y,
                                 _random_start(k, x, eps_x), eps=eps_x,
-                                num_steps=num_steps)
+                                num_steps=num_steps,
+                                loss_and_gradient=gradient)
       # APGD returns its point of highest loss where it failed: keep x there.
       x_run = jnp.where(_per_example(fooled, x), x_run, x)
       x_adv, robust = _accept(logits_fn, y, robust, x_adv, x_run)
@@ -72,12 +104,14 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int) -> Stage:
 
 
 def _stage_attacks(version: str, *, eps, num_steps: int, num_queries: int,
-                   num_target_classes: int) -> Dict[str, Stage]:
-  restarts = 1 if version == "standard" else 5
+                   num_target_classes: int, eot_iter: int = 1,
+                   keyed=None) -> Dict[str, Stage]:
+  restarts = 5 if version == "plus" else 1
   common = dict(eps=eps, num_steps=num_steps)
+  eot = dict(eot_iter=eot_iter, keyed=keyed) if version == "rand" else {}
   return {
-      "apgd-ce": _apgd_restarts("ce", restarts, **common),
-      "apgd-dlr": _apgd_restarts("dlr", restarts, **common),
+      "apgd-ce": _apgd_restarts("ce", restarts, **common, **eot),
+      "apgd-dlr": _apgd_restarts("dlr", restarts, **common, **eot),
       "apgd-t": lambda f, x, y, k: apgd_t(
           f, x, y, key=k, num_target_classes=num_target_classes, **common),
       "fab-t": lambda f, x, y, k: fab(
@@ -94,7 +128,7 @@ def _stage_attacks(version: str, *, eps, num_steps: int, num_queries: int,
 def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
                            key: Array, version: str = "standard",
                            num_steps: int = 100, num_queries: int = 5000,
-                           num_target_classes: int = 9
+                           num_target_classes: int = 9, eot_iter: int = 20
                            ) -> Tuple[Array, Dict[str, Dict[str, Array]]]:
   """AutoAttack with a report of robust accuracy after each attack.
 
@@ -104,6 +138,11 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
       Square (`num_queries` queries, p_init = 0.8, unscaled schedule).
     "plus": APGD-CE and APGD-DLR (5 restarts each), FAB (untargeted, 5
       restarts), Square, APGD-T, FAB-T.
+    "rand", for randomized models: APGD-CE and APGD-DLR (1 run each), every
+      gradient averaged over `eot_iter` (20) draws of the model's randomness
+      (EOT). `logits_fn` is then called as `logits_fn(x, key)` with a fresh
+      key per draw (a deterministic `logits_fn(x)` is accepted too: every
+      draw is the same); the ensemble's bookkeeping uses one fixed draw.
   `num_steps` is the iteration count of every APGD and FAB run (100 in the
   reference; smaller values only for tests and quick looks).
 
@@ -137,6 +176,8 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     num_steps: APGD / FAB iterations per run (a Python int; 100).
     num_queries: Square's queries (a Python int; 5000).
     num_target_classes: targets of APGD-T and FAB-T before capping (9).
+    eot_iter: EOT draws per gradient of the "rand" version (20; a Python
+      int; unused by the others).
 
   Returns:
     (x_adv, report): `report["robust"][name]` is the `[N]` mask of examples
@@ -153,17 +194,24 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   num_steps = _check_steps(num_steps)
   num_queries = _check_steps(num_queries, "num_queries")
   num_target_classes = _check_target_classes(num_target_classes)
+  eot_iter = _check_steps(eot_iter, "eot_iter")
   if key is None:
     raise ConfigError("autoattack needs a PRNG key: pass "
                       "key=jax.random.key(...).")
   _check_inputs(x, y)
+  keyed = None
+  if version == "rand":
+    keyed = _keyed(logits_fn)
+    draw = jax.random.fold_in(key, 0x5EED)   # the bookkeeping's one draw
+    logits_fn = lambda z: keyed(z, draw)
   num_classes = _num_classes(logits_fn, x)
   if num_classes < 3:
     raise ConfigError(f"autoattack needs at least 3 classes (APGD-T's DLR "
                       f"loss), the model has {num_classes}.")
   attacks = _stage_attacks(version, eps=eps, num_steps=num_steps,
                            num_queries=num_queries,
-                           num_target_classes=num_target_classes)
+                           num_target_classes=num_target_classes,
+                           eot_iter=eot_iter, keyed=keyed)
   robust = jnp.argmax(logits_fn(x), axis=-1) == y
   x_adv = x
   masks: Dict[str, Array] = {"clean": robust}
@@ -187,7 +235,8 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
 
 def autoattack(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
                version: str = "standard", num_steps: int = 100,
-               num_queries: int = 5000, num_target_classes: int = 9) -> Array:
+               num_queries: int = 5000, num_target_classes: int = 9,
+               eot_iter: int = 20) -> Array:
   """AutoAttack (Croce & Hein 2020), L∞: `autoattack_with_report` without
   the report, in the uniform attack signature.
 
@@ -199,18 +248,27 @@ def autoattack(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   x_adv, _ = autoattack_with_report(
       logits_fn, x, y, eps=eps, key=key, version=version,
       num_steps=num_steps, num_queries=num_queries,
-      num_target_classes=num_target_classes)
+      num_target_classes=num_target_classes, eot_iter=eot_iter)
   return x_adv
+
+
+def version_of(stage_names) -> Tuple[str, ...]:
+  """The stages, in the order they ran, of the version whose report has
+  `stage_names` (plus and rand both run APGD-DLR; only plus runs Square)."""
+  names = set(stage_names)
+  version = ("standard" if "apgd-dlr" not in names
+             else "plus" if "square" in names else "rand")
+  return stages(version)
 
 
 def robust_accuracies(report) -> Dict[str, float]:
   """`report["accuracy"]` as floats, "clean" first and then the stages in the
   order they ran (`jit` returns dicts with sorted keys)."""
   accuracy = report["accuracy"]
-  order = ("clean",) + stages("plus" if "apgd-dlr" in accuracy else
-                              "standard")
+  order = ("clean",) + version_of(accuracy)
   return {name: float(accuracy[name]) for name in order}
 
 
-__all__ = ["STANDARD_STAGES", "PLUS_STAGES", "VERSIONS", "autoattack",
-           "autoattack_with_report", "robust_accuracies", "stages"]
+__all__ = ["STANDARD_STAGES", "PLUS_STAGES", "RAND_STAGES", "VERSIONS",
+           "autoattack", "autoattack_with_report", "robust_accuracies",
+           "stages", "version_of"]

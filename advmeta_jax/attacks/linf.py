@@ -307,9 +307,27 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
   return x_out
 
 
+def _eot_loss_and_input_gradient(keyed_logits_fn, loss_fn, x: Array,
+                                 y: Array, key: Array, eot_iter: int
+                                 ) -> Tuple[Array, Array, Array]:
+  """Expectation over transformation (Athalye et al. 2018) for a randomized
+  model `keyed_logits_fn(x, key)`: the input gradient averaged over
+  `eot_iter` draws of the model's randomness (run one after another), the
+  loss and logits of the last draw (AutoAttack's `eot_iter`)."""
+  def one(k):
+    return _loss_and_input_gradient(lambda z: keyed_logits_fn(z, k), loss_fn,
+                                    x, y)
+  losses, grads, logits = jax.lax.map(one, jax.random.split(key, eot_iter))
+  return losses[-1], jnp.mean(grads, axis=0), logits[-1]
+
+
 def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
-              eps: Array, num_steps: int) -> Tuple[Array, Array]:
+              eps: Array, num_steps: int, loss_and_gradient=None
+              ) -> Tuple[Array, Array]:
   """One APGD run from `x0` (see `apgd`); `loss_fn(logits, y)` per example.
+
+  `loss_and_gradient(x, i) -> (loss [N], ∇x, logits)` at iterate i replaces
+  the plain gradient of `logits_fn` (EOT for randomized models).
 
   Returns:
     (x_out, fooled): per example the last misclassified iterate if any
@@ -328,7 +346,10 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
     previous = w
   is_checkpoint, window = jnp.asarray(is_checkpoint), jnp.asarray(window)
 
-  loss0, grad0, logits0 = _loss_and_input_gradient(logits_fn, loss_fn, x0, y)
+  if loss_and_gradient is None:
+    loss_and_gradient = lambda z, i: _loss_and_input_gradient(
+        logits_fn, loss_fn, z, y)
+  loss0, grad0, logits0 = loss_and_gradient(x0, 0)
   fooled0 = jnp.argmax(logits0, axis=-1) != y
 
   state = dict(
@@ -346,8 +367,7 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
                       x, eps)
     x_new = _project_linf(
         s["x"] + a * (z - s["x"]) + (1 - a) * (s["x"] - s["x_prev"]), x, eps)
-    loss_new, grad_new, logits = _loss_and_input_gradient(
-        logits_fn, loss_fn, x_new, y)
+    loss_new, grad_new, logits = loss_and_gradient(x_new, i + 1)
 
     fooled_now = jnp.argmax(logits, axis=-1) != y
     x_adv = jnp.where(_per_example(fooled_now, x), x_new, s["x_adv"])
