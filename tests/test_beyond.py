@@ -346,8 +346,9 @@ def _train_and_check(cfg, tmp_path, digits_train):
     assert ("trades_kl" in m) == (cfg.robust == "trades")
   # Three steps, one compile of the train iteration.
   exp = training.build(cfg)
+  # (train runs the config with its `auto` speed settings resolved.)
   step_fn = training._jitted_train_iteration(  # pylint: disable=protected-access
-      exp.learner, cfg, training.make_mesh(cfg.num_devices))
+      exp.learner, exp.config, training.make_mesh(cfg.num_devices))
   assert step_fn._cache_size() == 1   # pylint: disable=protected-access
   chex.assert_trees_all_equal(training.restore_run(str(tmp_path), cfg), state)
   return state
