@@ -292,6 +292,16 @@ def _adml_experiment(table: int, dataset: str, k_shot: int
 _TAFL_TRAIN = dict(_PAPER_TRAIN, dataset="mini_imagenet", k_shot=1,
                    task_batch_size=4, train_eps="")
 
+# The offline digits tables (digits_robust, digits_beyond): sized to run end
+# to end (8 rows: training, 150 episodes per cell, masking checks) in under
+# 20 minutes on 2 CPU cores. eval_batch_size 5: on the CPU, small batches of
+# per-task (grouped) convolutions ran faster than batches of 20.
+_DIGITS = dict(
+    train=dict(dataset="digits", n_way=5, k_shot=1, q_query=15,
+               num_steps=100, task_batch_size=4, eval_batch_size=5),
+    cases="robust", attacks=(("pgd", "8/255"),), episodes=150,
+    inner_steps=10, curves=True, kde=True, masking_check=True)
+
 EXPERIMENTS: Dict[str, ExperimentConfig] = {
     e.name: e for e in (
         ExperimentConfig(
@@ -300,12 +310,6 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
                          "offline digits (meta-train on 0-4, meta-test on "
                          "5-9), 5-way 1-shot, clean and PGD-20 query "
                          "accuracy at ε 8/255."),
-            # Sized to run end to end (8 rows: training, 150 episodes per
-            # cell, masking checks) in under 20 minutes on 2 CPU cores.
-            # eval_batch_size 5: on the CPU, small batches of per-task
-            # (grouped) convolutions ran faster than batches of 20.
-            train=dict(dataset="digits", n_way=5, k_shot=1, q_query=15,
-                       num_steps=100, task_batch_size=4, eval_batch_size=5),
             rows=(("maml", dict(learner="maml")),
                   ("maml_ad", dict(learner="maml_ad")),
                   ("adml", dict(learner="adml")),
@@ -314,10 +318,7 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
                   ("protonet", dict(learner="protonet")),
                   ("protonet+tafl", dict(learner="protonet", robust="tafl")),
                   ("matchingnet", dict(learner="matchingnet", fce="adml"))),
-            cases="robust",
-            attacks=(("pgd", "8/255"),),
-            episodes=150, inner_steps=10, curves=True, kde=True,
-            masking_check=True),
+            **_DIGITS),
         ExperimentConfig(
             name="digits_beyond",
             description=("Learners beyond the seeds on the offline digits "
@@ -325,11 +326,8 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
                          "TRADES, with AQ/TAFL on top, beside MAML and AQ; "
                          "5-way 1-shot, clean and PGD-20 query accuracy at "
                          "ε 8/255."),
-            # Sized as digits_robust: 8 rows in under 20 minutes on 2 cores.
             # ANIL's head-only inner loop takes α = 0.1: at MAML's 0.01 the
             # head on digits' 32-d embedding barely moved (24% clean).
-            train=dict(dataset="digits", n_way=5, k_shot=1, q_query=15,
-                       num_steps=100, task_batch_size=4, eval_batch_size=5),
             rows=(("maml", dict(learner="maml")),
                   ("aq", dict(learner="aq")),
                   ("r2d2", dict(learner="r2d2")),
@@ -339,10 +337,7 @@ EXPERIMENTS: Dict[str, ExperimentConfig] = {
                   ("anil+aq", dict(learner="anil", robust="aq",
                                    inner_lr=0.1)),
                   ("maml+trades", dict(learner="maml", robust="trades"))),
-            cases="robust",
-            attacks=(("pgd", "8/255"),),
-            episodes=150, inner_steps=10, curves=True, kde=True,
-            masking_check=True),
+            **_DIGITS),
         _adml_experiment(1, "mini_imagenet", 1),
         _adml_experiment(2, "mini_imagenet", 5),
         _adml_experiment(3, "cifar_fs", 1),

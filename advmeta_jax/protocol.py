@@ -182,9 +182,10 @@ def masking_checks(runs: Sequence[Run], attack_specs: Sequence[AttackSpec], *,
     checked = set()
     for spec in attack_specs:
       # The checks depend on ε only: once per ε (the first attack with it).
-      if spec.eps is None or attacks.parse_eps(spec.eps) in checked:
+      eps = None if spec.eps is None else attacks.parse_eps(spec.eps)
+      if eps is None or eps in checked:
         continue
-      checked.add(attacks.parse_eps(spec.eps))
+      checked.add(eps)
       report = attacks.check_attack_strength(
           logits_fn, task.query_images, task.query_labels, eps=spec.eps,
           key=attack_key)
