@@ -29,8 +29,10 @@ Faults, and what happens:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging as py_logging
 import os
 import shutil
 from typing import Dict, List, Optional
@@ -45,6 +47,37 @@ from advmeta_jax.errors import ConfigError, DataError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+
+
+class _OneLineRecords(py_logging.Filter):
+  """Strips the traceback from log records: when a checkpoint cannot be
+  read, orbax (from a worker thread, so not every time) or asyncio may log
+  the exception with its traceback before it reaches `restore`, which says
+  what happened in one line of its own."""
+
+  def filter(self, record):
+    if record.exc_info or record.stack_info:
+      message = record.getMessage().splitlines()
+      record.msg, record.args = (message[0] if message else ""), None
+      record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
+@contextlib.contextmanager
+def _one_line_errors():
+  """While active, log records carry no traceback: those of absl's logger
+  (orbax logs through it) and asyncio's, and every record that reaches the
+  root logger's handlers (where absl's handler sits)."""
+  filtered = ([py_logging.getLogger("absl"), py_logging.getLogger("asyncio")]
+              + list(py_logging.getLogger().handlers))
+  record_filter = _OneLineRecords()
+  for target in filtered:
+    target.addFilter(record_filter)
+  try:
+    yield
+  finally:
+    for target in filtered:
+      target.removeFilter(record_filter)
 
 
 def manager(workdir: str, *, save_interval_steps: int = 1,
@@ -198,8 +231,10 @@ def restore(mgr, target, step: Optional[int] = None, *,
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  read = lambda s: mgr.restore(s, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))["state"]
+  def read(s):
+    with _one_line_errors():
+      return mgr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))["state"]
   if step is not None or not fall_back:
     step = mgr.latest_step() if step is None else step
     return None if step is None else read(step)
@@ -225,8 +260,9 @@ def restore(mgr, target, step: Optional[int] = None, *,
 def restore_config(mgr, step: int) -> Config:
   """The config saved with the checkpoint at `step`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore()))
+  with _one_line_errors():
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))
   return Config.from_dict(restored["config"])
 
 

@@ -72,6 +72,36 @@ def test_truncated_newest_checkpoint_falls_back_and_loses_nothing(
   assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5, 6]
 
 
+def test_orbax_tracebacks_from_threads_become_one_line_during_a_read():
+  # orbax logs a failed read from a worker thread, not every time (CI saw
+  # it once); inside the read, such a record is one line, no traceback.
+  import io
+  import logging as py_logging
+  import threading
+  from absl import logging as absl_logging
+  stream = io.StringIO()
+  handler = py_logging.StreamHandler(stream)
+  py_logging.getLogger().addHandler(handler)
+
+  def fail():
+    try:
+      raise RuntimeError("array index (slice(0, 8, 1),)\nTensorStore({...})")
+    except RuntimeError:
+      absl_logging.exception("_SignalingThread.run() raised: %s", "boom")
+
+  try:
+    with checkpoints._one_line_errors():  # pylint: disable=protected-access
+      thread = threading.Thread(target=fail)
+      thread.start()
+      thread.join()
+    fail()   # outside the read, records keep their traceback
+  finally:
+    py_logging.getLogger().removeHandler(handler)
+  inside, outside = stream.getvalue().split("_SignalingThread", 2)[1:]
+  assert "raised: boom" in inside and "Traceback" not in inside
+  assert "Traceback" in outside
+
+
 def test_no_readable_checkpoint_is_one_clear_error(tmp_path, digits_train):
   workdir = tmp_path / "run"
   training.train(_tiny(num_steps=2), str(workdir), train_split=digits_train,
