@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging as py_logging
 import os
 import shutil
+import sys
 from typing import Dict, List, Optional
 
 from absl import logging
@@ -63,21 +65,41 @@ class _OneLineRecords(py_logging.Filter):
     return True
 
 
+def _one_line_unraisable(unraisable):
+  """`sys.unraisablehook` that writes one line, no traceback (see below)."""
+  error = unraisable.exc_value
+  first = str(error).splitlines()[0] if str(error) else ""
+  where = unraisable.err_msg or "Exception ignored in"
+  sys.stderr.write(f"{where}: {unraisable.object!r:.100}: "
+                   f"{type(error).__name__}: {first[:200]}\n")
+
+
 @contextlib.contextmanager
 def _one_line_errors():
-  """While active, log records carry no traceback: those of absl's logger
-  (orbax logs through it) and asyncio's, and every record that reaches the
-  root logger's handlers (where absl's handler sits)."""
+  """While active, errors that orbax, asyncio or TensorStore report on their
+  own, besides the exception `restore` catches, are one line each: log
+  records lose their traceback (absl's logger, where orbax logs, asyncio's,
+  and the root logger's handlers, where absl's handler sits), and an
+  exception raised while a coroutine is finalized ("Exception ignored in
+  <coroutine ...>", Python's unraisable hook) is one line. A failed read
+  leaves coroutines behind that may be finalized later, so after a failure
+  the one-line unraisable hook stays for the rest of the process."""
   filtered = ([py_logging.getLogger("absl"), py_logging.getLogger("asyncio")]
               + list(py_logging.getLogger().handlers))
   record_filter = _OneLineRecords()
   for target in filtered:
     target.addFilter(record_filter)
+  previous_hook, failed = sys.unraisablehook, True
+  sys.unraisablehook = _one_line_unraisable
   try:
     yield
+    failed = False
   finally:
+    gc.collect()   # finalize what the read left behind while still one-line
     for target in filtered:
       target.removeFilter(record_filter)
+    if not failed:
+      sys.unraisablehook = previous_hook
 
 
 def manager(workdir: str, *, save_interval_steps: int = 1,

@@ -102,6 +102,31 @@ def test_orbax_tracebacks_from_threads_become_one_line_during_a_read():
   assert "Traceback" in outside
 
 
+def test_exceptions_ignored_in_finalizers_are_one_line_after_a_failed_read(
+    capsys):
+  # What CI saw: "Exception ignored in: <coroutine ...>" and a traceback,
+  # when orbax's read coroutine is finalized after the read failed.
+  import sys
+
+  class Leftover:
+
+    def __del__(self):
+      raise RuntimeError("Encountered error while reading array index\nmore")
+
+  previous = sys.unraisablehook
+  try:
+    with pytest.raises(OSError):
+      with checkpoints._one_line_errors():  # pylint: disable=protected-access
+        leftover = Leftover()
+        raise OSError("truncated")
+    del leftover   # finalized after the failed read: still one line
+    err = capsys.readouterr().err
+  finally:
+    sys.unraisablehook = previous
+  assert "RuntimeError: Encountered error while reading array index" in err
+  assert "Traceback" not in err and "more" not in err
+
+
 def test_no_readable_checkpoint_is_one_clear_error(tmp_path, digits_train):
   workdir = tmp_path / "run"
   training.train(_tiny(num_steps=2), str(workdir), train_split=digits_train,
