@@ -5,6 +5,19 @@ import os
 # Tests run on the CPU with no accelerator; keep TF (if present) off GPUs too.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Many tests (and the launchers they start as subprocesses, which inherit the
+# environment) compile the same tiny programs again: XLA's persistent
+# compilation cache, fresh for each test session and each xdist worker (no
+# two processes writing one directory at once), compiles each of them once.
+# Results do not change: a cache hit loads the executable XLA compiled.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  _CACHE_DIR = tempfile.mkdtemp(prefix="advmeta_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
