@@ -70,9 +70,10 @@ TABLE: Dict[str, Entry] = {
             "84x84 1-shot vs base 1.07 / 7.40, a Python loop over tasks "
             "1.07 (matmul) and 3.47 / 30.6 (lax.conv); then `python -m "
             "launch.benchmark --rows=maml:32:1,maml:32:5,maml:84:1,"
-            "maml:84:5,aq:84:1 --torch --steps=5` at commit e843573 (under "
-            "load 2-12): 1.25-5.5x PyTorch's tasks/s, docs/performance.md "
-            "\"Default vs PyTorch\".")),
+            "maml:84:5,aq:84:1 --torch --steps=5` at commit 450c022 on a "
+            "quiet machine: 0.53-0.79x PyTorch's tasks/s for MAML, 1.24x "
+            "for AQ 84x84 1-shot, docs/performance.md \"Default vs "
+            "PyTorch\".")),
     "gpu": Entry(
         conv_impl="matmul", tasks_per_device=0, remat=False,
         source=("unmeasured: the whole task batch vmapped, no remat; the "
