@@ -90,13 +90,22 @@ def conv3x3_xla(x: Array, kernel: Array,
 def max_pool_2x2(x: Array) -> Array:
   """2×2 max-pool, stride 2, VALID (odd trailing rows/columns are dropped).
 
-  Written as a reshape and a max so that its gradient (and the gradient of its
-  gradient, needed by second-order MAML) is plain elementwise code.
+  Written as the elementwise maximum of the four pixels of each window (a
+  reshape, then `jnp.maximum`), so that its gradient and the gradient of its
+  gradient (second-order MAML) are plain elementwise selects. Not as a
+  `max` reduction over the window axes: on jax 0.10.2 XLA's algebraic
+  simplifier miscompiles the jitted gradient of that reduction under `vmap`
+  (input gradients of conv4 with kernels shared by the vmapped tasks, as in
+  a batched attack or a metric learner's meta-gradient, came out 0.5-1.2
+  off in relative terms; tests/test_models.py). At exact ties between
+  positive pixels of a window the two spread the gradient differently (both
+  are subgradients; after a ReLU, tied zeros get no gradient either way).
   """
   n, h, w, c = x.shape
   h2, w2 = h // 2, w // 2
   x = x[:, :2 * h2, :2 * w2, :].reshape(n, h2, 2, w2, 2, c)
-  return x.max(axis=(2, 4))
+  return jnp.maximum(jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
+                     jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]))
 
 
 class Conv3x3(nn.Module):
