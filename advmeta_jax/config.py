@@ -503,8 +503,6 @@ class Config:
       raise ConfigError(
           f"parallel_tasks must be 0 (the whole batch) or a divisor of "
           f"task_batch_size={b}, got {p!r}.")
-    from advmeta_jax import autotune  # pylint: disable=g-import-not-at-top
-    autotune.check_speed_settings(self)
     return self
 
   def resume_differences(self, old: "Config") -> List[str]:

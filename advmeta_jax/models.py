@@ -21,12 +21,9 @@ Convolution is available in two formulations behind one API (`conv_impl`):
       this becomes a batched matmul. Measured on a 2-core CPU it is 8-13× faster
       than "xla" for a second-order MAML step (docs/performance.md).
   "xla": `lax.conv_general_dilated`. Under `vmap` with per-task weights XLA
-      lowers it to a grouped convolution, slow on the CPU backend, and the
-      jitted second-order meta-gradient of such a program is wrong on jax
-      0.10.2 (XLA's algebraic simplifier; refused, see
-      autotune.check_speed_settings); kept for one task at a time, for the
-      learners that share the kernels, and as the reference the tests
-      compare against.
+      lowers it to a grouped convolution, slow on the CPU backend; inside a
+      `while` loop (`lax.scan`, `lax.map`) XLA's CPU backend leaves its kernel
+      gradient in a slow layout. The usual choice on a GPU or TPU.
 Both compute the same function (tested).
 
 `compute_dtype="bfloat16"` runs the convolutions with bfloat16 inputs and

@@ -72,6 +72,7 @@ TrainConfig = Config
 
 __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "Config", "Experiment",
            "METRICS_FILE", "TrainConfig", "TrainState", "batch_outer_loss",
+           "batch_value_and_grad", "combine_ignores_aux_gradient",
            "build", "check_task_batch", "init_state", "load_config",
            "load_metrics", "load_split", "make_mesh", "make_optimizer",
            "make_train_attack", "make_train_step", "map_over_tasks",
@@ -95,23 +96,11 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
                     opt_state=optimizer.init(params))
 
 
-def map_over_tasks(fn, tasks: episodes.Task, keys: Array, *,
-                   parallel_tasks: int = 0):
-  """`jax.vmap(fn)(tasks, keys)`, optionally `parallel_tasks` tasks at a time.
-
-  With `0 < parallel_tasks < B`, the tasks run in B/parallel_tasks sequential
-  rounds (`lax.map`) of `parallel_tasks` vmapped tasks, each round under
-  `jax.checkpoint`: the meta-gradient keeps only one round's intermediates
-  alive and recomputes each round's forward pass in the backward pass (the
-  training attacks' results are kept, not recomputed). The same function as
-  the plain vmap, in the same task order: memory over B tasks becomes that of
-  `parallel_tasks` for one extra forward pass. Round r holds tasks
-  `r, r + B/p, r + 2·B/p, ...`, so a task axis sharded over devices stays
-  sharded (`parallel_tasks` a multiple of the device count).
-  """
-  b = keys.shape[0]
-  if not parallel_tasks or parallel_tasks >= b:
-    return jax.vmap(fn)(tasks, keys)
+def _rounds(parallel_tasks: int, b: int):
+  """`(split, merge)` of the task axis into B/parallel_tasks sequential rounds
+  of `parallel_tasks` tasks: round r holds tasks `r, r + B/p, r + 2·B/p, ...`,
+  so a task axis sharded over devices stays sharded (`parallel_tasks` a
+  multiple of the device count)."""
   if b % parallel_tasks:
     raise ConfigError(f"parallel_tasks={parallel_tasks} does not divide the "
                       f"task batch of {b}.")
@@ -119,12 +108,43 @@ def map_over_tasks(fn, tasks: episodes.Task, keys: Array, *,
   split = lambda x: jnp.swapaxes(
       x.reshape(parallel_tasks, rounds, *x.shape[1:]), 0, 1)
   merge = lambda x: jnp.swapaxes(x, 0, 1).reshape(b, *x.shape[2:])
+  return split, merge
+
+
+def _in_rounds(parallel_tasks: int, b: int) -> bool:
+  return 0 < parallel_tasks < b
+
+
+def map_over_tasks(fn, tasks: episodes.Task, keys: Array, *,
+                   parallel_tasks: int = 0):
+  """`jax.vmap(fn)(tasks, keys)`, optionally `parallel_tasks` tasks at a time.
+
+  With `0 < parallel_tasks < B`, the tasks run in B/parallel_tasks sequential
+  rounds (`lax.map`) of `parallel_tasks` vmapped tasks, each round under
+  `jax.checkpoint`: a gradient of the result keeps only one round's
+  intermediates alive and recomputes each round's forward pass in the
+  backward pass (the training attacks' results are kept, not recomputed).
+  The same function as the plain vmap, in the same task order. (The train
+  step avoids the recomputation where it can: `batch_value_and_grad`.)
+  """
+  b = keys.shape[0]
+  if not _in_rounds(parallel_tasks, b):
+    return jax.vmap(fn)(tasks, keys)
+  split, merge = _rounds(parallel_tasks, b)
   policy = jax.checkpoint_policies.save_only_these_names(
       objectives.ADVERSARIAL_IMAGES)
   one_round = jax.checkpoint(lambda args: jax.vmap(fn)(*args), policy=policy)
   out = jax.lax.map(one_round, jax.tree.map(split, (tasks, keys)))
   return jax.tree.map(merge, out)
 
+
+def _combine_fn(learner: learners.Bound,
+                batch_combine: Optional[objectives.BatchCombine]):
+  def combine(losses, aux):
+    if batch_combine is None:
+      return learner.batch_combine(losses, aux)
+    return batch_combine(losses, aux, learner.config)
+  return combine
 
 
 def batch_outer_loss(learner: learners.Bound,
@@ -138,10 +158,7 @@ def batch_outer_loss(learner: learners.Bound,
   `metrics` are the batch means of the per-task aux plus what the combine
   returns.
   """
-  def combine(losses, aux):
-    if batch_combine is None:
-      return learner.batch_combine(losses, aux)
-    return batch_combine(losses, aux, learner.config)
+  combine = _combine_fn(learner, batch_combine)
 
   def fn(params, tasks: episodes.Task, key: Array):
     keys = jax.random.split(key, tasks.query_labels.shape[0])
@@ -152,6 +169,71 @@ def batch_outer_loss(learner: learners.Bound,
     metrics = jax.tree.map(jnp.mean, aux)
     metrics.update(extra)
     return loss, metrics
+  return fn
+
+
+def combine_ignores_aux_gradient(combine, losses: Array,
+                                 aux: Dict[str, Array]) -> bool:
+  """Whether `combine(losses, aux)`'s loss has no derivative through `aux`
+  (it ignores aux, or reads it under `stop_gradient`, as the mean and TAFL's
+  weights do), decided at trace time from the jaxpr of its linearization in
+  `aux`: no operation, no input passed through. Conservative: anything else
+  (ADML's sequential phases differentiate their aux terms) is False."""
+  aux = jax.tree.map(jax.lax.stop_gradient, aux)
+  _, tangent = jax.linearize(lambda a: combine(losses, a)[0], aux)
+  jaxpr = jax.make_jaxpr(tangent)(aux).jaxpr
+  inputs = {id(v) for v in jaxpr.invars}
+  return not jaxpr.eqns and not any(id(v) in inputs for v in jaxpr.outvars)
+
+
+def batch_value_and_grad(learner: learners.Bound,
+                         batch_combine: Optional[objectives.BatchCombine] = None,
+                         parallel_tasks: int = 0):
+  """`(params, tasks, key) -> ((loss, metrics), meta_gradient)`: the value
+  and gradient of `batch_outer_loss`, as the train step takes them.
+
+  With the task batch in rounds (`0 < parallel_tasks < B`) and a combine
+  whose loss depends on the tasks' aux only through `stop_gradient`
+  (`combine_ignores_aux_gradient`: the mean, TAFL's weighted mean), each
+  round computes its tasks' own loss gradients ∂L_τ/∂θ inside the
+  `lax.map`, as a PyTorch loop over tasks calls `backward()` per task, and
+  the meta-gradient is Σ_τ (∂loss/∂L_τ)·∂L_τ/∂θ with ∂loss/∂L_τ from the
+  combine's VJP at the batch's losses. The same numbers as differentiating
+  the rematerialized rounds of `map_over_tasks` (tested), without their
+  second forward pass: one round's intermediates alive, each task's
+  forward computed once. Otherwise `jax.value_and_grad(batch_outer_loss)`.
+  """
+  combine = _combine_fn(learner, batch_combine)
+  plain = jax.value_and_grad(
+      batch_outer_loss(learner, batch_combine, parallel_tasks), has_aux=True)
+
+  def fn(params, tasks: episodes.Task, key: Array):
+    b = tasks.query_labels.shape[0]
+    if not _in_rounds(parallel_tasks, b):
+      return plain(params, tasks, key)
+    keys = jax.random.split(key, b)
+    task_value_and_grad = jax.value_and_grad(learner.loss, has_aux=True)
+    per_task = lambda t, k: task_value_and_grad(params, t, k)
+    losses_aval, aux_aval = jax.eval_shape(
+        jax.vmap(lambda t, k: learner.loss(params, t, k)), tasks, keys)
+    if not combine_ignores_aux_gradient(
+        combine, jnp.zeros(losses_aval.shape, losses_aval.dtype),
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_aval)):
+      return plain(params, tasks, key)
+    split, merge = _rounds(parallel_tasks, b)
+    (losses, aux), task_grads = jax.tree.map(merge, jax.lax.map(
+        lambda args: jax.vmap(per_task)(*args),
+        jax.tree.map(split, (tasks, keys))))
+    aux = jax.lax.stop_gradient(aux)
+    loss, combine_vjp, extra = jax.vjp(lambda l: combine(l, aux), losses,
+                                       has_aux=True)
+    (weights,) = combine_vjp(jnp.ones_like(loss))
+    grads = jax.tree.map(
+        lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1),
+        task_grads)
+    metrics = jax.tree.map(jnp.mean, aux)
+    metrics.update(extra)
+    return (loss, metrics), grads
   return fn
 
 
@@ -170,15 +252,14 @@ def make_train_step(learner: learners.Bound,
   adapted at once (memory; `map_over_tasks`).
   """
   phases = learner.update_phases()
-  loss_fns = [batch_outer_loss(learner, combine, parallel_tasks)
-              for combine in (phases or (None,))]
+  value_and_grads = [batch_value_and_grad(learner, combine, parallel_tasks)
+                     for combine in (phases or (None,))]
 
   def train_step(state: TrainState, tasks: episodes.Task, key: Array):
     params, opt_state = state.params, state.opt_state
     loss, sq_norm = 0.0, 0.0
-    for loss_fn in loss_fns:
-      (phase_loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, tasks, key)
+    for value_and_grad in value_and_grads:
+      (phase_loss, aux), grads = value_and_grad(params, tasks, key)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
       loss = loss + phase_loss

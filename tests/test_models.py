@@ -1,5 +1,7 @@
 """conv4: shapes, parameter count, the two convolution formulations, BatchNorm."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -47,6 +49,54 @@ def test_max_pool_matches_reduce_window_and_drops_odd_edges():
   ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
                               (1, 2, 2, 1), "VALID")
   np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+  # Its gradient goes to each window's maximum.
+  g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x)))(x)
+  assert float(g.sum()) == 2 * 2 * 3 * 3
+  np.testing.assert_array_equal(jnp.where(g > 0, x, -jnp.inf)[:, :4, :6]
+                                .reshape(2, 2, 2, 3, 2, 3).max((2, 4)), ref)
+
+
+def _cross_entropy(logits, labels):
+  return jnp.mean(jax.nn.logsumexp(logits, -1)
+                  - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+
+
+def test_jitted_gradients_under_vmap_are_those_of_a_loop_over_tasks():
+  """The regression test of a miscompiled max-pool gradient (a `max`
+  reduction over the window axes; XLA's algebraic simplifier, jax 0.10.2):
+  under `jit(vmap)` over tasks, conv4's input gradients and the gradient of
+  kernels shared by the tasks were 0.5-1.2 off (the batched attacks, the
+  metric learners; both formulations), and with per-task kernels (MAML's
+  inner loop) the second-order gradient through lax.conv was 0.3-0.5 off.
+  Each is compared here with a loop over the tasks, where nothing is
+  batched."""
+  images = jax.random.uniform(jax.random.key(1), (2, 6, 16, 16, 3))
+  labels = jnp.arange(6) % 3
+  close = functools.partial(chex.assert_trees_all_close, rtol=1e-4,
+                            atol=1e-6)
+  loop = lambda fn: lambda p: (fn(p, images[0]) + fn(p, images[1])) / 2
+  for conv_impl in models.CONV_IMPLS:
+    model = models.make_conv4(num_classes=3, filters=4, conv_impl=conv_impl,
+                              image_size=16)
+    apply_fn = models.make_apply_fn(model)
+    params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+    loss = lambda p, x, f=apply_fn: _cross_entropy(f(p, x), labels)
+    batch = lambda fn: lambda p: jnp.mean(jax.vmap(fn, (None, 0))(p, images))
+    if conv_impl == "matmul":
+      # Input gradients, kernels shared by the tasks (a batched attack).
+      input_grad = jax.grad(loss, argnums=1)
+      close(jax.jit(jax.vmap(input_grad, (None, 0)))(params, images),
+            jnp.stack([input_grad(params, x) for x in images]))
+      # The gradient of shared kernels (a metric learner's meta-gradient).
+      close(jax.jit(jax.grad(batch(loss)))(params), jax.grad(loop(loss))(
+          params))
+    else:
+      # Second order through one SGD step of per-task kernels (MAML).
+      adapted = lambda p, x: jax.tree.map(
+          lambda a, g: a - 0.1 * g, p, jax.grad(loss)(p, x))
+      outer = lambda p, x: loss(adapted(p, x), x[::-1])
+      close(jax.jit(jax.grad(batch(outer)))(params), jax.grad(loop(outer))(
+          params))
 
 
 def test_batchnorm_uses_the_statistics_of_the_batch_in_front_of_it():

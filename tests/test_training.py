@@ -247,29 +247,71 @@ def test_sharded_training_equals_single_device_training():
 @pytest.mark.parametrize("learner", ["maml", "tafl"])
 def test_tasks_in_sequential_rounds_give_the_same_loss_and_meta_gradient(
     learner):
-  """`parallel_tasks` (rematerialized rounds of tasks) is the same function
-  as vmapping the whole batch, remat of the inner steps too."""
-  cfg = tiny_config(learner=learner, train_attack_steps=2, inner_steps=2)
+  """`parallel_tasks` is the same function as vmapping the whole batch,
+  remat of the inner steps too: the train step's per-task meta-gradients in
+  rounds (`batch_value_and_grad`; TAFL's weighted combine among them) and
+  the gradient of the rematerialized rounds of `map_over_tasks`."""
+  cfg = tiny_config(learner=learner, train_attack_steps=2, inner_steps=2,
+                    tafl_gamma=2.0)
   model = models.make_conv4(num_classes=3, filters=4, image_size=16)
   apply_fn = models.make_apply_fn(model)
   params = models.init_params(model, jax.random.key(0), (16, 16, 3))
-  k = jax.random.split(jax.random.key(1), 2)
-  tasks = episodes.Task(
-      jax.random.uniform(k[0], (4, 3, 16, 16, 3)),
-      jnp.tile(jnp.arange(3), (4, 1)),
-      jax.random.uniform(k[1], (4, 6, 16, 16, 3)),
-      jnp.tile(jnp.arange(6) % 3, (4, 1)))
+  tasks = _random_tasks(4)
   results = {}
   for parallel, remat in ((0, False), (1, True), (2, False)):
     bound = learners.get(learner).bind(
         apply_fn, training.make_train_attack(cfg),
         cfg.replace(inner_lr=0.1, inner_steps=2, remat=remat))
-    fn = training.batch_outer_loss(bound, parallel_tasks=parallel)
-    results[parallel] = jax.jit(jax.value_and_grad(fn, has_aux=True))(
-        params, tasks, jax.random.key(2))
-  for parallel in (1, 2):
+    results[parallel] = jax.jit(training.batch_value_and_grad(
+        bound, parallel_tasks=parallel))(params, tasks, jax.random.key(2))
+  fn = training.batch_outer_loss(bound, parallel_tasks=2)
+  results["rematerialized rounds"] = jax.jit(jax.value_and_grad(
+      fn, has_aux=True))(params, tasks, jax.random.key(2))
+  for parallel in (1, 2, "rematerialized rounds"):
     chex.assert_trees_all_close(results[parallel], results[0], rtol=1e-5,
                                 atol=1e-6)
+
+
+def _random_tasks(b: int) -> episodes.Task:
+  """`b` 3-way tasks of 16×16×3 images: one support image per class, two
+  queries."""
+  k = jax.random.split(jax.random.key(1), 2)
+  return episodes.Task(
+      jax.random.uniform(k[0], (b, 3, 16, 16, 3)),
+      jnp.tile(jnp.arange(3), (b, 1)),
+      jax.random.uniform(k[1], (b, 6, 16, 16, 3)),
+      jnp.tile(jnp.arange(6) % 3, (b, 1)))
+
+
+def test_per_task_meta_gradients_of_a_metric_learner():
+  """ProtoNet in rounds of tasks through the train step's path: the same
+  loss and gradient as the rematerialized rounds of the batch loss."""
+  cfg = tiny_config(learner="protonet", task_batch_size=4)
+  model = models.make_conv4_embedding(filters=4, image_size=16)
+  apply_fn = models.make_apply_fn(model)
+  params = models.init_params(model, jax.random.key(0), (16, 16, 3))
+  bound = learners.get("protonet").bind(apply_fn, None, cfg)
+  got = jax.jit(training.batch_value_and_grad(bound, parallel_tasks=2))(
+      params, _random_tasks(4), jax.random.key(2))
+  want = jax.jit(jax.value_and_grad(
+      training.batch_outer_loss(bound, parallel_tasks=2), has_aux=True))(
+          params, _random_tasks(4), jax.random.key(2))
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_which_combines_take_per_task_gradients():
+  """Per-task gradients need a combine whose loss reads the aux only under
+  stop_gradient: the mean and TAFL's weights do, ADML's phases do not."""
+  losses = jnp.arange(1.0, 5.0)
+  aux = {k: losses + 1 for k in ("adv_query_loss", "clean_query_loss",
+                                 "query_loss_clean", "query_loss_adv")}
+  cfg = tiny_config(learner="tafl", tafl_gamma=2.0, adml_sequential=True)
+  bound = lambda c: (lambda l, a: c(l, a, cfg.meta))
+  ignores = training.combine_ignores_aux_gradient
+  assert ignores(bound(objectives.mean_over_tasks), losses, aux)
+  assert ignores(bound(objectives.tafl_batch_combine), losses, aux)
+  for phase in objectives.adml_phases(cfg.meta):
+    assert not ignores(bound(phase), losses, aux)
 
 
 def test_parallel_tasks_must_divide_the_batch_and_the_devices():
