@@ -54,7 +54,8 @@ class Entry:
 
 
 TABLE: Dict[str, Entry] = {
-    # 2-core x86-64 CPU (AVX-512 BF16, AMX), jax 0.10.2; PyTorch 2.13.0+cpu.
+    # 2-core x86-64 CPUs (Intel with AVX-512 BF16 and AMX; AMD EPYC),
+    # jax 0.10.2; PyTorch 2.13.0+cpu.
     "cpu": Entry(
         conv_impl="matmul", tasks_per_device=1, remat=True,
         source=(
@@ -64,15 +65,17 @@ TABLE: Dict[str, Entry] = {
             "0.73x (84x84 1-shot) PyTorch's tasks/s, the whole batch "
             "vmapped (base) 0.66x and 0.59x, with a third of the memory; "
             "lax.conv (xla) 0.10-0.13x of matmul under vmap or lax.map "
-            "(docs/performance.md, commit 6082013); an A/B at commit "
-            "04f7329 (load 4-6): p1+remat 0.76 / 6.59 s/step at 32x32 / "
-            "84x84 1-shot vs base 1.07 / 7.40, a Python loop over tasks "
-            "1.07 (matmul) and 3.47 / 30.6 (lax.conv); then `python -m "
+            "(docs/performance.md, commit 6082013; 0.08x on an AMD EPYC at "
+            "85c54fa, its kernel gradient slow inside loops); an A/B at "
+            "commit 04f7329 (load 4-6): p1+remat 0.76 / 6.59 s/step at "
+            "32x32 / 84x84 1-shot vs base 1.07 / 7.40, a Python loop over "
+            "tasks 1.07 (matmul) and 3.47 / 30.6 (lax.conv); `python -m "
             "launch.benchmark --rows=maml:32:1,maml:32:5,maml:84:1,"
-            "maml:84:5,aq:84:1 --torch --steps=5` at commit 450c022 on a "
-            "quiet machine: 0.53-0.79x PyTorch's tasks/s for MAML, 1.24x "
-            "for AQ 84x84 1-shot, docs/performance.md \"Default vs "
-            "PyTorch\".")),
+            "maml:84:5,aq:84:1 --torch --steps=5` at commit f7a3b7c (per-task "
+            "meta-gradients in the rounds) on a quiet 2-core AMD EPYC: 1.07x, "
+            "0.78x, 0.80x, 0.80x PyTorch's tasks/s for MAML, 1.38x for AQ; "
+            "without remat (--variants=p1) slower at 1-shot, 2-3.5x the "
+            "memory at 5-shot; docs/performance.md \"Default vs PyTorch\".")),
 }
 # No GPU or TPU has been measured: both get the usual choice there, until
 # the accelerator suite runs on one.

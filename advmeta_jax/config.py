@@ -371,8 +371,8 @@ class LoopConfig(_Section):
       check=auto_or_bool, kind=AutoBool)
   parallel_tasks: Any = setting(
       AUTO, "Tasks adapted at once (0: the whole task batch); fewer run in "
-      "sequential rounds, rematerialized: same result, memory of "
-      "parallel_tasks tasks. auto: the backend's measured choice "
+      "sequential rounds, each task's meta-gradient taken in its round: same "
+      "result, memory of parallel_tasks tasks. auto: the backend's measured choice "
       "(advmeta_jax/autotune.py).", check=auto_or_non_negative_int,
       kind=AutoInt)
   conv_impl: str = setting(

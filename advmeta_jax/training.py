@@ -249,7 +249,7 @@ def make_train_step(learner: learners.Bound,
   Then "loss" is the sum of the phases' losses, each at the parameters it
   updated, "grad_norm" the norm of all their gradients, and the other
   metrics are those of the last phase. `parallel_tasks` bounds the tasks
-  adapted at once (memory; `map_over_tasks`).
+  adapted at once (memory; `batch_value_and_grad`).
   """
   phases = learner.update_phases()
   value_and_grads = [batch_value_and_grad(learner, combine, parallel_tasks)
