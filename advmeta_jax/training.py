@@ -147,6 +147,13 @@ def _combine_fn(learner: learners.Bound,
   return combine
 
 
+def _batch_metrics(aux: Dict[str, Array], extra: Dict[str, Array]):
+  """The batch means of the per-task aux plus what the combine returned."""
+  metrics = jax.tree.map(jnp.mean, aux)
+  metrics.update(extra)
+  return metrics
+
+
 def batch_outer_loss(learner: learners.Bound,
                      batch_combine: Optional[objectives.BatchCombine] = None,
                      parallel_tasks: int = 0):
@@ -166,9 +173,7 @@ def batch_outer_loss(learner: learners.Bound,
         lambda t, k: learner.loss(params, t, k), tasks, keys,
         parallel_tasks=parallel_tasks)
     loss, extra = combine(losses, aux)
-    metrics = jax.tree.map(jnp.mean, aux)
-    metrics.update(extra)
-    return loss, metrics
+    return loss, _batch_metrics(aux, extra)
   return fn
 
 
@@ -231,9 +236,7 @@ def batch_value_and_grad(learner: learners.Bound,
     grads = jax.tree.map(
         lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1),
         task_grads)
-    metrics = jax.tree.map(jnp.mean, aux)
-    metrics.update(extra)
-    return (loss, metrics), grads
+    return (loss, _batch_metrics(aux, extra)), grads
   return fn
 
 

@@ -34,6 +34,20 @@ def tiny_config(**overrides) -> training.TrainConfig:
   return training.TrainConfig.make(**base)
 
 
+def random_tasks(b: int = 2, n: int = 3, size: int = 16):
+  """`b` random n-way tasks of size×size×3 images in [0, 1]: one support
+  image per class, two queries per class."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import episodes  # pylint: disable=g-import-not-at-top
+  k = jax.random.split(jax.random.key(1), 2)
+  return episodes.Task(
+      jax.random.uniform(k[0], (b, n, size, size, 3)),
+      jnp.tile(jnp.arange(n), (b, 1)),
+      jax.random.uniform(k[1], (b, 2 * n, size, size, 3)),
+      jnp.tile(jnp.arange(2 * n) % n, (b, 1)))
+
+
 @pytest.fixture(scope="session")
 def digits_train():
   return datasets.load("digits", "train")

@@ -11,12 +11,12 @@ from absl import flags
 
 from advmeta_jax import autotune
 from advmeta_jax import config as config_lib
-from advmeta_jax import episodes
 from advmeta_jax import models
 from advmeta_jax import training
 from advmeta_jax.config import AUTO
 from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
+from tests.conftest import random_tasks
 
 
 def test_auto_is_the_default_of_the_speed_settings():
@@ -113,21 +113,12 @@ def test_saved_configs_with_concrete_values_still_load():
   assert Config.from_dict(old.flat()) == old
 
 
-def _tasks(b=2, n=3, size=16):
-  k = jax.random.split(jax.random.key(1), 2)
-  return episodes.Task(
-      jax.random.uniform(k[0], (b, n, size, size, 3)),
-      jnp.tile(jnp.arange(n), (b, 1)),
-      jax.random.uniform(k[1], (b, 2 * n, size, size, 3)),
-      jnp.tile(jnp.arange(2 * n) % n, (b, 1)))
-
-
 def _loss_and_grads(config):
   exp = training.build(config)
   params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
   fn = training.batch_value_and_grad(
       exp.learner, parallel_tasks=exp.config.loop.parallel_tasks)
-  return jax.jit(fn)(params, _tasks(), jax.random.key(2))
+  return jax.jit(fn)(params, random_tasks(), jax.random.key(2))
 
 
 @pytest.mark.parametrize("learner", ["maml", "aq"])

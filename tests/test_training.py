@@ -16,6 +16,7 @@ from advmeta_jax import models
 from advmeta_jax import objectives
 from advmeta_jax import training
 from advmeta_jax.errors import ConfigError, DataError, NonFiniteLossError
+from tests.conftest import random_tasks
 from tests.conftest import tiny_config
 
 
@@ -256,7 +257,7 @@ def test_tasks_in_sequential_rounds_give_the_same_loss_and_meta_gradient(
   model = models.make_conv4(num_classes=3, filters=4, image_size=16)
   apply_fn = models.make_apply_fn(model)
   params = models.init_params(model, jax.random.key(0), (16, 16, 3))
-  tasks = _random_tasks(4)
+  tasks = random_tasks(4)
   results = {}
   for parallel, remat in ((0, False), (1, True), (2, False)):
     bound = learners.get(learner).bind(
@@ -272,17 +273,6 @@ def test_tasks_in_sequential_rounds_give_the_same_loss_and_meta_gradient(
                                 atol=1e-6)
 
 
-def _random_tasks(b: int) -> episodes.Task:
-  """`b` 3-way tasks of 16×16×3 images: one support image per class, two
-  queries."""
-  k = jax.random.split(jax.random.key(1), 2)
-  return episodes.Task(
-      jax.random.uniform(k[0], (b, 3, 16, 16, 3)),
-      jnp.tile(jnp.arange(3), (b, 1)),
-      jax.random.uniform(k[1], (b, 6, 16, 16, 3)),
-      jnp.tile(jnp.arange(6) % 3, (b, 1)))
-
-
 def test_per_task_meta_gradients_of_a_metric_learner():
   """ProtoNet in rounds of tasks through the train step's path: the same
   loss and gradient as the rematerialized rounds of the batch loss."""
@@ -292,10 +282,10 @@ def test_per_task_meta_gradients_of_a_metric_learner():
   params = models.init_params(model, jax.random.key(0), (16, 16, 3))
   bound = learners.get("protonet").bind(apply_fn, None, cfg)
   got = jax.jit(training.batch_value_and_grad(bound, parallel_tasks=2))(
-      params, _random_tasks(4), jax.random.key(2))
+      params, random_tasks(4), jax.random.key(2))
   want = jax.jit(jax.value_and_grad(
       training.batch_outer_loss(bound, parallel_tasks=2), has_aux=True))(
-          params, _random_tasks(4), jax.random.key(2))
+          params, random_tasks(4), jax.random.key(2))
   chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
 
 
