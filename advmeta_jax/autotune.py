@@ -40,7 +40,7 @@ class Entry:
   """The `auto` values of one backend.
 
   Attributes:
-    conv_impl: "matmul" or "xla" (models.CONV_IMPLS).
+    conv_impl: "matmul", "xla" or "hybrid" (models.CONV_IMPLS).
     tasks_per_device: parallel_tasks per device: the tasks adapted at once
       are this times the number of devices (0: the whole task batch).
     remat: rematerialize the inner steps.
@@ -57,8 +57,18 @@ TABLE: Dict[str, Entry] = {
     # 2-core x86-64 CPUs (Intel with AVX-512 BF16 and AMX; AMD EPYC),
     # jax 0.10.2; PyTorch 2.13.0+cpu.
     "cpu": Entry(
-        conv_impl="matmul", tasks_per_device=1, remat=True,
+        conv_impl="hybrid", tasks_per_device=1, remat=True,
         source=(
+            "hybrid: `python -m launch.benchmark --rows=maml:32:1,maml:32:5,"
+            "maml:84:1,maml:84:5,aq:84:1 --conv_impls=hybrid "
+            "--variants=p1,p1+remat --torch --steps=5` on a quiet 2-core AMD "
+            "EPYC (the code of the commit that added hybrid_conv.py): "
+            "p1+remat at 0.86x, 1.00x, 1.31x, 1.20x PyTorch's tasks/s for "
+            "MAML and 1.59x for AQ (p1 without remat 1.03x, 1.01x, 1.21x, "
+            "1.21x, 1.81x, at up to 2x the memory at 5-shot); matmul p1+remat "
+            "0.389 / 2.173 s/step at 32x32 / 84x84 1-shot against hybrid "
+            "0.282 / 1.802 in one run (docs/performance.md, \"The hybrid "
+            "convolution\"). Before it, matmul: "
             "`python -m launch.benchmark --learners=maml --sizes=32,84 "
             "--shots=1 --variants=base,p1+remat --torch --steps=5` (issue "
             "18, before auto existed): p1+remat at 0.89x (32x32 1-shot) and "

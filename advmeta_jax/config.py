@@ -377,7 +377,8 @@ class LoopConfig(_Section):
       kind=AutoInt)
   conv_impl: str = setting(
       AUTO, "Convolution formulation (same function): matmul (patches and "
-      "one matmul) or xla (lax.conv); auto: the backend's measured choice "
+      "one matmul), xla (lax.conv) or hybrid (lax.conv, its kernel gradient as "
+      "chunked matmuls, custom derivatives); auto: the backend's measured choice "
       "(advmeta_jax/autotune.py).", choices=_conv_impl_choices)
   data_dir: Optional[str] = setting(
       None, "Directory of the data, in any layout of docs/datasets.md (e.g. "

@@ -1,7 +1,8 @@
 """The conv section of the benchmark: conv4's four convolutions alone.
 
 Each convolution's forward plus input and kernel gradients, in each
-formulation (`models.conv3x3_matmul`, `models.conv3x3_xla`) and PyTorch's
+formulation (`models.conv3x3_matmul`, `models.conv3x3_xla`,
+`models.conv3x3_hybrid`) and PyTorch's
 `conv2d`, first checked to agree (`python -m launch.benchmark
 --section=conv`; `benchmark.run` dispatches here).
 """
@@ -41,7 +42,8 @@ def run_conv_layer(cfg: dict) -> dict:
   x = jax.random.normal(keys[0], (n, side, side, c))
   kernel = jax.random.normal(keys[1], (3, 3, c, f)) / np.sqrt(9 * c)
   proj = jax.random.normal(keys[2], (n, side, side, f))
-  impls = {"matmul": models.conv3x3_matmul, "xla": models.conv3x3_xla}
+  impls = {"matmul": models.conv3x3_matmul, "xla": models.conv3x3_xla,
+           "hybrid": models.conv3x3_hybrid}
 
   def grads_of(conv):
     return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * proj),

@@ -15,7 +15,7 @@ and offset are ordinary parameters and are adapted in the inner loop like every
 other parameter. The convolutions have no bias: BatchNorm's offset follows
 them, so a bias would be a parameter with an exactly zero gradient.
 
-Convolution is available in two formulations behind one API (`conv_impl`):
+Convolution is available in three formulations behind one API (`conv_impl`):
   "matmul": pad, gather the nine 3×3 shifts, one matmul with the [9·C, F]
       kernel. Under `jax.vmap` over tasks (per-task weights in the inner loop)
       this becomes a batched matmul. Measured on a 2-core CPU it is 8-13× faster
@@ -24,7 +24,12 @@ Convolution is available in two formulations behind one API (`conv_impl`):
       lowers it to a grouped convolution, slow on the CPU backend; inside a
       `while` loop (`lax.scan`, `lax.map`) XLA's CPU backend leaves its kernel
       gradient in a slow layout. The usual choice on a GPU or TPU.
-Both compute the same function (tested).
+  "hybrid": `hybrid_conv.conv3x3_hybrid`: `lax.conv` for the output and the
+      input gradient, the kernel gradient as patches·matmul over cache-sized
+      chunks of images, every derivative (of any order) one of these through
+      custom VJPs, per-task kernels under `vmap` one task at a time. The
+      fastest on the CPU (docs/performance.md, "The hybrid convolution").
+All three compute the same function (tested).
 
 `compute_dtype="bfloat16"` runs the convolutions with bfloat16 inputs and
 float32 accumulation (parameters, BatchNorm, the head and the outputs stay
@@ -46,8 +51,9 @@ import jax
 import jax.numpy as jnp
 
 from advmeta_jax.errors import ConfigError
+from advmeta_jax.hybrid_conv import conv3x3_hybrid
 
-CONV_IMPLS = ("matmul", "xla")
+CONV_IMPLS = ("matmul", "xla", "hybrid")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 Array = jax.Array
 
@@ -115,9 +121,9 @@ class Conv3x3(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.glorot_uniform(),
                         (3, 3, x.shape[-1], self.features), jnp.float32)
-    if self.conv_impl == "matmul":
-      return conv3x3_matmul(x, kernel, self.compute_dtype)
-    return conv3x3_xla(x, kernel, self.compute_dtype)
+    conv = {"matmul": conv3x3_matmul, "xla": conv3x3_xla,
+            "hybrid": conv3x3_hybrid}[self.conv_impl]
+    return conv(x, kernel, self.compute_dtype)
 
 
 class TransductiveBatchNorm(nn.Module):

@@ -58,7 +58,7 @@ flags.DEFINE_list("sizes", [str(s) for s in D.sizes], "Image sides (32: CIFAR-FS
 flags.DEFINE_list("shots", [str(s) for s in D.shots], "K values.")
 flags.DEFINE_list("conv_impls", list(D.conv_impls), "Convolution formulations: "
                   "auto (the backend's default, as launch.train), matmul, "
-                  "xla.")
+                  "xla, hybrid.")
 flags.DEFINE_list("learners", list(D.learners), "Learners (maml, maml_ad, adml, aq, "
                   "tafl).")
 flags.DEFINE_integer("n_way", D.n_way, "N.")

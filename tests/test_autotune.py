@@ -139,9 +139,11 @@ def test_auto_gives_the_loss_and_meta_gradient_of_every_explicit_setting(
   speed = lambda c: (c.loop.conv_impl, c.loop.parallel_tasks, c.loop.remat)
   cpu = speed(autotune.resolve(base, backend="cpu", num_devices=1))
   gpu = speed(autotune.resolve(base, backend="gpu", num_devices=1))
-  settings = {cpu, gpu, ("matmul", 0, True), ("xla", 1, False)}
-  for field in range(3):
-    assert len({s[field] for s in settings}) == 2, settings
+  settings = {cpu, gpu, ("matmul", 0, True), ("xla", 1, False),
+              ("hybrid", 0, False)}
+  assert {s[0] for s in settings} == set(models.CONV_IMPLS), settings
+  assert {s[1] for s in settings} == {0, 1}, settings
+  assert {s[2] for s in settings} == {False, True}, settings
   for c, p, r in sorted(settings - {cpu}, key=str):
     config = base.replace(conv_impl=c, parallel_tasks=p, remat=r)
     chex.assert_trees_all_close(_loss_and_grads(config), want, rtol=2e-5,
