@@ -70,6 +70,7 @@ PLAN: Tuple[tuple, ...] = (
     _train("maml", 84, 1, "xla", "bf16"),
     _train("maml", 84, 1, "xla", "remat"),
     _train("maml", 84, 1, "matmul", "p1+remat"),
+    _train("maml", 84, 1, "hybrid", "p1+remat"),
     _train("aq", 84, 1, "xla", "base"),
     _train("tafl", 84, 1, "xla", "base"),
     _attack("pgd", 84),
@@ -87,6 +88,7 @@ PLAN: Tuple[tuple, ...] = (
     _train("maml", 32, 5, "matmul", "base"),
     _train("aq", 84, 5, "matmul", "base"),
     _train("maml", 84, 1, "matmul", "p2"),
+    _train("maml", 84, 1, "hybrid", "base"),
     _train("maml", 84, 1, "matmul", "bf16", b=LARGE_B[84]),
     _train("maml", 84, 5, "xla", "base"),
     _attack("cw_l2", 84),
@@ -95,10 +97,10 @@ PLAN: Tuple[tuple, ...] = (
     _train("aq", 84, 1, "matmul", "base", b=LARGE_B[84]),
 )
 
-# The rows of a tiny run (indices into PLAN): both formulations, a memory
+# The rows of a tiny run (indices into PLAN): matmul and xla, a memory
 # variant, a robust learner (AQ; TAFL's step is AQ's with weights) and
 # AutoAttack. Each row is a process of its own, so the tiny run stays short.
-TINY_ROWS = (0, 1, 6, 14)
+TINY_ROWS = (0, 1, 7, 15)
 
 
 @dataclasses.dataclass(frozen=True)
