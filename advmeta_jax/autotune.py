@@ -60,15 +60,14 @@ TABLE: Dict[str, Entry] = {
         conv_impl="hybrid", tasks_per_device=1, remat=True,
         source=(
             "hybrid: `python -m launch.benchmark --rows=maml:32:1,maml:32:5,"
-            "maml:84:1,maml:84:5,aq:84:1 --conv_impls=hybrid "
-            "--variants=p1,p1+remat --torch --steps=5` on a quiet 2-core AMD "
-            "EPYC (the code of the commit that added hybrid_conv.py): "
-            "p1+remat at 0.86x, 1.00x, 1.31x, 1.20x PyTorch's tasks/s for "
-            "MAML and 1.59x for AQ (p1 without remat 1.03x, 1.01x, 1.21x, "
-            "1.21x, 1.81x, at up to 2x the memory at 5-shot); matmul p1+remat "
-            "0.389 / 2.173 s/step at 32x32 / 84x84 1-shot against hybrid "
-            "0.282 / 1.802 in one run (docs/performance.md, \"The hybrid "
-            "convolution\"). Before it, matmul: "
+            "maml:84:1,maml:84:5,aq:84:1 --torch --steps=5` at commit "
+            "76efe00 on a quiet 2-core AMD EPYC: 1.14x, 0.99x, 1.25x, 1.27x "
+            "PyTorch's tasks/s for MAML, 1.76x for AQ; the same rows with "
+            "--conv_impls=hybrid --variants=p1,p1+remat: p1 without remat "
+            "faster at 32x32 1-shot and AQ, at up to 2x the memory at 5-shot; "
+            "matmul p1+remat 0.389 / 2.173 s/step at 32x32 / 84x84 1-shot "
+            "against hybrid 0.282 / 1.802 in one run (docs/performance.md, "
+            "\"The hybrid convolution\"). Before it, matmul: "
             "`python -m launch.benchmark --learners=maml --sizes=32,84 "
             "--shots=1 --variants=base,p1+remat --torch --steps=5` (issue "
             "18, before auto existed): p1+remat at 0.89x (32x32 1-shot) and "
@@ -134,7 +133,7 @@ def resolve(config: Config, *, backend: Optional[str] = None,
 def describe(config: Config, resolved: Config,
              backend: Optional[str] = None) -> str:
   """One line: each of `AUTO_FIELDS` with its value, "(auto)" where it was
-  resolved, e.g. "backend cpu: conv_impl=matmul (auto), ..."."""
+  resolved, e.g. "backend cpu: conv_impl=hybrid (auto), ..."."""
   backend = jax.default_backend() if backend is None else backend
   parts = []
   for f in AUTO_FIELDS:

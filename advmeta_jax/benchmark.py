@@ -463,7 +463,7 @@ def _name(r: dict) -> str:
 
 def resolved_label(r: dict) -> str:
   """The conv formulation and memory options a row ran with, `auto` ones
-  resolved: "matmul p1+remat (auto)"."""
+  resolved: "hybrid p1+remat (auto)"."""
   res = r.get("resolved") or {}
   impl = res.get("conv_impl", r.get("conv_impl"))
   p, remat = res.get("parallel_tasks", 0), res.get("remat", False)

@@ -96,10 +96,10 @@ def test_conv_section_checks_and_times_every_formulation():
       (0, 84, 3), (1, 42, 32), (2, 21, 32), (3, 10, 32)]
   r = benchmark.run_conv_layer(dict(
       layer=1, size=16, side=8, channels=4, filters=4, images=3,
-      conv_impls=["matmul", "xla"], torch=True, steps=1))
+      conv_impls=["matmul", "xla", "hybrid"], torch=True, steps=1))
   # forward, input gradient and kernel gradient: 3 × 2·N·H·W·9·C·F
   assert r["flops"] == 3 * 2 * 3 * 8 * 8 * 9 * 4 * 4
-  assert {"matmul", "xla"} <= set(r["ms"])
+  assert {"matmul", "xla", "hybrid"} <= set(r["ms"])
   assert all(math.isfinite(t) and t > 0 for t in r["ms"].values())
   assert benchmark.conv_layer_shapes is benchmark.models.conv4_layer_shapes
 

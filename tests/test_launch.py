@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from advmeta_jax import autotune
 from advmeta_jax import datasets
 from advmeta_jax import learners
 
@@ -319,7 +320,10 @@ def test_benchmark_prints_the_table_and_writes_json(tmp_path):
                 "--q_query=2", "--steps=1", "--inner_steps=1", f"--out={out}")
   _assert_ok(result)
   # No variant flags: what launch.train runs (the CPU's auto settings).
-  assert "| maml | jax matmul p1+remat (auto) | default | 16 | 1 |" in (
+  entry = autotune.TABLE["cpu"]
+  label = f"{entry.conv_impl} p{entry.tasks_per_device}" + (
+      "+remat" if entry.remat else "")
+  assert f"| maml | jax {label} (auto) | default | 16 | 1 |" in (
       result.stdout), result.stdout
   saved = json.loads(out.read_text())
   assert {"machine", "results", "torch_results"} <= set(saved)
