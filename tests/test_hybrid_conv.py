@@ -85,11 +85,10 @@ def test_batched_over_tasks_as_a_loop_over_tasks(per_task_kernels, chunking):
     want = [jax.grad(fn(models.conv3x3_xla), argnums=(0, 1))(x[i], kernel(i))
             for i in range(x.shape[0])]
     got = jax.jit(jax.vmap(grads, in_axes=axes))(x, w)
+    # Input gradients, and the kernel gradient of each task (of the shared
+    # kernel: one per task under vmap).
     close(got[0], jnp.stack([g[0] for g in want]))
-    if per_task_kernels:
-      close(got[1], jnp.stack([g[1] for g in want]))
-    else:   # vmap of a shared kernel's gradient: one per task
-      close(got[1], jnp.stack([g[1] for g in want]))
+    close(got[1], jnp.stack([g[1] for g in want]))
 
 
 def test_inside_a_scan_and_in_bfloat16():
