@@ -147,20 +147,12 @@ def _kernel_grad_vmap(axis_size, in_batched, x, g):
   return _map_pairs(_kernel_grad, in_batched, x, g), True
 
 
-def _conv_fwd(x, kernel):
-  return _conv(x, kernel), (x, kernel)
-
-
 def _conv_bwd(res, g):
   x, kernel = res
   g = g.astype(x.dtype)
   dx = _conv(g, _flip(kernel).astype(x.dtype))
   dkernel = _kernel_grad(x, g)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-def _kernel_grad_fwd(x, g):
-  return _kernel_grad(x, g), (x, g)
 
 
 def _kernel_grad_bwd(res, ct):
@@ -173,8 +165,13 @@ def _kernel_grad_bwd(res, ct):
   return dx.astype(x.dtype), dg.astype(g.dtype)
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
-_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+def _saving_inputs(fn):
+  """The forward rule of a bilinear `fn`: its value, its inputs saved."""
+  return lambda a, b: (fn(a, b), (a, b))
+
+
+_conv.defvjp(_saving_inputs(_conv), _conv_bwd)
+_kernel_grad.defvjp(_saving_inputs(_kernel_grad), _kernel_grad_bwd)
 
 
 def conv3x3_hybrid(x: Array, kernel: Array,
