@@ -32,7 +32,7 @@ import dataclasses
 from absl import app
 from absl import flags
 
-from advmeta_jax import benchmark
+from advmeta_jax.benchmarks import benchmark
 from advmeta_jax.errors import ConfigError
 
 D = benchmark.Options()   # the defaults
@@ -97,7 +97,7 @@ def main(argv):
       return
   try:
     if FLAGS.suite == "accelerator":
-      from advmeta_jax import accelerator_suite  # pylint: disable=g-import-not-at-top
+      from advmeta_jax.benchmarks import accelerator_suite  # pylint: disable=g-import-not-at-top
       out = FLAGS.out if FLAGS["out"].present else "accelerator_suite"
       accelerator_suite.run(out, tiny=FLAGS.tiny)
       return

@@ -13,7 +13,7 @@ the KDE of L_AR over tasks) to --out (default: the first workdir's eval/).
 from absl import flags
 
 from advmeta_jax import evaluation
-from advmeta_jax import reproduction
+from advmeta_jax.experiments import reproduction
 from advmeta_jax.errors import ConfigError
 from launch import common
 

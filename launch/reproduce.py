@@ -16,7 +16,7 @@ Experiments: see `advmeta_jax.experiments.EXPERIMENTS` (--helpfull lists them).
 from absl import flags
 
 from advmeta_jax import experiments
-from advmeta_jax import reproduction
+from advmeta_jax.experiments import reproduction
 from launch import common
 
 flags.DEFINE_enum("experiment", None, list(experiments.names()),

@@ -13,7 +13,7 @@ adversarial query after a clean support, under the one --attacks × --eps.
 
 from absl import flags
 
-from advmeta_jax import reproduction
+from advmeta_jax.experiments import reproduction
 from advmeta_jax.errors import ConfigError
 from launch import common
 

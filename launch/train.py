@@ -17,7 +17,7 @@ pods) or --coordinator_address/--num_processes/--process_id (README,
 from absl import flags
 from absl import logging
 
-from advmeta_jax import reproduction
+from advmeta_jax.experiments import reproduction
 from launch import common
 
 flags.DEFINE_string("workdir", None, "Directory for config, metrics and "

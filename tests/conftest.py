@@ -21,17 +21,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import pytest  # pylint: disable=g-import-not-at-top
 
 from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
-from advmeta_jax import training  # pylint: disable=g-import-not-at-top
+from advmeta_jax.config import Config  # pylint: disable=g-import-not-at-top
 
 
-def tiny_config(**overrides) -> training.TrainConfig:
+def tiny_config(**overrides) -> Config:
   """MAML on digits with a small model: compiles in a few seconds."""
   base = dict(dataset="digits", n_way=5, k_shot=1, q_query=3,
               task_batch_size=2, inner_steps=1, filters=8, num_steps=4,
               log_every=1, checkpoint_every=2, eval_episodes=10,
               eval_inner_steps=2, eval_batch_size=5)
   base.update(overrides)
-  return training.TrainConfig.make(**base)
+  return Config.make(**base)
 
 
 def random_tasks(b: int = 2, n: int = 3, size: int = 16):
@@ -39,7 +39,7 @@ def random_tasks(b: int = 2, n: int = 3, size: int = 16):
   image per class, two queries per class."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from advmeta_jax import episodes  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.core import episodes  # pylint: disable=g-import-not-at-top
   k = jax.random.split(jax.random.key(1), 2)
   return episodes.Task(
       jax.random.uniform(k[0], (b, n, size, size, 3)),

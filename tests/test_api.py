@@ -11,10 +11,9 @@ PUBLIC = {
     "advmeta_jax.learners": ("tafl_weights", "register", "get", "names"),
     "advmeta_jax.datasets": ("load",),
     "advmeta_jax.experiments": ("get",),
-    "advmeta_jax.training": ("train", "TrainConfig", "make_train_step"),
+    "advmeta_jax.training": ("train", "build", "make_train_step"),
     "advmeta_jax.evaluation": ("meta_test",),
-    "advmeta_jax": ("Config", "TrainConfig", "meta_test", "tafl_weights",
-                    "adapt"),
+    "advmeta_jax": ("Config", "meta_test", "tafl_weights", "adapt"),
 }
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import optax
 import pytest
 
+from advmeta_jax.core import losses
 from advmeta_jax import attacks
-from advmeta_jax import maml
-from advmeta_jax import models
+from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError
 
 SHAPE = (4, 4, 1)
@@ -98,7 +98,7 @@ def jitted_attack(name):
 
 
 def mean_loss(logits_fn, x, y):
-  return float(maml.cross_entropy(logits_fn(x), y))
+  return float(losses.cross_entropy(logits_fn(x), y))
 
 
 # --- properties of every attack ----------------------------------------------
@@ -308,7 +308,7 @@ def trained_conv4(digits_train):
     def step(carry, key):
       params, opt_state = carry
       idx = jax.random.choice(key, x_train.shape[0], (64,), replace=False)
-      grads = jax.grad(lambda p: maml.cross_entropy(
+      grads = jax.grad(lambda p: losses.cross_entropy(
           apply_fn(p, x_train[idx]), y_train[idx]))(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None

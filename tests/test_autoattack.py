@@ -28,7 +28,7 @@ import pytest
 from advmeta_jax import attacks
 from advmeta_jax.attacks import linf
 from advmeta_jax.errors import ConfigError
-from launch import crosscheck_autoattack as crosscheck
+from advmeta_jax.benchmarks import crosscheck_autoattack as crosscheck
 
 # About 3.5 minutes on a 2-core CPU (measured: 212 s serially, with other
 # jobs running). The "plus" report test and the robust accuracies against
@@ -223,7 +223,7 @@ def test_eot_gradient_is_the_mean_over_draws():
   (w1, w2), x, y = tiny_problem(n=6, model=plain_logits)
   base = plain_logits(w1, w2)
   randomized = lambda z, k: base(z + 0.1 * jax.random.normal(k, z.shape))
-  loss, grad, logits = linf._eot_loss_and_input_gradient(
+  loss, grad, logits = linf.eot_loss_and_input_gradient(
       randomized, linf.cross_entropy_per_example, x, y, KEY, 5)
   per_draw = [linf._loss_and_input_gradient(
       lambda z, k=k: randomized(z, k), linf.cross_entropy_per_example, x, y)
@@ -507,7 +507,7 @@ def test_masked_gradients_stop_pgd_and_apgd_but_not_square(trained_cnn):
   params, x, y = trained_cnn
   eps = 32 / 255
   masked = quantized_behind_stop_gradient(params)
-  start = linf._random_start(KEY, x, jnp.float32(eps))
+  start = linf.linf_random_start(KEY, x, jnp.float32(eps))
   np.testing.assert_array_equal(
       attacks.pgd(masked, x, y, eps=eps, step_size=eps / 4, num_steps=5,
                   random_start=False), x)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from advmeta_jax import attacks
-from advmeta_jax import builders
+from advmeta_jax.training import builders
 from advmeta_jax import evaluation
 from advmeta_jax import experiments
-from advmeta_jax import models
-from advmeta_jax import protocol
-from advmeta_jax import reports
+from advmeta_jax.core import models
+from advmeta_jax.evaluation import protocol
+from advmeta_jax.evaluation import reports
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import TestCase

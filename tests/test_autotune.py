@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import pytest
 from absl import flags
 
-from advmeta_jax import autotune
+from advmeta_jax.training import autotune
 from advmeta_jax import config as config_lib
-from advmeta_jax import models
+from advmeta_jax.core import models
 from advmeta_jax import training
 from advmeta_jax.config import AUTO
 from advmeta_jax.config import Config

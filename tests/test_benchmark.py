@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from advmeta_jax import benchmark
+from advmeta_jax.benchmarks import benchmark
 
 
 def test_train_step_benchmark_reports_its_fields():
@@ -61,7 +61,9 @@ def test_pytorch_baseline_computes_the_same_meta_gradient():
   torch = pytest.importorskip("torch")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from advmeta_jax import episodes, torch_baseline, training  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.core import episodes  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.benchmarks import torch_baseline  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import training  # pylint: disable=g-import-not-at-top
   from advmeta_jax.config import Config  # pylint: disable=g-import-not-at-top
   exp = training.build(Config.make(
       learner="maml", dataset="cifar_fs", image_size=16, n_way=3, filters=4,
@@ -145,7 +147,7 @@ def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
 def test_the_default_variant_is_what_train_runs_by_default():
   """No --variants / --conv_impls: the `auto` settings, resolved as
   launch.train resolves them; the row reports what they resolved to."""
-  from advmeta_jax import autotune  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.training import autotune  # pylint: disable=g-import-not-at-top
   o = benchmark.Options()
   assert o.variants == ("default",) and o.conv_impls == ("auto",)
   fields = benchmark.variant_fields("default")
@@ -171,7 +173,7 @@ def test_rows_name_configurations_beyond_the_product():
 def test_accelerator_suite_runs_tiny_and_writes_its_files(tmp_path):
   """The suite end to end at toy sizes on whatever backend is here (the
   CPU in CI): both files written and well formed, an auto entry printed."""
-  from advmeta_jax import accelerator_suite  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.benchmarks import accelerator_suite  # pylint: disable=g-import-not-at-top
   payload = accelerator_suite.run(str(tmp_path), tiny=True)
   data = json.loads((tmp_path / "accelerator_suite.json").read_text())
   assert data == json.loads(json.dumps(payload))

@@ -17,18 +17,19 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from advmeta_jax import adaptations
+from advmeta_jax.core import losses
+from advmeta_jax.learners import adaptations
 from advmeta_jax import attacks
 from advmeta_jax import experiments
 from advmeta_jax import learners
-from advmeta_jax import maml
-from advmeta_jax import models
-from advmeta_jax import protocol
-from advmeta_jax import r2d2
-from advmeta_jax import trades
+from advmeta_jax.learners import maml
+from advmeta_jax.core import models
+from advmeta_jax.evaluation import protocol
+from advmeta_jax.learners import r2d2
+from advmeta_jax.learners import trades
 from advmeta_jax import training
 from advmeta_jax.config import Config
-from advmeta_jax.episodes import Task
+from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError
 from tests.conftest import tiny_config
 
@@ -140,7 +141,7 @@ def test_ridge_gradients_match_finite_differences():
 
     def loss(xs, xq, alpha, beta, log_lambda):
       w = r2d2.ridge_weights(xs, ys, jnp.exp(log_lambda))
-      return maml.cross_entropy(r2d2.ridge_logits(xq, w, alpha, beta), yq)
+      return losses.cross_entropy(r2d2.ridge_logits(xq, w, alpha, beta), yq)
 
     args = (xs, xq, jnp.asarray(2.0), jnp.asarray(0.1), jnp.asarray(-0.3))
     check_grads(loss, args, order=2, modes=["rev"], eps=1e-5)
@@ -152,7 +153,7 @@ def test_support_attack_differentiates_through_the_solve():
   with jax.enable_x64(True):
     _, params, task = problem()
     adaptation = adaptations.ridge_adaptation(tanh_embed, n_way=N_WAY)
-    support_loss = lambda xs: maml.cross_entropy(adaptation.initial_logits(
+    support_loss = lambda xs: losses.cross_entropy(adaptation.initial_logits(
         params, xs, task.support_labels, task.query_images), task.query_labels)
     grad = jax.grad(support_loss)(task.support_images)
     assert float(jnp.abs(grad).max()) > 1e-6
@@ -183,7 +184,7 @@ def reference_head_steps(params, task, *, lr, steps, first_order):
   only, the body held at θ."""
   head = params["head"]
   for _ in range(steps):
-    grads = jax.grad(lambda h: maml.cross_entropy(
+    grads = jax.grad(lambda h: losses.cross_entropy(
         head_apply({**params, "head": h}, task.support_images),
         task.support_labels))(head)
     if first_order:
@@ -212,7 +213,7 @@ def test_anil_adapts_the_head_only_and_matches_maml_restricted_to_it(
     # The meta-gradient (every parameter, the body included) is MAML's on
     # the head-only inner loop.
     def meta_loss(adapt_fn, p):
-      return maml.cross_entropy(head_apply(adapt_fn(p), task.query_images),
+      return losses.cross_entropy(head_apply(adapt_fn(p), task.query_images),
                                 task.query_labels)
     ours = jax.grad(lambda p: meta_loss(lambda q: adaptation.adapt(
         q, task.support_images, task.support_labels, num_steps=3)[0], p))(
@@ -242,7 +243,7 @@ def test_anil_on_conv4_keeps_the_body_and_tracks_full_parameters():
   adaptation = adaptations.head_adaptation(apply_fn, inner_lr=0.5)
   x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 1))
   y = jnp.array([0, 1, 2, 0, 1, 2])
-  track = lambda p: {"acc": maml.accuracy(apply_fn(p, x), y)}
+  track = lambda p: {"acc": losses.accuracy(apply_fn(p, x), y)}
   adapted, curve = jax.jit(lambda p: adaptation.adapt(
       p, x, y, num_steps=2, track_fn=track))(params)
   body = lambda p: {k: v for k, v in p.items() if k != "head"}
@@ -347,7 +348,7 @@ def _train_and_check(cfg, tmp_path, digits_train):
   # Three steps, one compile of the train iteration.
   exp = training.build(cfg)
   # (train runs the config with its `auto` speed settings resolved.)
-  step_fn = training._jitted_train_iteration(  # pylint: disable=protected-access
+  step_fn = training.jitted_train_iteration(
       exp.learner, exp.config, training.make_mesh(cfg.num_devices))
   assert step_fn._cache_size() == 1   # pylint: disable=protected-access
   chex.assert_trees_all_equal(training.restore_run(str(tmp_path), cfg), state)

@@ -9,7 +9,7 @@ import re
 from absl import flags
 import pytest
 
-from advmeta_jax import checkpoints
+from advmeta_jax.training import checkpoints
 from advmeta_jax import config as config_lib
 from advmeta_jax import training
 from advmeta_jax.config import Config

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn import datasets as sk_datasets
 
-from advmeta_jax import episodes
+from advmeta_jax.core import episodes
 from advmeta_jax.datasets import base
 from advmeta_jax.errors import ConfigError, DataError
 

@@ -13,7 +13,7 @@ import time
 import chex
 import pytest
 
-from advmeta_jax import checkpoints
+from advmeta_jax.training import checkpoints
 from advmeta_jax import training
 from advmeta_jax.errors import ConfigError, DataError
 from tests.conftest import tiny_config

@@ -8,15 +8,15 @@ import optax
 import pytest
 
 from advmeta_jax import attacks
-from advmeta_jax import builders
-from advmeta_jax import fce
+from advmeta_jax.training import builders
+from advmeta_jax.learners import fce
 from advmeta_jax import learners
-from advmeta_jax import metric
-from advmeta_jax import models
-from advmeta_jax import objectives
+from advmeta_jax.learners import heads as metric
+from advmeta_jax.core import models
+from advmeta_jax.learners import objectives
 from advmeta_jax import training
 from advmeta_jax.config import Config
-from advmeta_jax.episodes import Task
+from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError, DataError
 from tests.conftest import tiny_config
 
@@ -232,7 +232,7 @@ def _tiny_sweep_config(**overrides):
 def test_sweep_chooses_on_val_and_reports_test_separately(tmp_path,
                                                           monkeypatch):
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from advmeta_jax import reproduction  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.experiments import reproduction  # pylint: disable=g-import-not-at-top
   _image_folder(tmp_path / "data")
   scored = []
   score = reproduction._score  # pylint: disable=protected-access
@@ -260,7 +260,7 @@ def test_sweep_chooses_on_val_and_reports_test_separately(tmp_path,
 
 def test_sweep_on_digits_says_it_has_no_val(tmp_path):
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from advmeta_jax import reproduction  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.experiments import reproduction  # pylint: disable=g-import-not-at-top
   messages = []
   out = reproduction.sensitivity_sweep(
       _tiny_sweep_config(), str(tmp_path), gammas=(2.0,), ks=(1.0,),

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advmeta_jax import hybrid_conv
-from advmeta_jax import models
+from advmeta_jax.core import hybrid_conv
+from advmeta_jax.core import models
 
 
 

@@ -10,12 +10,13 @@ import numpy as np
 import optax
 import pytest
 
+from advmeta_jax.core import losses
 from advmeta_jax import attacks
 from advmeta_jax import learners
-from advmeta_jax import maml
+from advmeta_jax.learners import maml
 from advmeta_jax import training
 from advmeta_jax.config import Config
-from advmeta_jax.episodes import Task
+from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError
 from tests.conftest import tiny_config
 from tests.test_maml import mlp_apply
@@ -58,7 +59,7 @@ def adapt(params, x, y, lr=LR):
 
 
 def ce(params, x, y):
-  return maml.cross_entropy(mlp_apply(params, x), y)
+  return losses.cross_entropy(mlp_apply(params, x), y)
 
 
 def fgsm_against(params, x, y):
@@ -152,9 +153,9 @@ def test_query_attack_targets_the_adapted_parameters(name):
     assert abs(float(loss - ce(adapted, vs_init, yq))) > 1e-6
     np.testing.assert_allclose(
         aux["adv_query_accuracy"],
-        maml.accuracy(mlp_apply(adapted, vs_adapted), yq))
+        losses.accuracy(mlp_apply(adapted, vs_adapted), yq))
     np.testing.assert_allclose(aux["query_accuracy"],
-                               maml.accuracy(mlp_apply(adapted, xq), yq))
+                               losses.accuracy(mlp_apply(adapted, xq), yq))
 
 
 def test_aq_gradient_treats_the_perturbation_as_a_constant():
@@ -205,7 +206,7 @@ def test_adml_summed_loss_and_gradient_match_the_reference():
     assert_trees_close(grad, ref_grad)
     np.testing.assert_allclose(
         aux["adv_query_accuracy"],
-        maml.accuracy(mlp_apply(adapted_clean, xq_adv), yq))
+        losses.accuracy(mlp_apply(adapted_clean, xq_adv), yq))
     # One Adam step on the sum equals one Adam step on the reference.
     opt = optax.adam(1e-3)
     step = lambda g: optax.apply_updates(

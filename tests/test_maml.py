@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advmeta_jax.core import losses
 from advmeta_jax import learners
-from advmeta_jax import maml
-from advmeta_jax import models
+from advmeta_jax.learners import maml
+from advmeta_jax.core import models
 from advmeta_jax.config import Config
-from advmeta_jax.episodes import Task
+from advmeta_jax.core.episodes import Task
 
 
 def mlp_apply(params, x):
@@ -35,7 +36,7 @@ def meta_loss(params, task, *, first_order=False, steps=3, lr=0.3):
   adapted, _ = maml.adapt(mlp_apply, params, task.support_images,
                           task.support_labels, inner_lr=lr, num_steps=steps,
                           first_order=first_order)
-  return maml.cross_entropy(mlp_apply(adapted, task.query_images),
+  return losses.cross_entropy(mlp_apply(adapted, task.query_images),
                             task.query_labels)
 
 
@@ -43,10 +44,10 @@ def unrolled_reference(params, task, *, steps=3, lr=0.3):
   """MAML as a plain Python loop, the way the paper writes it."""
   p = params
   for _ in range(steps):
-    g = jax.grad(lambda q: maml.cross_entropy(
+    g = jax.grad(lambda q: losses.cross_entropy(
         mlp_apply(q, task.support_images), task.support_labels))(p)
     p = {k: p[k] - lr * g[k] for k in p}
-  return maml.cross_entropy(mlp_apply(p, task.query_images), task.query_labels)
+  return losses.cross_entropy(mlp_apply(p, task.query_images), task.query_labels)
 
 
 def test_zero_steps_is_the_identity_and_one_step_is_sgd():
@@ -56,7 +57,7 @@ def test_zero_steps_is_the_identity_and_one_step_is_sgd():
   assert same is params and metrics == {}
   one, metrics = maml.adapt(mlp_apply, params, task.support_images,
                             task.support_labels, inner_lr=0.1, num_steps=1)
-  loss_fn = lambda p: maml.cross_entropy(mlp_apply(p, task.support_images),
+  loss_fn = lambda p: losses.cross_entropy(mlp_apply(p, task.support_images),
                                          task.support_labels)
   g = jax.grad(loss_fn)(params)
   for k in params:
@@ -97,7 +98,7 @@ def test_first_order_is_the_query_gradient_at_the_adapted_parameters():
     first = jax.grad(lambda p: meta_loss(p, task, first_order=True))(params)
     adapted, _ = maml.adapt(mlp_apply, params, task.support_images,
                             task.support_labels, inner_lr=0.3, num_steps=3)
-    fomaml = jax.grad(lambda p: maml.cross_entropy(
+    fomaml = jax.grad(lambda p: losses.cross_entropy(
         mlp_apply(p, task.query_images), task.query_labels))(adapted)
     for k in params:
       np.testing.assert_allclose(first[k], fomaml[k], rtol=1e-9, atol=1e-12)
@@ -141,7 +142,7 @@ def test_remat_gives_the_same_meta_gradient_on_conv4():
     adapted, _ = maml.adapt(apply_fn, p, task.support_images,
                             task.support_labels, inner_lr=0.1, num_steps=2,
                             remat=remat)
-    return maml.cross_entropy(apply_fn(adapted, task.query_images),
+    return losses.cross_entropy(apply_fn(adapted, task.query_images),
                               task.query_labels)
 
   plain = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(params)

@@ -20,14 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from advmeta_jax.core import losses
 from advmeta_jax import attacks
 from advmeta_jax import learners
-from advmeta_jax import maml
-from advmeta_jax import metric
-from advmeta_jax import models
+from advmeta_jax.learners import heads as metric
+from advmeta_jax.core import models
 from advmeta_jax import training
 from advmeta_jax.config import Config
-from advmeta_jax.episodes import Task
+from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError
 from launch import common
 from tests import test_learners
@@ -194,7 +194,7 @@ def test_query_attack_gradient_matches_a_hand_path_and_finite_differences():
     adaptation = learners.prototype_adaptation(tanh_embed, n_way=N_WAY)
     state, _ = adaptation.adapt(params, xs, ys, num_steps=1)
     loss = jax.jit(
-        lambda x: maml.cross_entropy(adaptation.logits(state, x), yq))
+        lambda x: losses.cross_entropy(adaptation.logits(state, x), yq))
     protos = numpy_prototypes(tanh_embed(params, xs), ys, N_WAY)
 
     def hand(x):   # −‖f(x) − c_k‖² with the NumPy prototypes, log-softmax
@@ -237,7 +237,7 @@ def test_aq_meta_gradient_flows_through_the_support_not_the_attack(name):
       s, _ = adaptation.adapt(p, xs, ys, num_steps=1)
       if frozen_support:   # prototypes / support embeddings as constants
         s = jax.tree.map(jax.lax.stop_gradient, s)._replace(params=p)
-      return maml.cross_entropy(adaptation.logits(s, xq_adv), yq)
+      return losses.cross_entropy(adaptation.logits(s, xq_adv), yq)
 
     np.testing.assert_allclose(loss, reference(params), rtol=1e-9)
     test_learners.assert_trees_close(grad, jax.grad(reference)(params))

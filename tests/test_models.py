@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advmeta_jax import models
+from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError
 
 

@@ -1,6 +1,5 @@
 """The meta-test protocol: cases, CI, identical episodes, reports, configs."""
 
-import ast
 import json
 import pathlib
 
@@ -9,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advmeta_jax import adaptations
-from advmeta_jax import episodes
+from advmeta_jax.learners import adaptations
+from advmeta_jax.core import episodes
 from advmeta_jax import evaluation
 from advmeta_jax import experiments
 from advmeta_jax import learners
-from advmeta_jax import models
-from advmeta_jax import plots
-from advmeta_jax import protocol
-from advmeta_jax import reports
-from advmeta_jax import reproduction
+from advmeta_jax.core import models
+from advmeta_jax.evaluation import plots
+from advmeta_jax.evaluation import protocol
+from advmeta_jax.evaluation import reports
+from advmeta_jax.experiments import reproduction
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import TestCase
@@ -338,40 +337,6 @@ def test_train_and_test_writes_the_meta_test_and_evaluate_repeats_it(
 _PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "advmeta_jax"
 
 
-def _imported_modules(name):
-  """The advmeta_jax modules `name`.py imports, anywhere in the file."""
-  tree = ast.parse((_PACKAGE / f"{name}.py").read_text())
-  out = set()
-  for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module:
-      if node.module == "advmeta_jax":
-        out.update(a.name for a in node.names)
-      elif node.module.startswith("advmeta_jax."):
-        out.add(node.module.split(".")[1])
-    elif isinstance(node, ast.Import):
-      out.update(a.name.split(".")[1] for a in node.names
-                 if a.name.startswith("advmeta_jax."))
-  return out
-
-
-def test_evaluation_protocol_reports_and_drivers_import_one_way():
-  later = ["evaluation", "protocol", "reports", "reproduction"]
-  for i, name in enumerate(later):
-    assert not _imported_modules(name) & set(later[i + 1:]), name
-  assert "protocol" in _imported_modules("reports")
-  assert {"protocol", "reports"} <= _imported_modules("reproduction")
-
-
 def test_no_module_is_over_600_lines():
   for path in _PACKAGE.rglob("*.py"):
     assert len(path.read_text().splitlines()) <= 600, path
-
-
-def test_a_name_that_left_protocol_says_where_it_went():
-  with pytest.raises(AttributeError, match=r"moved to advmeta_jax\.reports\."
-                     "write_reports"):
-    protocol.write_reports  # pylint: disable=pointless-statement
-  with pytest.raises(AttributeError, match="reproduction.sensitivity_sweep"):
-    protocol.sensitivity_sweep  # pylint: disable=pointless-statement
-  with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
-    protocol.nothing  # pylint: disable=pointless-statement

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advmeta_jax import checkpoints
-from advmeta_jax import episodes
+from advmeta_jax.training import checkpoints
+from advmeta_jax.core import episodes
 from advmeta_jax import learners
-from advmeta_jax import models
-from advmeta_jax import objectives
+from advmeta_jax.core import models
+from advmeta_jax.learners import objectives
 from advmeta_jax import training
 from advmeta_jax.errors import ConfigError, DataError, NonFiniteLossError
 from tests.conftest import random_tasks
@@ -188,7 +188,8 @@ def test_data_that_cannot_give_the_episodes_is_refused_before_compiling(
 _MULTI_DEVICE_SCRIPT = r"""
 import json, sys, tempfile
 import jax, numpy as np
-from advmeta_jax import datasets, training
+from advmeta_jax import datasets
+from advmeta_jax import training
 from advmeta_jax.errors import ConfigError
 from tests.conftest import tiny_config
 
@@ -333,7 +334,8 @@ pid, port, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                            num_processes=2, process_id=pid)
 import numpy as np
-from advmeta_jax import datasets, training
+from advmeta_jax import datasets
+from advmeta_jax import training
 from tests.conftest import tiny_config
 assert jax.device_count() == 2 and jax.local_device_count() == 1
 state = training.train(

@@ -117,9 +117,7 @@ from advmeta_jax.attacks.registry import parse_eps
 from advmeta_jax.attacks.square import square
 from advmeta_jax.attacks.square import square_fraction
 from advmeta_jax.attacks.square import square_sizes
-# Reachable as `attacks.ConfigError` before the split (an import of the old
-# module); kept so that such code keeps working.
-from advmeta_jax.errors import ConfigError
+from advmeta_jax.attacks.registry import train_attacks
 
 __all__ = [
     "APGD_LOSSES", "ATTACKS", "StrengthReport", "apgd", "apgd_checkpoints",
@@ -129,5 +127,9 @@ __all__ = [
     "dlr_loss", "dlr_targeted_loss", "fab", "fgsm", "get", "hyperparameters",
     "make_attack", "margin", "mi_fgsm", "names", "parse_eps", "pgd",
     "project_linf_hyperplane", "robust_accuracies", "square", "square_fraction",
-    "square_sizes",
+    "square_sizes", "train_attacks",
 ]
+
+from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
+_config.register_choices("train_attack", train_attacks)
+_config.register_check("eps", parse_eps)

@@ -16,21 +16,21 @@ from typing import Callable, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from advmeta_jax.attacks._checks import _check_eps
-from advmeta_jax.attacks._checks import _check_inputs
-from advmeta_jax.attacks._checks import _check_steps
+from advmeta_jax.attacks.checks import check_eps
+from advmeta_jax.attacks.checks import check_inputs
+from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.fab import fab
-from advmeta_jax.attacks.linf import _LOSSES
+from advmeta_jax.attacks.linf import LOSSES
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
-from advmeta_jax.attacks.linf import _accept
-from advmeta_jax.attacks.linf import _apgd_run
-from advmeta_jax.attacks.linf import _eot_loss_and_input_gradient
-from advmeta_jax.attacks.linf import _check_target_classes
-from advmeta_jax.attacks.linf import _hold
-from advmeta_jax.attacks.linf import _num_classes
-from advmeta_jax.attacks.linf import _per_example
-from advmeta_jax.attacks.linf import _random_start
+from advmeta_jax.attacks.linf import accept_run
+from advmeta_jax.attacks.linf import apgd_run
+from advmeta_jax.attacks.linf import eot_loss_and_input_gradient
+from advmeta_jax.attacks.linf import check_target_classes
+from advmeta_jax.attacks.linf import hold_inactive
+from advmeta_jax.attacks.linf import num_classes_of
+from advmeta_jax.attacks.linf import per_example
+from advmeta_jax.attacks.linf import linf_random_start
 from advmeta_jax.attacks.linf import apgd_t
 from advmeta_jax.attacks.square import square
 from advmeta_jax.errors import ConfigError
@@ -83,22 +83,22 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
     # One run uses `key` itself, so the stage equals `apgd(..., key=key)`.
     keys = [key] if restarts == 1 else list(jax.random.split(key, restarts))
     for k in keys:
-      held = _hold(logits_fn, robust, x_adv)
+      held = hold_inactive(logits_fn, robust, x_adv)
       gradient = None
       if keyed is not None:
         def held_keyed(z, draw, active=robust, x_held=x_adv):
-          return keyed(jnp.where(_per_example(active, z), z, x_held), draw)
+          return keyed(jnp.where(per_example(active, z), z, x_held), draw)
         eot_key = jax.random.fold_in(k, 1)
         gradient = lambda z, i, f=held_keyed, e=eot_key: (
-            _eot_loss_and_input_gradient(f, _LOSSES[loss], z, y,
+            eot_loss_and_input_gradient(f, LOSSES[loss], z, y,
                                          jax.random.fold_in(e, i), eot_iter))
-      x_run, fooled = _apgd_run(held, _LOSSES[loss], x, y,
-                                _random_start(k, x, eps_x), eps=eps_x,
+      x_run, fooled = apgd_run(held, LOSSES[loss], x, y,
+                                linf_random_start(k, x, eps_x), eps=eps_x,
                                 num_steps=num_steps,
                                 loss_and_gradient=gradient)
       # APGD returns its point of highest loss where it failed: keep x there.
-      x_run = jnp.where(_per_example(fooled, x), x_run, x)
-      x_adv, robust = _accept(logits_fn, y, robust, x_adv, x_run)
+      x_run = jnp.where(per_example(fooled, x), x_run, x)
+      x_adv, robust = accept_run(logits_fn, y, robust, x_adv, x_run)
     return x_adv
   return attack
 
@@ -189,22 +189,22 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     ConfigError: a hyperparameter out of range, an unknown version, or
       fewer than 3 classes.
   """
-  _check_eps(eps)
+  check_eps(eps)
   names = stages(version)
-  num_steps = _check_steps(num_steps)
-  num_queries = _check_steps(num_queries, "num_queries")
-  num_target_classes = _check_target_classes(num_target_classes)
-  eot_iter = _check_steps(eot_iter, "eot_iter")
+  num_steps = check_steps(num_steps)
+  num_queries = check_steps(num_queries, "num_queries")
+  num_target_classes = check_target_classes(num_target_classes)
+  eot_iter = check_steps(eot_iter, "eot_iter")
   if key is None:
     raise ConfigError("autoattack needs a PRNG key: pass "
                       "key=jax.random.key(...).")
-  _check_inputs(x, y)
+  check_inputs(x, y)
   keyed = None
   if version == "rand":
     keyed = _keyed(logits_fn)
     draw = jax.random.fold_in(key, 0x5EED)   # the bookkeeping's one draw
     logits_fn = lambda z: keyed(z, draw)
-  num_classes = _num_classes(logits_fn, x)
+  num_classes = num_classes_of(logits_fn, x)
   if num_classes < 3:
     raise ConfigError(f"autoattack needs at least 3 classes (APGD-T's DLR "
                       f"loss), the model has {num_classes}.")
@@ -218,8 +218,8 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   for name, k in zip(names, jax.random.split(key, len(names))):
     def run(carry, attack=attacks[name], k=k):
       x_adv, robust = carry
-      held = _hold(logits_fn, robust, x_adv)
-      return _accept(logits_fn, y, robust, x_adv, attack(held, x, y, k))
+      held = hold_inactive(logits_fn, robust, x_adv)
+      return accept_run(logits_fn, y, robust, x_adv, attack(held, x, y, k))
     x_adv, robust = jax.lax.cond(jnp.any(robust), run, lambda c: c,
                                  (x_adv, robust))
     masks[name] = robust

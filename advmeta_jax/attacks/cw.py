@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from advmeta_jax.attacks._checks import _check_inputs
-from advmeta_jax.attacks._checks import _check_non_negative
-from advmeta_jax.attacks._checks import _check_positive
-from advmeta_jax.attacks._checks import _check_steps
+from advmeta_jax.attacks.checks import check_inputs
+from advmeta_jax.attacks.checks import check_non_negative
+from advmeta_jax.attacks.checks import check_positive
+from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
-from advmeta_jax.attacks.linf import _per_example
+from advmeta_jax.attacks.linf import per_example
 from advmeta_jax.attacks.linf import margin
 from advmeta_jax.errors import ConfigError
 
@@ -94,18 +94,18 @@ def carlini_wagner_l2(logits_fn: LogitsFn, x: Array, y: Array, *, c,
   Raises:
     ConfigError: a hyperparameter out of range.
   """
-  _check_non_negative(c, "c")
-  num_steps = _check_steps(num_steps)
-  _check_positive(learning_rate, "learning_rate")
-  _check_non_negative(confidence, "confidence")
-  binary_search_steps = _check_steps(binary_search_steps,
+  check_non_negative(c, "c")
+  num_steps = check_steps(num_steps)
+  check_positive(learning_rate, "learning_rate")
+  check_non_negative(confidence, "confidence")
+  binary_search_steps = check_steps(binary_search_steps,
                                      "binary_search_steps", minimum=1)
   for name, value in (("batch_consistent", batch_consistent),
                       ("abort_early", abort_early)):
     if not isinstance(value, bool):
       raise ConfigError(f"{name} must be True or False, got {value!r}.")
   check_every = max(num_steps // 10, 1)
-  _check_inputs(x, y)
+  check_inputs(x, y)
   n = x.shape[0]
   axes = tuple(range(1, x.ndim))
   x32 = x.astype(jnp.float32)
@@ -137,19 +137,19 @@ def carlini_wagner_l2(logits_fn: LogitsFn, x: Array, y: Array, *, c,
     # own iteration (the reference bookkeeping).
     better = success & (l2 < best["l2"])
     best = dict(best, l2=jnp.where(better, l2, best["l2"]),
-                x=jnp.where(_per_example(better, x), x_adv, best["x"]))
+                x=jnp.where(per_example(better, x), x_adv, best["x"]))
     if batch_consistent:
       # best["l2_in_batch"], best["x_in_batch"]: the smallest success that is
       # also misclassified in the batch of the current such points with this
       # step's candidates swapped in.
       better = success & (l2 < best["l2_in_batch"])
-      candidate = jnp.where(_per_example(better, x), x_adv,
+      candidate = jnp.where(per_example(better, x), x_adv,
                             best["x_in_batch"])
       m_in_batch = margin(logits_fn(candidate.astype(x.dtype)), y)
       better = better & (m_in_batch + kappa < 0)
       best = dict(
           best, l2_in_batch=jnp.where(better, l2, best["l2_in_batch"]),
-          x_in_batch=jnp.where(_per_example(better, x), x_adv,
+          x_in_batch=jnp.where(per_example(better, x), x_adv,
                                best["x_in_batch"]))
     succeeded = succeeded | success
     updates, new_opt_state = optimizer.update(grad, opt_state, w)
@@ -180,18 +180,18 @@ def carlini_wagner_l2(logits_fn: LogitsFn, x: Array, y: Array, *, c,
       search_round, start, None, length=binary_search_steps)
   found = jnp.isfinite(best["l2"])
   if not batch_consistent:
-    return jnp.where(_per_example(found, x), best["x"].astype(x.dtype), x)
+    return jnp.where(per_example(found, x), best["x"].astype(x.dtype), x)
 
   # The returned batch: per example the best point verified in the batch,
   # else the reference best point, else x. Then grow the perturbation of the
   # points that are not misclassified in this batch by 1.25× per round, and
   # return x for those that still are not.
   in_batch = jnp.isfinite(best["l2_in_batch"])
-  delta = jnp.where(_per_example(in_batch, x), best["x_in_batch"],
+  delta = jnp.where(per_example(in_batch, x), best["x_in_batch"],
                     best["x"]) - x32
 
   def perturbed(scale):
-    return jnp.clip(x32 + _per_example(scale, x) * delta, 0.0, 1.0)
+    return jnp.clip(x32 + per_example(scale, x) * delta, 0.0, 1.0)
 
   def still_correct(scale):
     m = margin(logits_fn(perturbed(scale).astype(x.dtype)), y)
@@ -202,8 +202,8 @@ def carlini_wagner_l2(logits_fn: LogitsFn, x: Array, y: Array, *, c,
 
   scale = jax.lax.fori_loop(0, _CW_VERIFY_ROUNDS, verify,
                             jnp.ones((n,), jnp.float32))
-  keep = _per_example(found & ~still_correct(scale), x)
-  unscaled = _per_example(scale == 1.0, x)
+  keep = per_example(found & ~still_correct(scale), x)
+  unscaled = per_example(scale == 1.0, x)
   x_adv = jnp.where(unscaled, x32 + delta, perturbed(scale))
   return jnp.where(keep, x_adv.astype(x.dtype), x)
 

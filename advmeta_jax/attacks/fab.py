@@ -14,19 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advmeta_jax.attacks._checks import _check_eps
-from advmeta_jax.attacks._checks import _check_inputs
-from advmeta_jax.attacks._checks import _check_positive
-from advmeta_jax.attacks._checks import _check_steps
-from advmeta_jax.attacks._checks import _concrete_scalar
+from advmeta_jax.attacks.checks import check_eps
+from advmeta_jax.attacks.checks import check_inputs
+from advmeta_jax.attacks.checks import check_positive
+from advmeta_jax.attacks.checks import check_steps
+from advmeta_jax.attacks.checks import concrete_scalar
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
-from advmeta_jax.attacks.linf import _accept
-from advmeta_jax.attacks.linf import _check_target_classes
-from advmeta_jax.attacks.linf import _hold
-from advmeta_jax.attacks.linf import _num_classes
-from advmeta_jax.attacks.linf import _per_example
-from advmeta_jax.attacks.linf import _ranked_classes
+from advmeta_jax.attacks.linf import accept_run
+from advmeta_jax.attacks.linf import check_target_classes
+from advmeta_jax.attacks.linf import hold_inactive
+from advmeta_jax.attacks.linf import num_classes_of
+from advmeta_jax.attacks.linf import per_example
+from advmeta_jax.attacks.linf import ranked_classes
 from advmeta_jax.errors import ConfigError
 
 _FAR = 1e10   # "no adversarial example found yet" (the reference's 1e10)
@@ -154,10 +154,10 @@ def _fab_run(logits_fn: LogitsFn, x: Array, y: Array, x_start: Array,
     is_adv = jnp.argmax(logits_fn(x1), axis=-1) != y
     norm = _linf_norm(x1 - x)
     better = is_adv & (norm < best)
-    adv = jnp.where(_per_example(better, x), x1, adv)
+    adv = jnp.where(per_example(better, x), x1, adv)
     best = jnp.where(better, norm, best)
     # Backward step towards x from an adversarial iterate.
-    x1 = jnp.where(_per_example(is_adv, x), x + (x1 - x) * beta, x1)
+    x1 = jnp.where(per_example(is_adv, x), x + (x1 - x) * beta, x1)
     return x1, adv, best
 
   _, adv, best = jax.lax.fori_loop(
@@ -213,20 +213,20 @@ def fab(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   Raises:
     ConfigError: a hyperparameter out of range, or a missing key.
   """
-  _check_eps(eps)
-  num_steps = _check_steps(num_steps)
-  num_target_classes = _check_target_classes(num_target_classes)
-  num_restarts = _check_steps(num_restarts, "num_restarts", minimum=1)
+  check_eps(eps)
+  num_steps = check_steps(num_steps)
+  num_target_classes = check_target_classes(num_target_classes)
+  num_restarts = check_steps(num_restarts, "num_restarts", minimum=1)
   if not isinstance(targeted, bool):
     raise ConfigError(f"targeted must be True or False, got {targeted!r}.")
   _check_unit_interval(alpha_max, "alpha_max", closed_low=True)
-  _check_positive(eta, "eta")
+  check_positive(eta, "eta")
   _check_unit_interval(beta, "beta", closed_low=False)
   if num_restarts > 1 and key is None:
     raise ConfigError("fab with num_restarts > 1 needs a PRNG key for the "
                       "random restarts: pass key=jax.random.key(...).")
-  _check_inputs(x, y)
-  num_classes = _num_classes(logits_fn, x)
+  check_inputs(x, y)
+  num_classes = num_classes_of(logits_fn, x)
   if num_classes < 2:
     raise ConfigError(f"fab needs at least 2 classes, the model has "
                       f"{num_classes}.")
@@ -238,7 +238,7 @@ def fab(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   robust = jnp.argmax(clean_logits, axis=-1) == y
 
   num_passes = min(num_target_classes, num_classes - 1) if targeted else 1
-  targets = (_ranked_classes(clean_logits, num_passes) if targeted else
+  targets = (ranked_classes(clean_logits, num_passes) if targeted else
              jnp.zeros((num_passes, x.shape[0]), jnp.int32))
   runs_targets = jnp.repeat(targets, num_restarts, axis=0)
   runs_restart = np.tile(np.arange(num_restarts), num_passes)
@@ -251,14 +251,14 @@ def fab(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
 
     def run(_):
       noise = jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0)
-      noise = noise / _per_example(jnp.maximum(_linf_norm(noise), 1e-12), x)
+      noise = noise / per_example(jnp.maximum(_linf_norm(noise), 1e-12), x)
       x_start = jnp.where(restart > 0,
                           jnp.clip(x + 0.5 * eps * noise, 0.0, 1.0), x)
-      held = _hold(logits_fn, robust, x_adv)
+      held = hold_inactive(logits_fn, robust, x_adv)
       adv, norm = _fab_run(held, x, y, x_start, target if targeted else None,
                            num_steps=num_steps, alpha_max=alpha_max, eta=eta,
                            beta=beta)
-      return _accept(logits_fn, y, robust, x_adv, adv,
+      return accept_run(logits_fn, y, robust, x_adv, adv,
                      success=(norm < _FAR) & (_linf_norm(adv - x) <= eps))
 
     return jax.lax.cond(jnp.any(robust), run, lambda _: (x_adv, robust),
@@ -270,7 +270,7 @@ def fab(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
 
 
 def _check_unit_interval(value, name: str, *, closed_low: bool) -> None:
-  concrete = _concrete_scalar(value, name)
+  concrete = concrete_scalar(value, name)
   if concrete is None:
     return
   low_ok = concrete >= 0 if closed_low else concrete > 0

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advmeta_jax.attacks._checks import _check_eps
-from advmeta_jax.attacks._checks import _check_inputs
-from advmeta_jax.attacks._checks import _check_non_negative
-from advmeta_jax.attacks._checks import _check_positive
-from advmeta_jax.attacks._checks import _check_steps
+from advmeta_jax.attacks.checks import check_eps
+from advmeta_jax.attacks.checks import check_inputs
+from advmeta_jax.attacks.checks import check_non_negative
+from advmeta_jax.attacks.checks import check_positive
+from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -65,7 +65,7 @@ def dlr_loss(logits: Array, labels: Array) -> Array:
   return -margin(logits, labels) / (ordered[:, -1] - ordered[:, -3] + 1e-12)
 
 
-_LOSSES = {"ce": cross_entropy_per_example, "dlr": dlr_loss}
+LOSSES = {"ce": cross_entropy_per_example, "dlr": dlr_loss}
 
 
 def _loss_and_input_gradient(logits_fn: LogitsFn, loss_fn, x: Array,
@@ -80,19 +80,19 @@ def _loss_and_input_gradient(logits_fn: LogitsFn, loss_fn, x: Array,
   return per_example, grad, logits
 
 
-def _project_linf(x_adv: Array, x: Array, eps: Array) -> Array:
+def project_linf(x_adv: Array, x: Array, eps: Array) -> Array:
   """Projection onto {‖x' − x‖∞ ≤ ε} ∩ [0, 1]^d (exactly `x` when ε = 0)."""
   return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
-def _per_example(values: Array, like: Array) -> Array:
+def per_example(values: Array, like: Array) -> Array:
   """Reshapes `[N]` to `[N, 1, 1, …]` to broadcast against `like`."""
   return values.reshape(values.shape + (1,) * (like.ndim - 1))
 
 
-def _random_start(key: Array, x: Array, eps: Array) -> Array:
+def linf_random_start(key: Array, x: Array, eps: Array) -> Array:
   noise = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-  return _project_linf(x + eps * noise, x, eps)
+  return project_linf(x + eps * noise, x, eps)
 
 
 # --- attacks ----------------------------------------------------------------
@@ -115,12 +115,12 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps) -> Array:
   Raises:
     ConfigError: ε outside [0, 1], or non-float images.
   """
-  _check_eps(eps)
-  _check_inputs(x, y)
+  check_eps(eps)
+  check_inputs(x, y)
   eps = jnp.asarray(eps, x.dtype)
   _, grad, _ = _loss_and_input_gradient(logits_fn, cross_entropy_per_example,
                                         x, y)
-  return _project_linf(x + eps * jnp.sign(grad).astype(x.dtype), x, eps)
+  return project_linf(x + eps * jnp.sign(grad).astype(x.dtype), x, eps)
 
 
 def pgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, step_size,
@@ -149,10 +149,10 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, step_size,
   Raises:
     ConfigError: a hyperparameter out of range, or `random_start` without key.
   """
-  _check_eps(eps)
-  _check_positive(step_size, "step_size")
-  num_steps = _check_steps(num_steps)
-  _check_inputs(x, y)
+  check_eps(eps)
+  check_positive(step_size, "step_size")
+  num_steps = check_steps(num_steps)
+  check_inputs(x, y)
   if not isinstance(random_start, bool):
     raise ConfigError(f"random_start must be True or False, got "
                       f"{random_start!r}.")
@@ -160,12 +160,12 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, step_size,
     raise ConfigError("pgd with random_start=True needs a PRNG key: pass "
                       "key=jax.random.key(...), or random_start=False.")
   eps = jnp.asarray(eps, x.dtype)
-  x_start = _random_start(key, x, eps) if random_start else x
-  return _pgd_iterations(logits_fn, x, y, x_start, eps=eps,
+  x_start = linf_random_start(key, x, eps) if random_start else x
+  return pgd_iterations(logits_fn, x, y, x_start, eps=eps,
                          step_size=step_size, num_steps=num_steps)
 
 
-def _pgd_iterations(logits_fn: LogitsFn, x: Array, y: Array, x_start: Array,
+def pgd_iterations(logits_fn: LogitsFn, x: Array, y: Array, x_start: Array,
                     *, eps, step_size, num_steps) -> Array:
   """`num_steps` L∞ PGD steps from `x_start` (`num_steps` may be traced)."""
   eps = jnp.asarray(eps, x.dtype)
@@ -174,7 +174,7 @@ def _pgd_iterations(logits_fn: LogitsFn, x: Array, y: Array, x_start: Array,
   def step(_, x_adv):
     _, grad, _ = _loss_and_input_gradient(
         logits_fn, cross_entropy_per_example, x_adv, y)
-    return _project_linf(x_adv + step_size * jnp.sign(grad).astype(x.dtype),
+    return project_linf(x_adv + step_size * jnp.sign(grad).astype(x.dtype),
                          x, eps)
 
   return jax.lax.fori_loop(0, num_steps, step, x_start)
@@ -204,12 +204,12 @@ def mi_fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
   Raises:
     ConfigError: a hyperparameter out of range.
   """
-  _check_eps(eps)
-  num_steps = _check_steps(num_steps)
-  _check_non_negative(decay, "decay")
+  check_eps(eps)
+  num_steps = check_steps(num_steps)
+  check_non_negative(decay, "decay")
   if step_size is not None:
-    _check_positive(step_size, "step_size")
-  _check_inputs(x, y)
+    check_positive(step_size, "step_size")
+  check_inputs(x, y)
   if num_steps == 0:
     return x
   eps = jnp.asarray(eps, x.dtype)
@@ -225,7 +225,7 @@ def mi_fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
     grad = grad.astype(jnp.float32)
     l1 = jnp.sum(jnp.abs(grad), axis=axes, keepdims=True)
     momentum = decay * momentum + grad / (l1 + 1e-12)
-    x_adv = _project_linf(
+    x_adv = project_linf(
         x_adv + step_size * jnp.sign(momentum).astype(x.dtype), x, eps)
     return x_adv, momentum
 
@@ -291,23 +291,23 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
   Raises:
     ConfigError: a hyperparameter out of range or an unknown loss.
   """
-  _check_eps(eps)
-  num_steps = _check_steps(num_steps)
-  if loss not in _LOSSES:
+  check_eps(eps)
+  num_steps = check_steps(num_steps)
+  if loss not in LOSSES:
     raise ConfigError(f"unknown APGD loss {loss!r}; choose one of: "
                       f"{', '.join(APGD_LOSSES)}.")
   if key is None:
     raise ConfigError("apgd needs a PRNG key for its random start: pass "
                       "key=jax.random.key(...).")
-  _check_inputs(x, y)
+  check_inputs(x, y)
   eps = jnp.asarray(eps, x.dtype)
-  x_out, _ = _apgd_run(logits_fn, _LOSSES[loss], x, y,
-                       _random_start(key, x, eps), eps=eps,
+  x_out, _ = apgd_run(logits_fn, LOSSES[loss], x, y,
+                       linf_random_start(key, x, eps), eps=eps,
                        num_steps=num_steps)
   return x_out
 
 
-def _eot_loss_and_input_gradient(keyed_logits_fn, loss_fn, x: Array,
+def eot_loss_and_input_gradient(keyed_logits_fn, loss_fn, x: Array,
                                  y: Array, key: Array, eot_iter: int
                                  ) -> Tuple[Array, Array, Array]:
   """Expectation over transformation (Athalye et al. 2018) for a randomized
@@ -321,7 +321,7 @@ def _eot_loss_and_input_gradient(keyed_logits_fn, loss_fn, x: Array,
   return losses[-1], jnp.mean(grads, axis=0), logits[-1]
 
 
-def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
+def apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
               eps: Array, num_steps: int, loss_and_gradient=None
               ) -> Tuple[Array, Array]:
   """One APGD run from `x0` (see `apgd`); `loss_fn(logits, y)` per example.
@@ -361,21 +361,21 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
       loss_best_last_check=loss0, reduced_last_check=jnp.ones((n,), bool))
 
   def iteration(i, s):
-    step = _per_example(s["step"], x).astype(x.dtype)
+    step = per_example(s["step"], x).astype(x.dtype)
     a = jnp.where(i == 0, 1.0, alpha).astype(x.dtype)
-    z = _project_linf(s["x"] + step * jnp.sign(s["grad"]).astype(x.dtype),
+    z = project_linf(s["x"] + step * jnp.sign(s["grad"]).astype(x.dtype),
                       x, eps)
-    x_new = _project_linf(
+    x_new = project_linf(
         s["x"] + a * (z - s["x"]) + (1 - a) * (s["x"] - s["x_prev"]), x, eps)
     loss_new, grad_new, logits = loss_and_gradient(x_new, i + 1)
 
     fooled_now = jnp.argmax(logits, axis=-1) != y
-    x_adv = jnp.where(_per_example(fooled_now, x), x_new, s["x_adv"])
+    x_adv = jnp.where(per_example(fooled_now, x), x_new, s["x_adv"])
     fooled = s["fooled"] | fooled_now
     increases = s["increases"] + (loss_new > s["loss"]).astype(jnp.float32)
     improved = loss_new > s["loss_best"]
-    x_best = jnp.where(_per_example(improved, x), x_new, s["x_best"])
-    grad_best = jnp.where(_per_example(improved, x), grad_new, s["grad_best"])
+    x_best = jnp.where(per_example(improved, x), x_new, s["x_best"])
+    grad_best = jnp.where(per_example(improved, x), grad_new, s["grad_best"])
     loss_best = jnp.where(improved, loss_new, s["loss_best"])
 
     # Checkpoint: halve the step and restart from x_best where it stalled.
@@ -384,7 +384,7 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
     stalled = (~s["reduced_last_check"]) & (
         s["loss_best_last_check"] >= loss_best)
     reduce = check & (oscillating | stalled)
-    reduce_x = _per_example(reduce, x)
+    reduce_x = per_example(reduce, x)
     return dict(
         x=jnp.where(reduce_x, x_best, x_new),
         x_prev=jnp.where(reduce_x, x_best, s["x"]),
@@ -399,7 +399,7 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
         reduced_last_check=jnp.where(check, reduce, s["reduced_last_check"]))
 
   state = jax.lax.fori_loop(0, num_steps, iteration, state)
-  x_out = jnp.where(_per_example(state["fooled"], x), state["x_adv"],
+  x_out = jnp.where(per_example(state["fooled"], x), state["x_adv"],
                     state["x_best"])
   return x_out, state["fooled"]
 
@@ -407,12 +407,12 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
 
 # --- helpers of the targeted attacks and of AutoAttack ------------------------
 
-def _num_classes(logits_fn: LogitsFn, x: Array) -> int:
+def num_classes_of(logits_fn: LogitsFn, x: Array) -> int:
   """The number of classes of `logits_fn` (from its output shape, no FLOPs)."""
   return int(jax.eval_shape(logits_fn, x).shape[-1])
 
 
-def _hold(logits_fn: LogitsFn, active: Array, x_held: Array) -> LogitsFn:
+def hold_inactive(logits_fn: LogitsFn, active: Array, x_held: Array) -> LogitsFn:
   """`logits_fn` with the inactive examples held at `x_held`.
 
   The attacked batch keeps its static shape: the examples that are done
@@ -423,11 +423,11 @@ def _hold(logits_fn: LogitsFn, active: Array, x_held: Array) -> LogitsFn:
   BatchNorm it keeps the batch the model sees close to the returned one.
   """
   def held(z):
-    return logits_fn(jnp.where(_per_example(active, z), z, x_held))
+    return logits_fn(jnp.where(per_example(active, z), z, x_held))
   return held
 
 
-def _accept(logits_fn: LogitsFn, y: Array, robust: Array, x_adv: Array,
+def accept_run(logits_fn: LogitsFn, y: Array, robust: Array, x_adv: Array,
             x_run: Array, success: Optional[Array] = None
             ) -> Tuple[Array, Array]:
   """Merges one run into the ensemble's bookkeeping.
@@ -439,15 +439,15 @@ def _accept(logits_fn: LogitsFn, y: Array, robust: Array, x_adv: Array,
   Returns:
     (x_adv, robust) updated: fooled examples take their `x_run`.
   """
-  candidate = jnp.where(_per_example(robust, x_adv), x_run, x_adv)
+  candidate = jnp.where(per_example(robust, x_adv), x_run, x_adv)
   fooled = robust & (jnp.argmax(logits_fn(candidate), axis=-1) != y)
   if success is not None:
     fooled = fooled & success
-  return (jnp.where(_per_example(fooled, x_adv), x_run, x_adv),
+  return (jnp.where(per_example(fooled, x_adv), x_run, x_adv),
           robust & ~fooled)
 
 
-def _ranked_classes(logits: Array, num_targets: int) -> Array:
+def ranked_classes(logits: Array, num_targets: int) -> Array:
   """`[num_targets, N]`: the classes ranked 2nd, 3rd, ... by `logits`."""
   order = jnp.argsort(logits, axis=-1)                    # ascending
   columns = logits.shape[-1] - 2 - np.arange(num_targets)
@@ -477,8 +477,8 @@ def dlr_targeted_loss(logits: Array, labels: Array, targets: Array) -> Array:
   return -(z_y - z_t) / (ordered[:, -1] - low + 1e-12)
 
 
-def _check_target_classes(num_target_classes) -> int:
-  return _check_steps(num_target_classes, "num_target_classes", minimum=1)
+def check_target_classes(num_target_classes) -> int:
+  return check_steps(num_target_classes, "num_target_classes", minimum=1)
 
 
 def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
@@ -491,7 +491,7 @@ def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   other classes), the target of each example is its r-th most likely class on
   the clean batch, and one APGD run (`num_steps` steps, own random start)
   maximizes `dlr_targeted_loss` on the examples not fooled yet. The others
-  are held at their adversarial example in the attacked batch (`_hold`), and
+  are held at their adversarial example in the attacked batch (`hold_inactive`), and
   an example counts as fooled when it is misclassified in the batch assembled
   after a run (without batch coupling: when that run fooled it, as in the
   reference code). The target loop is a `lax.scan`.
@@ -513,21 +513,21 @@ def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   Raises:
     ConfigError: a hyperparameter out of range, or fewer than 3 classes.
   """
-  _check_eps(eps)
-  num_steps = _check_steps(num_steps)
-  num_target_classes = _check_target_classes(num_target_classes)
+  check_eps(eps)
+  num_steps = check_steps(num_steps)
+  num_target_classes = check_target_classes(num_target_classes)
   if key is None:
     raise ConfigError("apgd_t needs a PRNG key for its random starts: pass "
                       "key=jax.random.key(...).")
-  _check_inputs(x, y)
-  num_classes = _num_classes(logits_fn, x)
+  check_inputs(x, y)
+  num_classes = num_classes_of(logits_fn, x)
   if num_classes < 3:
     raise ConfigError(f"apgd_t needs at least 3 classes (targeted DLR loss), "
                       f"the model has {num_classes}.")
   num_targets = min(num_target_classes, num_classes - 1)
   eps = jnp.asarray(eps, x.dtype)
   clean_logits = logits_fn(x)
-  targets = _ranked_classes(clean_logits, num_targets)
+  targets = ranked_classes(clean_logits, num_targets)
   robust = jnp.argmax(clean_logits, axis=-1) == y
 
   def one_target(carry, inputs):
@@ -535,15 +535,15 @@ def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
     target, k = inputs
 
     def run(_):
-      held = _hold(logits_fn, robust, x_adv)
+      held = hold_inactive(logits_fn, robust, x_adv)
       loss_fn = lambda logits, labels: dlr_targeted_loss(logits, labels,
                                                          target)
-      x_run, fooled = _apgd_run(held, loss_fn, x, y,
-                                _random_start(k, x, eps), eps=eps,
+      x_run, fooled = apgd_run(held, loss_fn, x, y,
+                                linf_random_start(k, x, eps), eps=eps,
                                 num_steps=num_steps)
       # Where the run failed the reference returns x, not the best point.
-      x_run = jnp.where(_per_example(fooled, x), x_run, x)
-      return _accept(logits_fn, y, robust, x_adv, x_run)
+      x_run = jnp.where(per_example(fooled, x), x_run, x)
+      return accept_run(logits_fn, y, robust, x_adv, x_run)
 
     return jax.lax.cond(jnp.any(robust), run, lambda _: (x_adv, robust),
                         None), None

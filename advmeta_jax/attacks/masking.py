@@ -15,12 +15,12 @@ from typing import Dict, List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from advmeta_jax.attacks._checks import _check_positive
-from advmeta_jax.attacks._checks import _check_steps
+from advmeta_jax.attacks.checks import check_positive
+from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
-from advmeta_jax.attacks.linf import _pgd_iterations
-from advmeta_jax.attacks.linf import _project_linf
+from advmeta_jax.attacks.linf import pgd_iterations
+from advmeta_jax.attacks.linf import project_linf
 from advmeta_jax.attacks.linf import apgd
 from advmeta_jax.attacks.square import square
 from advmeta_jax.attacks.registry import parse_eps
@@ -130,15 +130,15 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   """
   eps = parse_eps(eps)
   large_eps = parse_eps(large_eps, "large_eps")
-  few, many = (_check_steps(s, "pgd_steps", minimum=1) for s in pgd_steps)
-  square_queries = _check_steps(square_queries, "square_queries")
+  few, many = (check_steps(s, "pgd_steps", minimum=1) for s in pgd_steps)
+  square_queries = check_steps(square_queries, "square_queries")
   if few >= many:
     raise ConfigError(f"pgd_steps must be (fewer, more) steps, got "
                       f"{tuple(pgd_steps)}.")
   if eps == 0:
     raise ConfigError("check_attack_strength needs eps > 0.")
   step_size = eps / 4 if step_size is None else step_size
-  _check_positive(step_size, "step_size")
+  check_positive(step_size, "step_size")
   if many * float(step_size) < 2 * eps:
     raise ConfigError(
         f"PGD with {many} steps of {float(step_size):g} cannot cross the "
@@ -156,8 +156,8 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   @jax.jit
   def pgd_accuracy(xs, ys, start_noise, e, a, steps):
     e = e.astype(xs.dtype)
-    x_start = _project_linf(xs + e * start_noise, xs, e)
-    x_adv = _pgd_iterations(logits_fn, xs, ys, x_start, eps=e, step_size=a,
+    x_start = project_linf(xs + e * start_noise, xs, e)
+    x_adv = pgd_iterations(logits_fn, xs, ys, x_start, eps=e, step_size=a,
                             num_steps=steps)
     return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
 

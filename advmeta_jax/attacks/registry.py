@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from advmeta_jax.attacks._checks import _check_eps
-from advmeta_jax.attacks._checks import _check_non_negative
-from advmeta_jax.attacks._checks import _check_positive
-from advmeta_jax.attacks._checks import _check_steps
+from advmeta_jax.attacks.checks import check_eps
+from advmeta_jax.attacks.checks import check_non_negative
+from advmeta_jax.attacks.checks import check_positive
+from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.autoattack import VERSIONS
 from advmeta_jax.attacks.autoattack import autoattack
 from advmeta_jax.attacks.autoattack import autoattack_with_report
@@ -231,17 +231,17 @@ def make_attack(name: str, hparams: Optional[Mapping[str, Any]] = None,
 def _validate_early(name: str, values: Mapping[str, Any]) -> None:
   for k, v in values.items():
     if k == "eps":
-      _check_eps(v)
+      check_eps(v)
     elif k in ("step_size", "learning_rate", "eta") and v is not None:
-      _check_positive(v, k)
+      check_positive(v, k)
     elif k in ("c", "confidence", "decay"):
-      _check_non_negative(v, k)
+      check_non_negative(v, k)
     elif k in _INT_HPARAMS:
       # 0 steps or queries: the identity, except inside AutoAttack.
-      _check_steps(v, k, minimum=0 if k in ("num_steps", "num_queries")
+      check_steps(v, k, minimum=0 if k in ("num_steps", "num_queries")
                    and _ALIASES.get(name, name) != "autoattack" else 1)
     elif k in _UNIT_HPARAMS:
-      _check_non_negative(v, k)
+      check_non_negative(v, k)
       if (k != "alpha_max" and float(v) <= 0) or float(v) > 1:
         raise ConfigError(f"{name}: {k} must lie in "
                           f"{'[0, 1]' if k == 'alpha_max' else '(0, 1]'}, "
@@ -260,3 +260,14 @@ __all__ = [
     "ATTACKS", "canonical_name", "get", "hyperparameters", "make_attack",
     "names", "parse_eps",
 ]
+
+
+# The training attacks: the L-inf attacks cheap enough to run in every
+# meta-training step (not the evaluation ensembles APGD-T, FAB, Square and
+# AutoAttack).
+TRAIN_ATTACKS = ("apgd", "fgsm", "mi_fgsm", "pgd")
+
+
+def train_attacks() -> Tuple[str, ...]:
+  """The attacks that may train (`--train_attack`)."""
+  return TRAIN_ATTACKS

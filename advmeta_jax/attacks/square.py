@@ -12,14 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advmeta_jax.attacks._checks import _check_eps
-from advmeta_jax.attacks._checks import _check_inputs
-from advmeta_jax.attacks._checks import _check_steps
-from advmeta_jax.attacks._checks import _concrete_scalar
+from advmeta_jax.attacks.checks import check_eps
+from advmeta_jax.attacks.checks import check_inputs
+from advmeta_jax.attacks.checks import check_steps
+from advmeta_jax.attacks.checks import concrete_scalar
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
-from advmeta_jax.attacks.linf import _hold
-from advmeta_jax.attacks.linf import _per_example
+from advmeta_jax.attacks.linf import hold_inactive
+from advmeta_jax.attacks.linf import per_example
 from advmeta_jax.attacks.linf import margin
 from advmeta_jax.errors import ConfigError
 
@@ -106,9 +106,9 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   Raises:
     ConfigError: a hyperparameter out of range, or a missing key.
   """
-  _check_eps(eps)
-  num_queries = _check_steps(num_queries, "num_queries")
-  p = _concrete_scalar(p_init, "p_init")
+  check_eps(eps)
+  num_queries = check_steps(num_queries, "num_queries")
+  p = concrete_scalar(p_init, "p_init")
   if p is None or not 0 < p <= 1:
     raise ConfigError(f"p_init must be a number in (0, 1] (a Python number: "
                       f"it fixes the square sizes), got {p_init!r}.")
@@ -118,7 +118,7 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
       raise ConfigError(f"{name} must be True or False, got {flag!r}.")
   if key is None:
     raise ConfigError("square needs a PRNG key: pass key=jax.random.key(...).")
-  _check_inputs(x, y)
+  check_inputs(x, y)
   if x.ndim != 4:
     raise ConfigError(f"square attacks images [N, H, W, C], got shape "
                       f"{x.shape}.")
@@ -135,9 +135,9 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
 
   k_init, k_loop = jax.random.split(key)
   active = jnp.argmax(logits_fn(x), axis=-1) == y
-  held = _hold(logits_fn, active, x)
+  held = hold_inactive(logits_fn, active, x)
   stripes = signs(k_init, (n, 1, width, channels))
-  x_best = jnp.where(_per_example(active, x),
+  x_best = jnp.where(per_example(active, x),
                      jnp.clip(x + eps * stripes, 0.0, 1.0), x)
   loss_best = jnp.where(active, margin(held(x_best), y), -jnp.inf)
 
@@ -161,17 +161,17 @@ def square(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
     corner = jnp.clip(x + eps * signs(k_s, (draws, 1, 1, channels)), 0.0,
                       1.0)
     todo = loss_best > 0
-    x_new = jnp.where(inside & _per_example(todo, x), corner, x_best)
+    x_new = jnp.where(inside & per_example(todo, x), corner, x_best)
     loss = margin(held(x_new), y)
     # The margin loss is both the objective and the success test (<= 0).
     accept = todo & ((loss < loss_best) | (loss <= 0))
-    return (i + 1, jnp.where(_per_example(accept, x), x_new, x_best),
+    return (i + 1, jnp.where(per_example(accept, x), x_new, x_best),
             jnp.where(accept, loss, loss_best))
 
   _, x_best, _ = jax.lax.while_loop(keep_going, iteration,
                                     (jnp.int32(0), x_best, loss_best))
   fooled = active & (jnp.argmax(logits_fn(x_best), axis=-1) != y)
-  return jnp.where(_per_example(fooled, x), x_best, x)
+  return jnp.where(per_example(fooled, x), x_best, x)
 
 
 __all__ = ["square", "square_fraction", "square_sizes"]

@@ -33,3 +33,7 @@ from advmeta_jax.datasets import mini_imagenet  # noqa: F401  pylint: disable=g-
 from advmeta_jax.datasets import omniglot  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets import tfds_sources  # noqa: F401  pylint: disable=g-bad-import-order
 from advmeta_jax.datasets.preparation import prepare  # pylint: disable=g-bad-import-order
+
+from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
+_config.register_choices("dataset", names,
+                         describe=lambda name: info(name).description)

@@ -157,7 +157,7 @@ def _decode(data: bytes, what: str) -> np.ndarray:
       array = np.asarray(image.convert("L"))
   except Exception as e:  # Pillow raises several types for a corrupt file
     raise DataError(f"{NAME}: cannot decode {what} ({base.reason(e)}).") from e
-  return tfds_sources._omniglot_image(array, what)  # pylint: disable=protected-access
+  return tfds_sources.omniglot_image(array, what)  # pylint: disable=protected-access
 
 
 def _read_bytes(entry: Entry, archive, source: str) -> Tuple[bytes, str]:

@@ -254,7 +254,7 @@ def load_cifar_fs(split: str, *, data_dir: Optional[str] = None,
 # --- Omniglot -----------------------------------------------------------------
 
 
-def _omniglot_image(image: np.ndarray, what: str) -> np.ndarray:
+def omniglot_image(image: np.ndarray, what: str) -> np.ndarray:
   """One channel, strokes bright: `[105, 105, 3]` -> uint8 `[105, 105, 1]`."""
   if image.ndim == 3:
     image = image[..., 0]
@@ -305,7 +305,7 @@ def load_omniglot(split: str, *, data_dir: Optional[str] = None,
   source = _open_source("omniglot", tfds_split, data_dir, "omniglot")
   images, labels = _read_images(
       source, keep=lambda label: True,
-      to_image=lambda x: _omniglot_image(x, what), image_size=image_size,
+      to_image=lambda x: omniglot_image(x, what), image_size=image_size,
       what=what)
   classes = _split_classes(labels, split, what)
   label_feature = source.dataset_info.features["label"]

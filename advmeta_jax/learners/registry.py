@@ -38,17 +38,11 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 
-from advmeta_jax import adaptations
-from advmeta_jax import objectives
-from advmeta_jax import trades  # registers the "trades" objective
-from advmeta_jax.adaptations import Adaptation
-from advmeta_jax.adaptations import gradient_adaptation
-from advmeta_jax.adaptations import matching_adaptation
-from advmeta_jax.adaptations import prototype_adaptation
+from advmeta_jax.learners import adaptations
+from advmeta_jax.learners import objectives
+from advmeta_jax.learners import trades  # registers the "trades" objective
+from advmeta_jax.learners.adaptations import Adaptation
 from advmeta_jax.errors import ConfigError
-from advmeta_jax.objectives import ADVERSARIAL_IMAGES
-from advmeta_jax.objectives import TAFL_REDUCTIONS
-from advmeta_jax.objectives import tafl_weights
 
 Array = jax.Array
 # The robust objective put around a learner's adaptation ("none": its own):
@@ -56,10 +50,8 @@ Array = jax.Array
 ROBUST_LOSSES = ("none",) + tuple(
     name for name, o in objectives.OBJECTIVES.items() if o.robust)
 
-__all__ = ["Adaptation", "ADVERSARIAL_IMAGES", "Bound", "Learner",
-           "ROBUST_LOSSES", "TAFL_REDUCTIONS", "get", "gradient_adaptation",
-           "matching_adaptation", "names", "prototype_adaptation", "register",
-           "robust_learners", "tafl_weights"]
+__all__ = ["Bound", "Learner", "Pieces", "ROBUST_LOSSES", "get", "names",
+           "register", "robust_learners"]
 
 
 class Pieces(NamedTuple):

@@ -13,12 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advmeta_jax import models
-
-
-def _bench():
-  from advmeta_jax import benchmark  # pylint: disable=g-import-not-at-top
-  return benchmark
+from advmeta_jax.benchmarks import measure
+from advmeta_jax.core import models
 
 
 def _check_close(name: str, got, want, cfg: dict) -> None:
@@ -56,16 +52,16 @@ def run_conv_layer(cfg: dict) -> dict:
   for name in cfg["conv_impls"]:
     fn = fns[name]
     _check_close(f"conv_impl {name}", fn(x, kernel), reference, cfg)
-    out["ms"][name] = 1e3 * _bench()._median_time(
+    out["ms"][name] = 1e3 * measure.median_time(
         lambda: jax.block_until_ready(fn(x, kernel)), cfg["steps"])
-  if cfg.get("torch") and _bench().torch_available():
-    from advmeta_jax import torch_baseline  # pylint: disable=g-import-not-at-top
+  if cfg.get("torch") and measure.torch_available():
+    from advmeta_jax.benchmarks import torch_baseline  # pylint: disable=g-import-not-at-top
     step, grads, version = torch_baseline.conv_grads_step(
         x, kernel, proj, threads=cfg.get("torch_threads", 2))
     _check_close("torch conv2d", grads, reference, cfg)
-    out["ms"]["pytorch"] = 1e3 * _bench()._median_time(step, cfg["steps"])
+    out["ms"]["pytorch"] = 1e3 * measure.median_time(step, cfg["steps"])
     out["torch_version"] = version
-  out["device"] = _bench()._device_name()
+  out["device"] = measure.device_name()
   return out
 
 
@@ -93,4 +89,4 @@ def conv_section(o) -> dict:
     sub = [r for r in rows if r["size"] == int(size)]
     lines.append(f"| {size} | all four | | " + " | ".join(
         f"{sum(r['ms'][i] for r in sub):.2f}" for i in impls) + " |")
-  return _bench()._save_and_print(o.out, "\n".join(lines), rows, conv_results=rows)
+  return measure.save_and_print(o.out, "\n".join(lines), rows, conv_results=rows)

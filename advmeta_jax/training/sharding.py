@@ -13,7 +13,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from advmeta_jax import episodes
+from advmeta_jax.core import episodes
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array

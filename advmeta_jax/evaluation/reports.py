@@ -28,14 +28,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from advmeta_jax import attacks
-from advmeta_jax import experiments
-from advmeta_jax import plots
-from advmeta_jax.evaluation import AttackSpec
-from advmeta_jax.evaluation import confidence_interval_95
-from advmeta_jax.evaluation import format_accuracy
-from advmeta_jax.evaluation import MetaTestResult
-from advmeta_jax.evaluation import TestCase
-from advmeta_jax.protocol import Cell
+from advmeta_jax.evaluation import plots
+from advmeta_jax.evaluation.metatest import AttackSpec
+from advmeta_jax.evaluation.metatest import confidence_interval_95
+from advmeta_jax.evaluation.metatest import format_accuracy
+from advmeta_jax.evaluation.metatest import MetaTestResult
+from advmeta_jax.evaluation.metatest import TestCase
+from advmeta_jax.evaluation.protocol import Cell
 
 __all__ = ["Report", "TAFL_DELTA", "cell_rows", "curve_data",
            "format_accuracy", "l_ar_samples", "markdown_report",
@@ -105,10 +104,10 @@ def write_meta_test(results: Mapping[str, MetaTestResult], config,
 # --- the protocol's cells ---------------------------------------------------------------------------------------------------------------
 
 def cell_rows(cells: Sequence[Cell],
-              experiment: Optional[experiments.ExperimentConfig] = None
+              experiment: Optional[Any] = None
               ) -> List[Dict[str, Any]]:
   """One flat dict per cell (accuracies in percent), with the paper's cell
-  when `experiment` has it."""
+  when `experiment` (an `experiments.ExperimentConfig`) has it."""
   rows = []
   for c in cells:
     r = c.result
@@ -135,7 +134,7 @@ def cell_rows(cells: Sequence[Cell],
 
 
 def markdown_report(cells: Sequence[Cell],
-                    experiment: Optional[experiments.ExperimentConfig] = None
+                    experiment: Optional[Any] = None
                     ) -> str:
   """A Markdown table, one line per cell; paper vs ours when known."""
   rows = cell_rows(cells, experiment)
@@ -235,7 +234,7 @@ def _slug(text: str) -> str:
 
 
 def write_reports(cells: Sequence[Cell], outdir: str, *,
-                  experiment: Optional[experiments.ExperimentConfig] = None,
+                  experiment: Optional[Any] = None,
                   curves: bool = False, kde: bool = False,
                   kde_threshold: float = 1.0,
                   masking: Optional[Mapping[Tuple[str, str],

@@ -26,14 +26,14 @@ import jax
 import numpy as np
 
 from advmeta_jax import attacks
-from advmeta_jax import builders
-from advmeta_jax import episodes
-from advmeta_jax import evaluation
+from advmeta_jax.training import builders
+from advmeta_jax.core import episodes
+from advmeta_jax.evaluation import metatest as evaluation
 from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
-from advmeta_jax.evaluation import AttackSpec
-from advmeta_jax.evaluation import TestCase
+from advmeta_jax.evaluation.metatest import AttackSpec
+from advmeta_jax.evaluation.metatest import TestCase
 
 
 @dataclasses.dataclass
@@ -199,16 +199,3 @@ def masking_checks(runs: Sequence[Run], attack_specs: Sequence[AttackSpec], *,
 # Names that protocol.py held before the split, and their modules now. They
 # are not re-exported (reports.py and reproduction.py import this module); an
 # old import fails with where the name went.
-_MOVED = {name: "reports" for name in (
-    "TAFL_DELTA", "cell_rows", "curve_data", "l_ar_samples", "markdown_report",
-    "pivot_table", "write_csv", "write_reports")}
-_MOVED.update(reproduce="reproduction", sensitivity_sweep="reproduction")
-
-
-def __getattr__(name: str):
-  if name in _MOVED:
-    raise AttributeError(
-        f"advmeta_jax.protocol.{name} moved to advmeta_jax.{_MOVED[name]}."
-        f"{name} (protocol evaluates; reports formats and writes; "
-        "reproduction trains and evaluates).")
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,11 +33,11 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
-from advmeta_jax import maml
-from advmeta_jax import objectives
-from advmeta_jax.adaptations import Adaptation
-from advmeta_jax.adaptations import support_metrics
-from advmeta_jax.episodes import Task
+from advmeta_jax.core import losses
+from advmeta_jax.learners import objectives
+from advmeta_jax.learners.adaptations import Adaptation
+from advmeta_jax.learners.adaptations import support_metrics
+from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -136,15 +136,16 @@ def trades_loss(adaptation: Adaptation, params, task: Task, key: Array, *,
                                     task.query_images, task.query_labels, key)
   clean_logits = adaptation.logits(state, task.query_images)
   adv_logits = adaptation.logits(state, xq_adv)
-  clean_loss = maml.cross_entropy(clean_logits, task.query_labels)
+  clean_loss = losses.cross_entropy(clean_logits, task.query_labels)
   kl = kl_per_example(clean_logits, adv_logits).mean()
   return clean_loss + config.trades_lambda * kl, {
-      "query_accuracy": maml.accuracy(clean_logits, task.query_labels),
-      "adv_query_accuracy": maml.accuracy(adv_logits, task.query_labels),
+      "query_accuracy": losses.accuracy(clean_logits, task.query_labels),
+      "adv_query_accuracy": losses.accuracy(adv_logits, task.query_labels),
       "clean_query_loss": jax.lax.stop_gradient(clean_loss),
       "trades_kl": jax.lax.stop_gradient(kl),
       **support_metrics(curve)}
 
 
 OBJECTIVE = objectives.register(objectives.Objective(
-    "trades", trades_loss, default_attack=("pgd", "8/255"), robust=True))
+    "trades", trades_loss, default_attack=("pgd", "8/255"), robust=True,
+    check_attack=check_attack))

@@ -41,11 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from advmeta_jax import adaptations
+from advmeta_jax.core import losses
+from advmeta_jax.learners import adaptations
 from advmeta_jax import attacks
-from advmeta_jax import builders
-from advmeta_jax import episodes
-from advmeta_jax import maml
+from advmeta_jax.training import builders
+from advmeta_jax.core import episodes
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -169,7 +169,7 @@ def mixed_support_mask(labels: Array, n_way: int, k_shot: int) -> Array:
 def _metrics(logits: Array, labels: Array, prefix: str) -> Dict[str, Array]:
   return {f"{prefix}_loss": optax.softmax_cross_entropy_with_integer_labels(
               logits, labels).mean(),
-          f"{prefix}_accuracy": maml.accuracy(logits, labels)}
+          f"{prefix}_accuracy": losses.accuracy(logits, labels)}
 
 
 def attack_support(adaptation: adaptations.Adaptation, params, task: episodes.Task,

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from advmeta_jax import models
+from advmeta_jax.core import models
 
 __all__ = ["adapt", "benchmark", "conv4", "conv_grads_step", "init_params", "meta_loss_and_grads",
            "params_from_jax", "pgd"]

@@ -40,10 +40,10 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import optax
 
-from advmeta_jax import maml
-from advmeta_jax.adaptations import Adaptation
-from advmeta_jax.adaptations import support_metrics
-from advmeta_jax.episodes import Task
+from advmeta_jax.core import losses
+from advmeta_jax.learners.adaptations import Adaptation
+from advmeta_jax.learners.adaptations import support_metrics
+from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -85,6 +85,8 @@ class Objective(NamedTuple):
       are not given; None for an objective without a training attack.
     kinds: the adaptation kinds it fits (None: every kind).
     robust: it may be put around another learner's adaptation (--robust).
+    check_attack: `attack -> None`, refuses a training attack the objective
+      cannot use (before anything compiles); None: any attack.
   """
   name: str
   loss: Loss
@@ -94,6 +96,7 @@ class Objective(NamedTuple):
   default_attack: Optional[Tuple[str, str]] = None
   kinds: Optional[Tuple[str, ...]] = None
   robust: bool = False
+  check_attack: Optional[Callable[[Any], Any]] = None
 
   @property
   def needs_attack(self) -> bool:
@@ -150,8 +153,8 @@ def clean_query_loss(adaptation: Adaptation, params, task: Task, key: Array,
                                   task.support_labels,
                                   num_steps=config.inner_steps)
   logits = adaptation.logits(state, task.query_images)
-  loss = maml.cross_entropy(logits, task.query_labels)
-  return loss, {"query_accuracy": maml.accuracy(logits, task.query_labels),
+  loss = losses.cross_entropy(logits, task.query_labels)
+  return loss, {"query_accuracy": losses.accuracy(logits, task.query_labels),
                 **support_metrics(curve)}
 
 
@@ -195,11 +198,11 @@ def maml_ad_loss(adaptation: Adaptation, params, task: Task, key: Array, *,
   xq_adv = attack_images(attack, adaptation.logits, adapted, xq, yq, att_q)
   logits = adaptation.logits(adapted,
                              jnp.concatenate([task.query_images, xq_adv]))
-  loss = maml.cross_entropy(logits, jnp.concatenate([task.query_labels, yq]))
+  loss = losses.cross_entropy(logits, jnp.concatenate([task.query_labels, yq]))
   n = task.query_images.shape[0]
   return loss, {
-      "query_accuracy": maml.accuracy(logits[:n], task.query_labels),
-      "adv_query_accuracy": maml.accuracy(logits[n:], yq),
+      "query_accuracy": losses.accuracy(logits[:n], task.query_labels),
+      "adv_query_accuracy": losses.accuracy(logits[n:], yq),
       "support_loss": inner["support_loss"][0]}
 
 
@@ -254,15 +257,15 @@ def adml_loss(adaptation: Adaptation, params, task: Task, key: Array, *,
                          task.query_images, task.query_labels, query_key)
   logits_adv_clean = adaptation.logits(adapted_adv, task.query_images)
   logits_clean_adv = adaptation.logits(adapted_clean, xq_adv)
-  loss_clean = maml.cross_entropy(logits_adv_clean, task.query_labels)
-  loss_adv = maml.cross_entropy(logits_clean_adv, task.query_labels)
+  loss_clean = losses.cross_entropy(logits_adv_clean, task.query_labels)
+  loss_adv = losses.cross_entropy(logits_clean_adv, task.query_labels)
   loss = config.adml_beta_clean * loss_clean + config.adml_beta_adv * loss_adv
   clean_logits = adaptation.logits(jax.lax.stop_gradient(adapted_clean),
                                    task.query_images)
   return loss, {
-      "query_accuracy": maml.accuracy(clean_logits, task.query_labels),
-      "adv_query_accuracy": maml.accuracy(logits_clean_adv, task.query_labels),
-      "adv_support_query_accuracy": maml.accuracy(logits_adv_clean,
+      "query_accuracy": losses.accuracy(clean_logits, task.query_labels),
+      "adv_query_accuracy": losses.accuracy(logits_clean_adv, task.query_labels),
+      "adv_support_query_accuracy": losses.accuracy(logits_adv_clean,
                                                   task.query_labels),
       "query_loss_clean": loss_clean, "query_loss_adv": loss_adv,
       "support_loss": inner["support_loss"][0]}
@@ -309,8 +312,8 @@ def adversarial_query_loss(adaptation: Adaptation, params, task: Task,
   adv_loss = _query_losses(ce(adv_logits, task.query_labels), reduction)
   clean_loss = _query_losses(ce(clean_logits, task.query_labels), reduction)
   return adv_loss, {
-      "query_accuracy": maml.accuracy(clean_logits, task.query_labels),
-      "adv_query_accuracy": maml.accuracy(adv_logits, task.query_labels),
+      "query_accuracy": losses.accuracy(clean_logits, task.query_labels),
+      "adv_query_accuracy": losses.accuracy(adv_logits, task.query_labels),
       "adv_query_loss": adv_loss,
       "clean_query_loss": jax.lax.stop_gradient(clean_loss),
       **support_metrics(curve)}

@@ -40,23 +40,23 @@ Check = Callable[[Any, str], None]
 
 # --- checks -----------------------------------------------------------------
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
   return (not isinstance(value, bool) and isinstance(value, (int, float))
           and float(value).is_integer())
 
 
 def positive_int(value, name: str) -> None:
-  if not _is_int(value) or value < 1:
+  if not is_int(value) or value < 1:
     raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def non_negative_int(value, name: str) -> None:
-  if not _is_int(value) or value < 0:
+  if not is_int(value) or value < 0:
     raise ConfigError(f"{name} must be >= 0 (an integer), got {value!r}.")
 
 
 def integer(value, name: str) -> None:
-  if not _is_int(value):
+  if not is_int(value):
     raise ConfigError(f"{name} must be an integer, got {value!r}.")
 
 
@@ -84,19 +84,63 @@ def n_way_check(value, name: str) -> None:
     raise ConfigError(f"{name} must be at least 2, got {value}.")
 
 
+# --- what the registries above register ------------------------------------
+# The settings import nothing of the library: the names a setting allows
+# (datasets, learners, conv formulations, ...) and the checks that need a
+# registry (an ε's text, an image size the model can take) are registered
+# by the package that owns them, when it is imported (advmeta_jax/__init__.py
+# imports them all).
+
+_CHOICES: Dict[str, Callable[[], Sequence[str]]] = {}
+_DESCRIPTIONS: Dict[str, Callable[[str], str]] = {}
+_CHECKS: Dict[str, Callable[..., Any]] = {}
+
+
+def register_choices(kind: str, names: Callable[[], Sequence[str]], *,
+                     describe: Optional[Callable[[str], str]] = None) -> None:
+  """Registers the values a setting of `kind` allows ("dataset", "learner",
+  "robust", "tafl_reduction", "fce", "conv_impl", "compute_dtype",
+  "train_attack"), read when a config is checked or flags are defined;
+  `describe(name)` gives a line of help per value."""
+  _CHOICES[kind] = names
+  if describe is not None:
+    _DESCRIPTIONS[kind] = describe
+
+
+def register_check(kind: str, fn: Callable[..., Any]) -> None:
+  """Registers the function behind a check that needs a registry: "eps"
+  (`(text, name) -> float`), "image_size" (`(size) -> feature map size`) and
+  "learner" (`(learner, robust) -> entry`, refusing a bad combination)."""
+  _CHECKS[kind] = fn
+
+
+def choices(kind: str) -> Tuple[str, ...]:
+  """The registered values of `kind` (empty before its package is imported)."""
+  return tuple(_CHOICES[kind]()) if kind in _CHOICES else ()
+
+
+def _choices_of(kind: str) -> Callable[[], Tuple[str, ...]]:
+  return lambda: choices(kind)
+
+
+def _registered(kind: str):
+  if kind not in _CHECKS:
+    raise ConfigError(f"no {kind} check is registered: import advmeta_jax "
+                      "(the package registers it) before checking a config.")
+  return _CHECKS[kind]
+
+
 def image_size_check(value, name: str) -> None:
   if value is None:
     return
-  from advmeta_jax import models  # pylint: disable=g-import-not-at-top
-  if not _is_int(value) or models.feature_map_size(int(value)) < 1:
+  if not is_int(value) or _registered("image_size")(int(value)) < 1:
     raise ConfigError(f"{name} must be at least 16 (conv4 pools four times "
                       f"by 2), got {value}.")
 
 
 def eps_text(value, name: str) -> None:
   """An L-inf budget as text ("8/255", "0.03"); "" means the default."""
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
-  attacks.parse_eps(value or "0", name)
+  _registered("eps")(value or "0", name)
 
 
 # The value of a speed/memory setting resolved per backend from the table of
@@ -110,7 +154,7 @@ def auto_or_bool(value, name: str) -> None:
 
 
 def auto_or_non_negative_int(value, name: str) -> None:
-  if value != AUTO and (not _is_int(value) or value < 0):
+  if value != AUTO and (not is_int(value) or value < 0):
     raise ConfigError(f"{name} must be auto or an integer >= 0, got "
                       f"{value!r}.")
 
@@ -124,8 +168,7 @@ class AutoInt:
 
 
 def positive_eps_text(value, name: str) -> None:
-  from advmeta_jax import attacks  # pylint: disable=g-import-not-at-top
-  if attacks.parse_eps(value, name) <= 0:
+  if _registered("eps")(value, name) <= 0:
     raise ConfigError(f"{name} must be > 0, got {value!r}.")
 
 
@@ -151,60 +194,20 @@ def setting(default, help, *, check: Optional[Check] = None,  # pylint: disable=
       help=help, check=check, choices=choices, kind=kind, what=what))
 
 
-def _datasets():
-  from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
-  return datasets.names()
-
-
 def _dataset_help() -> str:
-  from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
+  describe = _DESCRIPTIONS.get("dataset", lambda n: "")
   return "Few-shot dataset: " + "; ".join(
-      f"{n}: {datasets.info(n).description}" for n in datasets.names())
-
-
-def _learners():
-  from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
-  return learners.names()
-
-
-def _robust_losses():
-  from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
-  return learners.ROBUST_LOSSES
-
-
-def _tafl_reductions():
-  from advmeta_jax import objectives  # pylint: disable=g-import-not-at-top
-  return objectives.TAFL_REDUCTIONS
-
-
-def _fce_variants():
-  from advmeta_jax import fce  # pylint: disable=g-import-not-at-top
-  return fce.FCE_VARIANTS
-
-
-def _conv_impls():
-  from advmeta_jax import models  # pylint: disable=g-import-not-at-top
-  return models.CONV_IMPLS
+      f"{n}: {describe(n)}" for n in choices("dataset"))
 
 
 def _conv_impl_choices():
-  return (AUTO,) + tuple(_conv_impls())
-
-
-def _compute_dtypes():
-  from advmeta_jax import models  # pylint: disable=g-import-not-at-top
-  return models.COMPUTE_DTYPES
-
-
-# The training attacks: the L-inf attacks cheap enough to run in every
-# meta-training step (not the evaluation ensembles APGD-T, FAB, Square and
-# AutoAttack).
-TRAIN_ATTACKS = ("apgd", "fgsm", "mi_fgsm", "pgd")
+  return (AUTO,) + choices("conv_impl")
 
 
 def train_attacks() -> Tuple[str, ...]:
-  """The possible `--train_attack` values."""
-  return TRAIN_ATTACKS
+  """The possible `--train_attack` values: the attacks whose registry entry
+  may train (cheap enough for every meta-training step)."""
+  return choices("train_attack")
 
 
 class _Section:
@@ -226,7 +229,7 @@ class _Section:
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Section):
   """The episodes: which data, at what size, and the task shape."""
-  dataset: str = setting("digits", _dataset_help, choices=_datasets)
+  dataset: str = setting("digits", _dataset_help, choices=_choices_of("dataset"))
   image_size: Optional[int] = setting(
       None, "Resize images to this side (default: the dataset's own).",
       check=image_size_check, kind=int)
@@ -244,13 +247,13 @@ class ModelConfig(_Section):
   compute_dtype: str = setting(
       "float32", "Convolution input dtype (float32 accumulation and "
       "parameters either way): bfloat16 halves activation memory and is "
-      "faster where the hardware has bf16 matmuls.", choices=_compute_dtypes)
+      "faster where the hardware has bf16 matmuls.", choices=_choices_of("compute_dtype"))
   fce: str = setting(
       "none", "matchingnet: full context embeddings. adml: the bidirectional "
       "LSTM over support + one query of the implementation ADML cites "
       "(support-normalized similarity); vinyals: the paper's g (BiLSTM with "
       "skip) and f (attention LSTM of --fce_steps reads); none: plain "
-      "cosine attention.", choices=_fce_variants)
+      "cosine attention.", choices=_choices_of("fce"))
   fce_hidden: int = setting(32, "matchingnet --fce=adml: LSTM units per "
                             "direction.", check=positive_int)
   fce_steps: int = setting(5, "matchingnet --fce=vinyals: K, the attention "
@@ -267,14 +270,14 @@ class MetaConfig(_Section):
       "on the head only, protonet's prototypes, matchingnet's attention, "
       "r2d2's ridge regression) with its objective; protonet, matchingnet "
       "and r2d2 have no head and no inner loop.",
-      choices=_learners)
+      choices=_choices_of("learner"))
   robust: str = setting(
       "none", "Robust objective around the learner's adaptation, for maml, "
       "protonet, matchingnet, r2d2, anil: aq (adversarial querying), tafl (aq "
       "weighted per task; --tafl_* flags) or trades (R-MAML: clean loss + "
       "--trades_lambda x KL to the PGD-on-KL query); maml with aq/tafl is "
       "the aq/tafl learner. none: the learner's own objective.",
-      choices=_robust_losses,
+      choices=_choices_of("robust"),
       what="robust loss")
   task_batch_size: int = setting(4, "B: tasks per meta-update.",
                                  check=positive_int)
@@ -312,7 +315,7 @@ class MetaConfig(_Section):
                               check=positive_float)
   tafl_reduction: str = setting(
       "mean", "tafl: per-task cross-entropy over the queries, mean or sum "
-      "(the paper's).", choices=_tafl_reductions)
+      "(the paper's).", choices=_choices_of("tafl_reduction"))
   trades_lambda: float = setting(
       1.0, "--robust=trades: lambda, weight of KL(f(Q) || f(A(Q))) beside "
       "the clean query loss (0: the clean loss).", check=non_negative_float)
@@ -322,8 +325,7 @@ class MetaConfig(_Section):
     if self.adml_beta_clean + self.adml_beta_adv == 0:
       raise ConfigError("adml_beta_clean and adml_beta_adv are both 0: the "
                         "ADML loss would be 0.")
-    from advmeta_jax import learners  # pylint: disable=g-import-not-at-top
-    learners.get(self.learner, self.robust)   # refuses a bad combination
+    _registered("learner")(self.learner, self.robust)   # a bad combination
     return self
 
 
@@ -500,7 +502,7 @@ class Config:
                         f"'matchingnet' only, not {self.meta.learner!r}; use "
                         "fce='none'.")
     p, b = self.loop.parallel_tasks, self.meta.task_batch_size
-    if p != AUTO and (not _is_int(p) or p < 0 or (p and b % p)):
+    if p != AUTO and (not is_int(p) or p < 0 or (p and b % p)):
       raise ConfigError(
           f"parallel_tasks must be 0 (the whole batch) or a divisor of "
           f"task_batch_size={b}, got {p!r}.")
@@ -524,41 +526,3 @@ class Config:
 
 
 # --- flags -------------------------------------------------------------------
-
-def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
-                 ) -> None:
-  """Defines one absl flag per field (or per field in `only`), named by its
-  flat name, with the field's default and help; choices become enum flags
-  (absl then refuses an unknown value, listing the allowed ones)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flag_values = flags.FLAGS if flag_values is None else flag_values
-  for _, f in fields():
-    if only is not None and f.name not in only:
-      continue
-    meta = f.metadata
-    kw = dict(flag_values=flag_values)
-    kind = meta.get("kind") or type(f.default)
-    help_ = meta["help"]() if callable(meta["help"]) else meta["help"]
-    if kind in (AutoBool, AutoInt):
-      from advmeta_jax import auto_flags  # pylint: disable=g-import-not-at-top
-      flags.DEFINE_flag(auto_flags.auto_flag(kind is AutoBool, f.name,
-                                             f.default, help_), flag_values)
-    elif meta.get("choices") is not None:
-      flags.DEFINE_enum(f.name, f.default, list(meta["choices"]()),
-                        help_, **kw)
-    elif kind is bool:
-      flags.DEFINE_bool(f.name, f.default, help_, **kw)
-    elif kind is int:
-      flags.DEFINE_integer(f.name, f.default, help_, **kw)
-    elif kind is float:
-      flags.DEFINE_float(f.name, f.default, help_, **kw)
-    else:
-      flags.DEFINE_string(f.name, f.default, help_, **kw)
-
-
-def from_flags(flag_values=None) -> Config:
-  """The validated `Config` of the flags `define_flags` defined."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flag_values = flags.FLAGS if flag_values is None else flag_values
-  return Config.make(**{f.name: flag_values[f.name].value
-                        for _, f in fields()}).validate()

@@ -19,21 +19,12 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
-import optax
+
+from advmeta_jax.core.losses import accuracy
+from advmeta_jax.core.losses import cross_entropy
 
 Array = jax.Array
 ApplyFn = Callable[[dict, Array], Array]
-
-
-def cross_entropy(logits: Array, labels: Array) -> Array:
-  """Mean softmax cross-entropy over a batch with integer labels."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def accuracy(logits: Array, labels: Array) -> Array:
-  """Top-1 accuracy in [0, 1]."""
-  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
 def sgd_step(params, grads, lr: float):

@@ -44,8 +44,6 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -56,13 +54,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from advmeta_jax import attacks
-from advmeta_jax import autotune
-from advmeta_jax import episodes
-from advmeta_jax import models
+from advmeta_jax.training import autotune
+from advmeta_jax.core import episodes
+from advmeta_jax.core import models
 from advmeta_jax import training
 from advmeta_jax.config import AUTO
 from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
+from advmeta_jax.benchmarks.conv import conv_section
+from advmeta_jax.benchmarks.conv import run_conv_layer
+from advmeta_jax.benchmarks.measure import current_rss_bytes
+from advmeta_jax.benchmarks.measure import device_name
+from advmeta_jax.benchmarks.measure import machine
+from advmeta_jax.benchmarks.measure import matmul_peak_flops
+from advmeta_jax.benchmarks.measure import peak_memory_bytes
+from advmeta_jax.benchmarks.measure import save_and_print
+from advmeta_jax.benchmarks.measure import torch_available
 
 SECTIONS = ("train", "attacks", "conv")
 # The modes of one configuration in its own process: what each times.
@@ -105,21 +112,6 @@ class Options:
 
 # --- FLOPs and memory -------------------------------------------------------
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10,
-                      dtype: str = "float32") -> float:
-  """FLOP/s of an n×n matmul with `dtype` inputs (float32 accumulation),
-  best of `repeats`."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
-
-
 def analytic_step_flops(cfg: dict) -> float:
   """Matmul FLOPs of one meta-train step, counted by hand (module docstring).
 
@@ -148,43 +140,6 @@ def analytic_step_flops(cfg: dict) -> float:
   if per_task is None:
     return float("nan")
   return float(cfg["task_batch_size"] * per_task * f)
-
-
-def _current_rss_bytes() -> float:
-  """This process's resident memory now (Linux), NaN elsewhere."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmRSS:"):
-          return float(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return float("nan")
-
-
-def peak_memory_bytes() -> float:
-  """This process's peak memory: device memory (`memory_stats`) on a GPU or
-  TPU, RSS on the CPU."""
-  device = jax.devices()[0]
-  if device.platform != "cpu":
-    return float((device.memory_stats() or {}).get("peak_bytes_in_use",
-                                                   float("nan")))
-  return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-
-
-def _device_name() -> str:
-  device = jax.devices()[0]
-  return f"{device.platform}: {device.device_kind}"
-
-
-def _median_time(fn, steps: int) -> float:
-  fn()   # warm-up (and compilation)
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
 
 
 # --- one configuration of the train section ---------------------------------
@@ -242,7 +197,7 @@ def _random_tasks(key, b: int, n: int, k_shot: int, q: int, size: int):
 def run_single(cfg: dict) -> dict:
   """Compiles and times one train-step configuration in this process."""
   jnp.zeros(()).block_until_ready()   # the runtime, before any step
-  runtime_rss = _current_rss_bytes()
+  runtime_rss = current_rss_bytes()
   exp = training.build(step_config(cfg))
   config = exp.config   # `auto` settings resolved, as train resolves them
   optimizer = training.make_optimizer(config.meta.meta_lr)
@@ -278,7 +233,7 @@ def run_single(cfg: dict) -> dict:
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
-  rss_after_steps = _current_rss_bytes()
+  rss_after_steps = current_rss_bytes()
   device = jax.devices()[0]
   mem = peak_memory_bytes()
   peaks = {d: matmul_peak_flops(dtype=d) for d in ("float32", "bfloat16")}
@@ -297,23 +252,15 @@ def run_single(cfg: dict) -> dict:
           "xla_program_bytes": program_bytes,
           "runtime_rss_bytes": runtime_rss,
           "rss_after_steps_bytes": rss_after_steps,
-          "device": _device_name(),
+          "device": device_name(),
           "load_average_1m": os.getloadavg()[0],
           "loss_finite": bool(np.isfinite(float(m["loss"])))}
-
-
-def torch_available() -> bool:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-    return True
-  except ImportError:
-    return False
 
 
 def run_torch_single(cfg: dict) -> dict:
   """The PyTorch baseline (`torch_baseline.py`) on one configuration, with
   `cfg["torch_threads"]` threads (default 2)."""
-  from advmeta_jax import torch_baseline  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.benchmarks import torch_baseline  # pylint: disable=g-import-not-at-top
   r = torch_baseline.benchmark(cfg, threads=cfg.get("torch_threads", 2))
   r["flops_per_step"] = analytic_step_flops(cfg)
   r["achieved_flops"] = r["flops_per_step"] / r["step_s"]
@@ -371,7 +318,7 @@ def run_attack_single(cfg: dict) -> dict:
     times.append(time.perf_counter() - t)
   call_s = float(np.median(times))
   return {**cfg, "compile_s": compile_s, "call_s": call_s,
-          "images_per_s": n / call_s, "device": _device_name(),
+          "images_per_s": n / call_s, "device": device_name(),
           "peak_memory_bytes": peak_memory_bytes(),
           "memory_kind": "peak RSS" if jax.devices()[0].platform == "cpu"
                          else "peak device memory",
@@ -432,23 +379,6 @@ def _run_and_print(mode: str, cfg: dict, describe, into: list) -> None:
   if r is not None:
     into.append(r)
     print(describe(r), flush=True)
-
-
-def machine() -> dict:
-  return {"platform": platform.platform(), "cpus": os.cpu_count(),
-          "python": platform.python_version(), "command": " ".join(sys.argv),
-          "load_average": os.getloadavg()}
-
-
-def _save_and_print(out: str, table: str, rows: list, **payload) -> dict:
-  """Writes `payload` and the machine to `out` as JSON, prints the table and
-  the device (that of `rows[0]`); returns what it wrote."""
-  payload = {"machine": machine(), **payload}
-  with open(out, "w") as f:
-    json.dump(payload, f, indent=2)
-  print(table)
-  print(f"device: {rows[0]['device'] if rows else '?'}; {payload['machine']}")
-  return payload
 
 
 # --- the sections ---------------------------------------------------------------
@@ -544,7 +474,7 @@ def train_section(o: Options) -> dict:
   if o.torch and not torch_available():
     print("--torch: torch is not importable here; no baseline.",
           file=sys.stderr)
-  return _save_and_print(o.out, train_table(results, torch_results), results,
+  return save_and_print(o.out, train_table(results, torch_results), results,
                          results=results, torch_results=torch_results)
 
 
@@ -566,7 +496,7 @@ def attacks_section(o: Options) -> dict:
     lines.append(f"| {r['attack']} | {hp} | {r['size']} | "
                  f"{r['images_per_s']:.1f} | {r['call_s']:.3f} | "
                  f"{r['compile_s']:.1f} |")
-  return _save_and_print(o.out, "\n".join(lines), results,
+  return save_and_print(o.out, "\n".join(lines), results,
                          attack_results=results)
 
 
@@ -585,9 +515,6 @@ def run(options: Options) -> dict:
   return sections[options.section](options)
 
 
-# The conv section lives in conv_benchmark.py (re-exported here).
-from advmeta_jax.conv_benchmark import conv_section  # pylint: disable=g-import-not-at-top,wrong-import-position
-from advmeta_jax.conv_benchmark import run_conv_layer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if __name__ == "__main__":
   run_child(*sys.argv[1:3])

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from advmeta_jax.errors import ConfigError
-from advmeta_jax.hybrid_conv import conv3x3_hybrid
+from advmeta_jax.core.hybrid_conv import conv3x3_hybrid
 
 CONV_IMPLS = ("matmul", "xla", "hybrid")
 COMPUTE_DTYPES = ("float32", "bfloat16")

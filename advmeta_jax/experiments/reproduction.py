@@ -28,22 +28,22 @@ from absl import logging
 import numpy as np
 
 from advmeta_jax import attacks
-from advmeta_jax import builders
+from advmeta_jax.training import builders
 from advmeta_jax import datasets
 from advmeta_jax import evaluation
-from advmeta_jax import experiments
+from advmeta_jax.experiments import tables as experiments
 from advmeta_jax import learners
-from advmeta_jax import protocol
-from advmeta_jax import reports
+from advmeta_jax.evaluation import protocol
+from advmeta_jax.evaluation import reports
 from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import MetaTestResult
 from advmeta_jax.evaluation import TestCase
-from advmeta_jax.protocol import Cell
-from advmeta_jax.protocol import Run
-from advmeta_jax.reports import Report
+from advmeta_jax.evaluation.protocol import Cell
+from advmeta_jax.evaluation.protocol import Run
+from advmeta_jax.evaluation.reports import Report
 
 Log = Callable[[str], None]
 MaskingChecks = Mapping[Tuple[str, str], attacks.StrengthReport]

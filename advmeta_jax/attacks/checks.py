@@ -21,7 +21,7 @@ def _is_traced(value) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
-def _concrete_scalar(value, name: str) -> Optional[float]:
+def concrete_scalar(value, name: str) -> Optional[float]:
   """`float(value)` for a concrete scalar; None for a traced one."""
   if _is_traced(value):
     return None
@@ -40,27 +40,27 @@ def _concrete_scalar(value, name: str) -> Optional[float]:
   return result
 
 
-def _check_eps(eps, name: str = "eps") -> None:
-  value = _concrete_scalar(eps, name)
+def check_eps(eps, name: str = "eps") -> None:
+  value = concrete_scalar(eps, name)
   if value is not None and not 0.0 <= value <= 1.0:
     raise ConfigError(
         f"{name} must lie in [0, 1] (images are in [0, 1]; write 8/255 for 8 "
         f"grey levels), got {eps!r}.")
 
 
-def _check_positive(value, name: str) -> None:
-  concrete = _concrete_scalar(value, name)
+def check_positive(value, name: str) -> None:
+  concrete = concrete_scalar(value, name)
   if concrete is not None and not concrete > 0:
     raise ConfigError(f"{name} must be > 0, got {value!r}.")
 
 
-def _check_non_negative(value, name: str) -> None:
-  concrete = _concrete_scalar(value, name)
+def check_non_negative(value, name: str) -> None:
+  concrete = concrete_scalar(value, name)
   if concrete is not None and not concrete >= 0:
     raise ConfigError(f"{name} must be >= 0, got {value!r}.")
 
 
-def _check_steps(value, name: str = "num_steps", minimum: int = 0) -> int:
+def check_steps(value, name: str = "num_steps", minimum: int = 0) -> int:
   """A loop length: a Python (or NumPy) integer >= `minimum`."""
   if (isinstance(value, bool) or _is_traced(value) or
       not isinstance(value, (int, np.integer))):
@@ -72,7 +72,7 @@ def _check_steps(value, name: str = "num_steps", minimum: int = 0) -> int:
   return int(value)
 
 
-def _check_inputs(x, y) -> None:
+def check_inputs(x, y) -> None:
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
     raise ConfigError(
         f"attack inputs must be float images in [0, 1], got dtype "

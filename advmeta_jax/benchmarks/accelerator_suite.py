@@ -40,7 +40,7 @@ from typing import List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from advmeta_jax import benchmark
+from advmeta_jax.benchmarks import benchmark
 
 # Wall-time budget of the whole suite, compile included (the issue: < 8 min).
 BUDGET_S = 450.0
@@ -310,7 +310,7 @@ def run(out_dir: str, *, tiny: bool = False,
         if row[0] == "train" else f"{r['images_per_s']:.1f} images/s"),
           flush=True)
   backend = jax.default_backend()
-  device = benchmark._device_name()  # pylint: disable=protected-access
+  device = benchmark.device_name()  # pylint: disable=protected-access
   commit = _commit()
   entry = choose_entry(train_results)
   payload = {

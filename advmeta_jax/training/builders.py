@@ -1,7 +1,7 @@
 """What a `config.Config` builds: the model, the bound learner, the training
 attack, and the data splits checked against the episode shape.
 
-    config ──build──▶ Experiment(model, apply_fn, learner (bound), image_shape)
+    config ──build──▶ Built(model, apply_fn, learner (bound), image_shape)
 
 `build` is the one place where a run's learner is looked up by name
 (`learners.get`); everything downstream receives the bound learner.
@@ -15,14 +15,11 @@ import inspect
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from advmeta_jax import attacks
-from advmeta_jax import autotune
+from advmeta_jax.training import autotune
 from advmeta_jax import datasets
-from advmeta_jax import episodes
-from advmeta_jax import fce
+from advmeta_jax.core import episodes
 from advmeta_jax import learners
-from advmeta_jax import models
-from advmeta_jax import r2d2
-from advmeta_jax import trades
+from advmeta_jax.core import models
 from advmeta_jax.config import Config
 from advmeta_jax.errors import DataError
 
@@ -63,7 +60,7 @@ def _train_attack(name: Optional[str], eps_text: str, steps: int,
 
 
 @dataclasses.dataclass
-class Experiment:
+class Built:
   """What a config builds: the model, its function, the bound learner.
 
   For a metric learner (`learner.learner.metric`) the model is conv4 without
@@ -83,29 +80,22 @@ def image_shape(config: Config) -> Tuple[int, int, int]:
   return (size, size, info.channels)
 
 
-def build(config: Config) -> Experiment:
+def build(config: Config) -> Built:
   """Builds model and bound learner from a validated `Config`, its `auto`
-  speed settings resolved for the backend (`autotune.resolve`; the
-  Experiment's `config` is the resolved one)."""
+  speed settings resolved for the backend (`autotune.resolve`, once, here;
+  the result's `config` is the resolved one). The adaptation kind builds its
+  own model; the objective checks the training attack before anything
+  compiles."""
   config = autotune.resolve(config)
   entry = learners.get(config.meta.learner, config.meta.robust)
   shape = image_shape(config)
-  common = dict(filters=config.model.filters, conv_impl=config.loop.conv_impl,
-                image_size=shape[0], compute_dtype=config.model.compute_dtype)
-  if entry.adaptation.name == "matching" and config.model.fce != "none":
-    model = fce.model_for_config(config)
-  elif entry.adaptation.name == "ridge":
-    model = r2d2.make_r2d2(**common)
-  elif entry.metric:
-    model = models.make_conv4_embedding(**common)
-  else:
-    model = models.make_conv4(num_classes=config.data.n_way, **common)
+  model = entry.adaptation.make_model(config, shape[0])
   apply_fn = models.make_apply_fn(model)
   attack = make_train_attack(config, entry)
-  if entry.objective.name == "trades":
-    trades.check_attack(attack)   # PGD only, refused before compiling
+  if entry.objective.check_attack is not None:
+    entry.objective.check_attack(attack)
   bound = entry.bind(apply_fn, attack, config)
-  return Experiment(config, model, apply_fn, bound, shape)
+  return Built(config, model, apply_fn, bound, shape)
 
 
 # (dataset, data_dir) -> {split: class names} of the splits loaded so far.

@@ -29,10 +29,11 @@ from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import jax
 
-from advmeta_jax import autotune
-from advmeta_jax import maml
-from advmeta_jax import metric
-from advmeta_jax import r2d2
+from advmeta_jax.learners import maml
+from advmeta_jax.config import AUTO
+from advmeta_jax.core import models
+from advmeta_jax.learners import heads
+from advmeta_jax.learners import r2d2
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -169,13 +170,13 @@ def _metric_adaptation(build: Callable[[Any, Array, Array], Any],
 @functools.lru_cache(maxsize=None)
 def prototype_adaptation(embed, *, n_way: int) -> Adaptation:
   """Prototypical Networks (Snell et al. 2017): prototypes from the support,
-  logits −‖f(x) − c_k‖² (metric.py). `embed` is the embedding f."""
+  logits −‖f(x) − c_k‖² (heads.py). `embed` is the embedding f."""
   def build(params, images, labels):
-    return PrototypeState(params, metric.class_prototypes(
+    return PrototypeState(params, heads.class_prototypes(
         embed(params, images), labels, n_way))
 
   def logits(state, images):
-    return metric.prototype_logits(embed(state.params, images),
+    return heads.prototype_logits(embed(state.params, images),
                                    state.prototypes)
 
   return _metric_adaptation(build, logits)
@@ -184,13 +185,13 @@ def prototype_adaptation(embed, *, n_way: int) -> Adaptation:
 @functools.lru_cache(maxsize=None)
 def matching_adaptation(embed, *, n_way: int) -> Adaptation:
   """Matching Networks (Vinyals et al. 2016) without FCE: cosine attention
-  over the support embeddings; logits log p(y = k | x) (metric.py). `embed`
+  over the support embeddings; logits log p(y = k | x) (heads.py). `embed`
   is the embedding f = g."""
   def build(params, images, labels):
     return MatchingState(params, embed(params, images), labels)
 
   def logits(state, images):
-    return metric.matching_log_probs(embed(state.params, images),
+    return heads.matching_log_probs(embed(state.params, images),
                                      state.support_embeddings,
                                      state.support_labels, n_way)
 
@@ -223,7 +224,7 @@ def matching_fce_adaptation(embed, context_fn, *, n_way: int,
   and query embeddings pass through `context_fn` before the attention;
   `variant` "adml" uses the support-normalized similarity of the
   implementation ADML cites, "vinyals" the cosine."""
-  from advmeta_jax import fce  # pylint: disable=g-import-not-at-top  (flax LSTMs)
+  from advmeta_jax.learners import fce  # pylint: disable=g-import-not-at-top  (flax LSTMs)
   similarity = (fce.support_normalized_similarities if variant == "adml"
                 else fce.cosine_similarities)
 
@@ -233,7 +234,7 @@ def matching_fce_adaptation(embed, context_fn, *, n_way: int,
   def logits(state, images):
     support_ctx, query_ctx = context_fn(state.params, state.support_embeddings,
                                         embed(state.params, images))
-    return metric.log_attention_mass(similarity(query_ctx, support_ctx),
+    return heads.log_attention_mass(similarity(query_ctx, support_ctx),
                                      state.support_labels, n_way)
 
   return _metric_adaptation(build, logits)
@@ -242,37 +243,84 @@ def matching_fce_adaptation(embed, context_fn, *, n_way: int,
 def _matching(embed, config) -> Adaptation:
   if config.model.fce == "none":
     return matching_adaptation(embed, n_way=config.data.n_way)
-  from advmeta_jax import fce  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.learners import fce  # pylint: disable=g-import-not-at-top
+  size = config.data.image_size or fce.default_image_size(config.data.dataset)
   return matching_fce_adaptation(
-      embed, fce.make_context_fn(fce.model_for_config(config)),
+      embed, fce.make_context_fn(fce.model_for_config(config, size)),
       n_way=config.data.n_way, variant=config.model.fce)
 
 
-def _remat(config) -> bool:
-  """`config.loop.remat`, `auto` resolved for the backend (autotune.py)."""
-  return autotune.resolve(config).loop.remat
+def _resolved(config, field: str):
+  """`config.loop.<field>`, which `training.build` has resolved from `auto`
+  for the backend (training/autotune.py) before any kind is built."""
+  value = getattr(config.loop, field)
+  if value == AUTO:
+    raise ConfigError(
+        f"loop.{field} is still 'auto': build a learner from a resolved config "
+        "(training.build resolves it; or training.autotune.resolve(config)).")
+  return value
+
+
+def _conv4_kwargs(config, image_size: int) -> Dict[str, Any]:
+  return dict(filters=config.model.filters,
+              conv_impl=_resolved(config, "conv_impl"), image_size=image_size,
+              compute_dtype=config.model.compute_dtype)
+
+
+def _classifier_model(config, image_size: int):
+  """conv4 with its linear head over the N classes."""
+  return models.make_conv4(num_classes=config.data.n_way,
+                           **_conv4_kwargs(config, image_size))
+
+
+def _embedding_model(config, image_size: int):
+  """conv4 without its head: the embedding of a metric learner."""
+  return models.make_conv4_embedding(**_conv4_kwargs(config, image_size))
+
+
+def _matching_model(config, image_size: int):
+  if config.model.fce == "none":
+    return _embedding_model(config, image_size)
+  from advmeta_jax.learners import fce  # pylint: disable=g-import-not-at-top
+  return fce.model_for_config(config, image_size)
+
+
+def _ridge_model(config, image_size: int):
+  return r2d2.make_r2d2(**_conv4_kwargs(config, image_size))
+
+
+def _gradient(build_fn):
+  return lambda apply_fn, config: build_fn(
+      apply_fn, inner_lr=config.meta.inner_lr,
+      first_order=config.meta.first_order, remat=_resolved(config, "remat"))
 
 
 class Kind(NamedTuple):
-  """A registered adaptation: its name, how a run's config builds it, and
-  whether its model is conv4's embedding without a head (`metric`)."""
+  """A registered adaptation: its name, how a run's (resolved) config builds
+  its model and the adaptation over that model's function, and whether the
+  model is conv4's embedding without a head (`metric`).
+
+  Attributes:
+    name: the registry name.
+    build: `(apply_fn, config) -> Adaptation`.
+    make_model: `(config, image_size) -> flax module` (conv4, its embedding,
+      FCE Matching Networks or R2-D2's model).
+    metric: the model outputs embeddings, not N logits.
+  """
   name: str
   build: Callable[[Callable, Any], Adaptation]
+  make_model: Callable[[Any, int], Any] = _classifier_model
   metric: bool = False
 
 
 KINDS: Dict[str, Kind] = {
-    "gradient": Kind("gradient", lambda apply_fn, config: gradient_adaptation(
-        apply_fn, inner_lr=config.meta.inner_lr,
-        first_order=config.meta.first_order, remat=_remat(config))),
-    "head": Kind("head", lambda apply_fn, config: head_adaptation(
-        apply_fn, inner_lr=config.meta.inner_lr,
-        first_order=config.meta.first_order, remat=_remat(config))),
+    "gradient": Kind("gradient", _gradient(gradient_adaptation)),
+    "head": Kind("head", _gradient(head_adaptation)),
     "prototype": Kind("prototype", lambda embed, config: prototype_adaptation(
-        embed, n_way=config.data.n_way), metric=True),
-    "matching": Kind("matching", _matching, metric=True),
+        embed, n_way=config.data.n_way), _embedding_model, metric=True),
+    "matching": Kind("matching", _matching, _matching_model, metric=True),
     "ridge": Kind("ridge", lambda embed, config: ridge_adaptation(
-        embed, n_way=config.data.n_way), metric=True),
+        embed, n_way=config.data.n_way), _ridge_model, metric=True),
 }
 
 

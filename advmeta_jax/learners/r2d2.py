@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advmeta_jax import models
+from advmeta_jax.core import models
 
 Array = jax.Array
 # The scalars at initialization. α = 1 leaves f(x)W on its own scale (≈ the

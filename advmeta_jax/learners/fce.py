@@ -20,7 +20,7 @@ variants (`--fce`):
            state, h_k = ĥ_k + f'(x̂). Similarity: cosine.
 
 Both are trained with log-probabilities in the cross-entropy
-(`metric.log_attention_mass`); the cited implementation applies
+(`heads.log_attention_mass`); the cited implementation applies
 `F.cross_entropy` to the probabilities themselves, a bug not copied here.
 Its LSTM starts from a random state drawn at every call; here it starts from
 zeros (a deterministic function of the images, so attacks and the
@@ -41,9 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advmeta_jax import autotune
-from advmeta_jax import metric
-from advmeta_jax import models
+from advmeta_jax.learners import heads
+from advmeta_jax import datasets
+from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -128,19 +128,18 @@ def make_model(*, variant: str, filters: int, conv_impl: str, image_size: int,
   return FCEMatching(variant, filters, conv_impl, compute_dtype, hidden, steps)
 
 
-def model_for_config(config) -> FCEMatching:
-  """The FCE model of a run's `config.Config` (`model.fce` not "none")."""
+def model_for_config(config, image_size: int) -> FCEMatching:
+  """The FCE model of a run's `config.Config` (`model.fce` not "none", its
+  `auto` settings resolved) for images of `image_size`."""
   m = config.model
-  size = config.data.image_size or _default_size(config.data.dataset)
   return make_model(variant=m.fce, filters=m.filters,
-                    conv_impl=autotune.resolve(config).loop.conv_impl,
-                    image_size=size,
+                    conv_impl=config.loop.conv_impl,
+                    image_size=image_size,
                     compute_dtype=m.compute_dtype, hidden=m.fce_hidden,
                     steps=m.fce_steps)
 
 
-def _default_size(dataset: str) -> int:
-  from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
+def default_image_size(dataset: str) -> int:
   return datasets.info(dataset).default_image_size
 
 
@@ -166,5 +165,5 @@ def support_normalized_similarities(query_ctx: Array,
 
 def cosine_similarities(query_ctx: Array, support_ctx: Array) -> Array:
   """`[Q, S]` cosine similarities, a support set per query."""
-  return jnp.einsum("qd,qsd->qs", metric.l2_normalize(query_ctx),
-                    metric.l2_normalize(support_ctx))
+  return jnp.einsum("qd,qsd->qs", heads.l2_normalize(query_ctx),
+                    heads.l2_normalize(support_ctx))

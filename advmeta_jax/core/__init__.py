@@ -1,0 +1,18 @@
+"""The model and the data it sees: conv4 (and its convolution formulations),
+the losses every learner uses, and N-way K-shot episodes.
+
+    models.py       conv4, its embedding, `make_apply_fn`, parameter init
+    hybrid_conv.py  the convolution whose derivatives stay fast on a CPU
+    losses.py       cross-entropy and accuracy
+    episodes.py     tasks sampled on the device from an explicit key
+"""
+
+from advmeta_jax.core import episodes
+from advmeta_jax.core import hybrid_conv
+from advmeta_jax.core import losses
+from advmeta_jax.core import models
+
+from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
+_config.register_choices("conv_impl", lambda: models.CONV_IMPLS)
+_config.register_choices("compute_dtype", lambda: models.COMPUTE_DTYPES)
+_config.register_check("image_size", models.feature_map_size)

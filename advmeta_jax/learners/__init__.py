@@ -1,0 +1,43 @@
+"""Learners: how a support set becomes a classifier (adaptations), and the
+meta-loss of a task (objectives), registered by name.
+
+    maml.py         MAML's inner loop (`adapt`)
+    heads.py        Prototypical and Matching Networks' classifiers
+    fce.py          Matching Networks' full context embeddings
+    r2d2.py         R2-D2's ridge-regression head and model
+    adaptations.py  the adaptation kinds, each building its own model
+    objectives.py   clean, MAML-AD, ADML, AQ, TAFL outer losses
+    trades.py       R-MAML's TRADES objective
+    registry.py     learner = adaptation × objective, by name
+"""
+
+from advmeta_jax.learners import adaptations
+from advmeta_jax.learners import fce
+from advmeta_jax.learners import heads
+from advmeta_jax.learners import maml
+from advmeta_jax.learners import objectives
+from advmeta_jax.learners import r2d2
+from advmeta_jax.learners import registry
+from advmeta_jax.learners import trades
+from advmeta_jax.learners.registry import Bound
+from advmeta_jax.learners.registry import get
+from advmeta_jax.learners.registry import Learner
+from advmeta_jax.learners.registry import names
+from advmeta_jax.learners.registry import Pieces
+from advmeta_jax.learners.registry import register
+from advmeta_jax.learners.registry import robust_learners
+from advmeta_jax.learners.registry import ROBUST_LOSSES
+from advmeta_jax.learners.objectives import ADVERSARIAL_IMAGES
+from advmeta_jax.learners.objectives import TAFL_REDUCTIONS
+from advmeta_jax.learners.objectives import tafl_weights
+from advmeta_jax.learners.adaptations import Adaptation
+from advmeta_jax.learners.adaptations import gradient_adaptation
+from advmeta_jax.learners.adaptations import matching_adaptation
+from advmeta_jax.learners.adaptations import prototype_adaptation
+
+from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
+_config.register_choices("learner", names)
+_config.register_choices("robust", lambda: ROBUST_LOSSES)
+_config.register_choices("tafl_reduction", lambda: TAFL_REDUCTIONS)
+_config.register_choices("fce", lambda: fce.FCE_VARIANTS)
+_config.register_check("learner", get)

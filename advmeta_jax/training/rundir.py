@@ -1,0 +1,114 @@
+"""A run's directory as the loop uses it: opening it for a run, the stop
+request of a signal, and reading back a trained state.
+
+    open_run(workdir, config)   the checkpoint manager of a run that may start
+                                or resume there (config.json written)
+    StopSignal                  SIGTERM → save this step, then stop
+    restore_run(workdir, config, step)   the TrainState of a trained run
+
+The files themselves (config.json, metrics.jsonl, checkpoints/) are
+checkpoints.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Optional
+
+import jax
+
+from advmeta_jax.config import Config
+from advmeta_jax.core import models
+from advmeta_jax.errors import ConfigError, DataError
+from advmeta_jax.training import checkpoints
+from advmeta_jax.training.builders import build
+from advmeta_jax.training.checkpoints import CHECKPOINT_DIR
+from advmeta_jax.training.step import init_state
+from advmeta_jax.training.step import make_optimizer
+from advmeta_jax.training.step import TrainState
+
+
+def open_run(workdir: str, config: Config, *, primary: bool = True):
+  """The checkpoint manager of a run of `config` in `workdir`.
+
+  Refuses (ConfigError) a workdir whose checkpoints were trained with a config
+  that may not resume as `config`. Only then is config.json written (by the
+  first process): a refused run leaves nothing behind that would block the
+  corrected command.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoints.for_config(workdir, config)
+  try:
+    if manager.latest_step() is not None:
+      checkpoints.check_resumable(workdir, config)
+  except ConfigError:
+    manager.close()
+    raise
+  if primary:
+    checkpoints.write_config(workdir, config)
+  return manager
+
+
+class StopSignal:
+  """A context that turns SIGTERM into a request to stop: `signal` is its
+  name once received (None before). The loop saves the current step and
+  stops. Installed only in the main thread (Python's rule for handlers)."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def restore_run(workdir: str, config: Config,
+                step: Optional[int] = None) -> TrainState:
+  """The train state of a finished or interrupted run in `workdir`."""
+  exp = build(config.validate())
+  optimizer = make_optimizer(config.meta.meta_lr)
+  target = init_state(models.init_params(exp.model, jax.random.key(0),
+                                         exp.image_shape), optimizer)
+  manager = checkpoints.manager(workdir)
+  try:
+    available = list(manager.all_steps())
+    if not available:
+      raise ConfigError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}"
+                        ": train first (python -m launch.train --workdir=...).")
+    if step is not None and step not in available:
+      raise ConfigError(f"no checkpoint at step {step} in {workdir!r}; "
+                        f"available: {sorted(available)}.")
+    step = max(available) if step is None else step
+    try:
+      saved = checkpoints.restore_config(manager, step)
+    except Exception:  # pylint: disable=broad-except  (saved before configs were)
+      saved = None
+    diffs = [] if saved is None else config.resume_differences(saved)
+    if diffs:
+      raise ConfigError(
+          f"the checkpoint of step {step} in {workdir!r} was trained with a "
+          "different config than the one given (" + "; ".join(diffs)
+          + "): its parameters do not fit that model.")
+    try:
+      return checkpoints.restore(manager, target, step)
+    except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore)
+      first = str(e).splitlines()[0] if str(e) else ""
+      raise DataError(
+          f"the checkpoint of step {step} in {workdir!r} cannot be read "
+          f"({type(e).__name__}: {first[:300]}); evaluate another one with "
+          f"--checkpoint_step (available: {sorted(available)}).") from None
+  finally:
+    manager.close()
