@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from absl import flags
 
-from advmeta_jax.training import autotune
+from advmeta_jax.config import autotune
 from advmeta_jax import config as config_lib
 from advmeta_jax.core import models
 from advmeta_jax import training

@@ -147,7 +147,7 @@ def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
 def test_the_default_variant_is_what_train_runs_by_default():
   """No --variants / --conv_impls: the `auto` settings, resolved as
   launch.train resolves them; the row reports what they resolved to."""
-  from advmeta_jax.training import autotune  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.config import autotune  # pylint: disable=g-import-not-at-top
   o = benchmark.Options()
   assert o.variants == ("default",) and o.conv_impls == ("auto",)
   fields = benchmark.variant_fields("default")

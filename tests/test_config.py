@@ -37,7 +37,7 @@ def test_every_field_has_one_flat_name_a_default_and_help():
 
 
 def test_every_field_is_declared_once_in_the_code():
-  """A field's name is declared as a dataclass field once (in config.py), and
+  """A field's name is declared as a dataclass field once (in config/settings.py), and
   its help text is written once: no parallel help table or re-declaration."""
   declaration = re.compile(r"^\s+(\w+): [\w\[\]., ]+ = (?:setting|dataclasses"
                            r"\.field)\(", re.M)
@@ -46,7 +46,7 @@ def test_every_field_is_declared_once_in_the_code():
     for name in declaration.findall(path.read_text()):
       declared.setdefault(name, []).append(path.name)
   for _, f in _all_fields():
-    assert declared.get(f.name) == ["config.py"], (f.name, declared.get(f.name))
+    assert declared.get(f.name) == ["settings.py"], (f.name, declared.get(f.name))
     help_ = f.metadata["help"]
     if callable(help_):
       continue

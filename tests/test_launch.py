@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from advmeta_jax.training import autotune
+from advmeta_jax.config import autotune
 from advmeta_jax import datasets
 from advmeta_jax import learners
 

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advmeta_jax import attacks
-from advmeta_jax.training import autotune
+from advmeta_jax.config import autotune
 from advmeta_jax.core import episodes
 from advmeta_jax.core import models
 from advmeta_jax import training

@@ -8,6 +8,7 @@ generated from them. This package imports nothing of the library but
     flags.py      absl flags of the settings that take `auto` or a value
 """
 
+from advmeta_jax.config import autotune
 from advmeta_jax.config import flags
 from advmeta_jax.config import settings
 from advmeta_jax.config.settings import AttackConfig

@@ -30,7 +30,6 @@ from typing import Any, Callable, Dict, NamedTuple, Tuple
 import jax
 
 from advmeta_jax.learners import maml
-from advmeta_jax.config import AUTO
 from advmeta_jax.core import models
 from advmeta_jax.learners import heads
 from advmeta_jax.learners import r2d2
@@ -250,20 +249,9 @@ def _matching(embed, config) -> Adaptation:
       n_way=config.data.n_way, variant=config.model.fce)
 
 
-def _resolved(config, field: str):
-  """`config.loop.<field>`, which `training.build` has resolved from `auto`
-  for the backend (training/autotune.py) before any kind is built."""
-  value = getattr(config.loop, field)
-  if value == AUTO:
-    raise ConfigError(
-        f"loop.{field} is still 'auto': build a learner from a resolved config "
-        "(training.build resolves it; or training.autotune.resolve(config)).")
-  return value
-
-
 def _conv4_kwargs(config, image_size: int) -> Dict[str, Any]:
   return dict(filters=config.model.filters,
-              conv_impl=_resolved(config, "conv_impl"), image_size=image_size,
+              conv_impl=config.loop.conv_impl, image_size=image_size,
               compute_dtype=config.model.compute_dtype)
 
 
@@ -292,13 +280,14 @@ def _ridge_model(config, image_size: int):
 def _gradient(build_fn):
   return lambda apply_fn, config: build_fn(
       apply_fn, inner_lr=config.meta.inner_lr,
-      first_order=config.meta.first_order, remat=_resolved(config, "remat"))
+      first_order=config.meta.first_order, remat=config.loop.remat)
 
 
 class Kind(NamedTuple):
-  """A registered adaptation: its name, how a run's (resolved) config builds
-  its model and the adaptation over that model's function, and whether the
-  model is conv4's embedding without a head (`metric`).
+  """A registered adaptation: its name, how a run's config builds its model
+  and the adaptation over that model's function, and whether the model is
+  conv4's embedding without a head (`metric`). Both read the config with its
+  `auto` speed settings resolved (config/autotune.py).
 
   Attributes:
     name: the registry name.

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 
+from advmeta_jax.config import autotune
 from advmeta_jax.learners import adaptations
 from advmeta_jax.learners import objectives
 from advmeta_jax.learners import trades  # registers the "trades" objective
@@ -128,6 +129,7 @@ class Learner(NamedTuple):
           f"learner {self.name!r}{robust} needs a training attack: pass one built "
           "by attacks.make_attack, or set --train_attack when training "
           "from flags.")
+    config = autotune.resolve(config)   # a no-op for training.build's config
     return Bound(self, Pieces(self.adaptation.build(apply_fn, config), attack),
                  config.meta)
 

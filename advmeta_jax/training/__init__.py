@@ -2,7 +2,6 @@
 run directory.
 
     builders.py     config → model + bound learner (+ the training attack)
-    autotune.py     the `auto` speed settings per backend, resolved in `build`
     step.py         TrainState, the pure train step, the jitted iteration
     loop.py         `train`: resume, step, log, checkpoint, stop
     rundir.py       opening a run's directory, SIGTERM, `restore_run`
@@ -10,7 +9,6 @@ run directory.
     sharding.py     the device mesh over the task batch
 """
 
-from advmeta_jax.training import autotune
 from advmeta_jax.training import builders
 from advmeta_jax.training import checkpoints
 from advmeta_jax.training import loop

@@ -15,7 +15,7 @@ import inspect
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from advmeta_jax import attacks
-from advmeta_jax.training import autotune
+from advmeta_jax.config import autotune
 from advmeta_jax import datasets
 from advmeta_jax.core import episodes
 from advmeta_jax import learners

@@ -30,7 +30,7 @@ from advmeta_jax.core import episodes
 from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError, Interrupted
 from advmeta_jax.errors import NonFiniteLossError
-from advmeta_jax.training import autotune
+from advmeta_jax.config import autotune
 from advmeta_jax.training import checkpoints
 from advmeta_jax.training import rundir
 from advmeta_jax.training import sharding as sharding_lib

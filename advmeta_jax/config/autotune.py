@@ -28,8 +28,8 @@ from typing import Dict, Optional
 
 import jax
 
-from advmeta_jax.config import AUTO
-from advmeta_jax.config import Config
+from advmeta_jax.config.settings import AUTO
+from advmeta_jax.config.settings import Config
 
 # The settings `auto` resolves, in the loop section.
 AUTO_FIELDS = ("conv_impl", "parallel_tasks", "remat")
