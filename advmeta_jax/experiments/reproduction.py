@@ -31,7 +31,7 @@ from advmeta_jax import attacks
 from advmeta_jax.training import builders
 from advmeta_jax import datasets
 from advmeta_jax import evaluation
-from advmeta_jax.experiments import tables as experiments
+from advmeta_jax.experiments import base as experiments
 from advmeta_jax import learners
 from advmeta_jax.evaluation import protocol
 from advmeta_jax.evaluation import reports
