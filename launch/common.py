@@ -6,6 +6,7 @@ generated from the config's one declaration (`config.define_flags`); choices
 them and absl rejects an unknown value with the allowed ones.
 """
 
+import dataclasses
 import functools
 import logging as py_logging
 import sys
@@ -99,53 +100,61 @@ def run(main):
 
 # --- meta-test protocol flags (evaluate, sweep) -------------------------------
 
+# The test-time settings of launch.evaluate and launch.reproduce, and their
+# names before they were `--test_*` (deprecated; each still works once it
+# prints a line saying so).
+RUN_PROTOCOL_FLAGS = ("test_episodes", "test_inner_steps", "test_seed")
+DEPRECATED_PROTOCOL_FLAGS = {"episodes": "test_episodes",
+                             "inner_steps": "test_inner_steps",
+                             "seed": "test_seed"}
+
+
 def define_protocol_flags(*, cases="robust", attacks="pgd", eps="8/255",
-                          run_flags: bool = True):
-  """Flags of the meta-test protocol: cases, attacks, ε, episodes, steps, seed.
+                          run_flags: bool = True, deprecated: bool = False,
+                          flag_values=flags.FLAGS):
+  """Flags of the meta-test protocol (`config.ProtocolConfig`, declared
+  once): cases, attacks, ε, attack budgets, episodes, test inner steps, seed.
 
   `cases=None` leaves out --cases, for a launcher whose cases are fixed. With
-  `run_flags=False` the episodes, test-time inner steps and seed are left
-  out, for a launcher that also defines the training flags (whose
-  `--eval_episodes`, `--eval_inner_steps` and `--seed` serve instead).
+  `run_flags=False` --test_episodes and --test_inner_steps are left out, for
+  a launcher that also defines the training flags (whose --eval_episodes and
+  --eval_inner_steps serve instead). `deprecated` also defines --episodes,
+  --inner_steps and --seed, the earlier names of the --test_* flags.
   """
-  if cases is not None:
-    flags.DEFINE_string(
-        "cases", cases, "Test cases: 'all' (the six of ADML), 'robust' "
-        "(clean/clean, clean/adv) or a comma-separated list of support/query "
-        "with support in clean, adv, mixed (40% adversarial, K >= 2) and "
-        "query in clean, adv.")
-  flags.DEFINE_list("attacks", attacks, "Test-time attacks (comma-separated): "
-                    "fgsm, pgd, mi_fgsm, apgd, apgd_t, fab (FAB-T), square, "
-                    "autoattack (standard: APGD-CE, APGD-T, FAB-T, Square, "
-                    "with a per-stage report), cw_l2 (TAFL's reference "
-                    "C&W), cw_l2_strong.")
-  flags.DEFINE_list("eps", eps, "L-inf budgets (comma-separated, e.g. "
-                    "8/255,2/255); each eps attack runs at each. cw_l2 "
-                    "ignores them.")
-  flags.DEFINE_integer("attack_steps", 20, "Iterations of PGD and MI-FGSM "
-                       "at test time.")
-  flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD, APGD-T and "
-                       "FAB-T at test time, alone and in autoattack "
-                       "(AutoAttack's 100).")
-  flags.DEFINE_integer("square_queries", 5000, "Queries of the Square "
-                       "attack at test time, alone and in autoattack "
-                       "(AutoAttack's 5000).")
-  if not run_flags:
-    return
-  flags.DEFINE_integer("episodes", None, "Episodes per cell (default: the "
-                       "run's eval_episodes).")
-  flags.DEFINE_integer("inner_steps", None, "Test-time inner steps (default: "
-                       "the run's eval_inner_steps).")
-  flags.DEFINE_integer("seed", 0, "Seed of the test episodes and attack "
-                       "random starts (the same for every learner).")
+  only = [f for f in ("cases", "attacks", "eps", "attack_steps", "apgd_steps",
+                      "square_queries") if f != "cases" or cases is not None]
+  only += list(RUN_PROTOCOL_FLAGS if run_flags else ("test_seed",))
+  config_lib.define_protocol_flags(flag_values, only=only, cases=cases,
+                                   attacks=(attacks,), eps=(eps,))
+  if deprecated:
+    for old, new in DEPRECATED_PROTOCOL_FLAGS.items():
+      flags.DEFINE_integer(old, None, f"Deprecated: use --{new}.",
+                           flag_values=flag_values)
 
 
-def attack_specs_from_flags():
-  """The `AttackSpec`s of --attacks × --eps (cw_l2 once, with no ε)."""
-  f = flags.FLAGS
-  return attack_specs(f.attacks, f.eps, attack_steps=f.attack_steps,
-                      apgd_steps=f.apgd_steps,
-                      square_queries=f.square_queries)
+def protocol_from_flags(flag_values=flags.FLAGS) -> config_lib.ProtocolConfig:
+  """The validated protocol of the flags; a deprecated name (--episodes,
+  --inner_steps, --seed) is taken for its --test_* flag with one line on
+  stderr, unless the --test_* flag is given too."""
+  f = flag_values
+  changes = {}
+  for old, new in DEPRECATED_PROTOCOL_FLAGS.items():
+    if old in f and f[old].present:
+      print(f"warning: --{old} is deprecated; use --{new} (same meaning).",
+            file=sys.stderr)
+      if not f[new].present:
+        changes[new] = f[old].value
+  protocol = config_lib.protocol_from_flags(flag_values)
+  return dataclasses.replace(protocol, **changes).validate()
+
+
+def attack_specs_from_flags(protocol=None):
+  """The `AttackSpec`s of --attacks × --eps (cw_l2 once, with no ε), from
+  `protocol` (default: `protocol_from_flags()`)."""
+  p = protocol or protocol_from_flags()
+  return attack_specs(p.attack_names, p.eps_values,
+                      attack_steps=p.attack_steps, apgd_steps=p.apgd_steps,
+                      square_queries=p.square_queries)
 
 
 def attack_specs(names, eps_list, *, attack_steps: int = 20,

@@ -1,6 +1,6 @@
 r"""Meta-tests trained runs under the protocol of the seeds' tables.
 
-Every run gets the same episodes (same --seed), so rows are comparable:
+Every run gets the same episodes (same --test_seed), so rows are comparable:
 
   python -m launch.evaluate --workdirs=/tmp/runs/maml,/tmp/runs/tafl \
       --cases=all --attacks=pgd,fgsm --eps=8/255,2/255 --curves --kde \
@@ -39,7 +39,7 @@ flags.DEFINE_float("kde_threshold", 1.0, "Report the share of tasks with L_AR "
                    "above this.")
 flags.DEFINE_bool("masking_check", True, "Run the gradient-masking checks "
                   "for every eps attack and warn when one fails.")
-common.define_protocol_flags()
+common.define_protocol_flags(deprecated=True)
 FLAGS = flags.FLAGS
 
 
@@ -54,14 +54,16 @@ def main(argv):
   if len(names) != len(workdirs):
     raise ConfigError(f"--names has {len(names)} entries for "
                       f"{len(workdirs)} workdirs.")
-  cases = evaluation.parse_cases(FLAGS.cases)
-  specs = (common.attack_specs_from_flags()
+  protocol = common.protocol_from_flags()
+  cases = evaluation.parse_cases(protocol.cases)
+  specs = (common.attack_specs_from_flags(protocol)
            if any(c.needs_attack for c in cases) else ())
   out = reproduction.evaluate_workdirs(
       workdirs, names=names, checkpoint_step=FLAGS.checkpoint_step,
       split=FLAGS.split, data_dir=FLAGS.data_dir, out=FLAGS.out, cases=cases,
-      attack_specs=specs, num_episodes=FLAGS.episodes,
-      inner_steps=FLAGS.inner_steps, seed=FLAGS.seed, curves=FLAGS.curves,
+      attack_specs=specs, num_episodes=protocol.test_episodes,
+      inner_steps=protocol.test_inner_steps, seed=protocol.test_seed,
+      curves=FLAGS.curves,
       adversarial_curves=FLAGS.adversarial_curves, kde=FLAGS.kde,
       kde_threshold=FLAGS.kde_threshold, masking_check=FLAGS.masking_check,
       log=print)

@@ -15,6 +15,7 @@ Experiments: see `advmeta_jax.experiments.EXPERIMENTS` (--helpfull lists them).
 
 from absl import flags
 
+from advmeta_jax import config
 from advmeta_jax import experiments
 from advmeta_jax.experiments import reproduction
 from launch import common
@@ -28,13 +29,14 @@ flags.DEFINE_bool("shrink", False, "Toy scale on the offline digits dataset "
 flags.DEFINE_list("rows", None, "Only these rows (learners) of the table.")
 flags.DEFINE_string("data_dir", None, "Data directory (mini_imagenet) or "
                     "tensorflow-datasets data_dir (cifar_fs).")
-flags.DEFINE_integer("episodes", None, "Override the episodes per cell.")
 flags.DEFINE_list("extra_attacks", [], "Test attacks beyond the paper's, "
                   "at the experiment's first ε (e.g. autoattack, square, "
                   "apgd_t, fab): extra cells with no paper value. Trained "
                   "rows are not retrained, so this can follow a finished "
                   "run.")
-flags.DEFINE_integer("seed", 0, "Seed of the test episodes.")
+config.define_protocol_flags(only=("test_episodes", "test_seed"))
+for _old in ("episodes", "seed"):
+  flags.DEFINE_integer(_old, None, f"Deprecated: use --test_{_old}.")
 flags.DEFINE_float("kde_threshold", 1.0, "Share of tasks with L_AR above this "
                    "in the KDE section.")
 FLAGS = flags.FLAGS
@@ -42,10 +44,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  protocol = common.protocol_from_flags()
   out = reproduction.reproduce(
       experiments.get(FLAGS.experiment), FLAGS.workdir, shrink=FLAGS.shrink,
-      rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=FLAGS.episodes,
-      seed=FLAGS.seed, kde_threshold=FLAGS.kde_threshold,
+      rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=protocol.test_episodes,
+      seed=protocol.test_seed, kde_threshold=FLAGS.kde_threshold,
       extra_attacks=FLAGS.extra_attacks)
   print(out.report.markdown)
   print("\nwritten: " + ", ".join(sorted(out.report.files.values())))

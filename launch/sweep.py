@@ -21,8 +21,6 @@ flags.DEFINE_string("workdir", None, "Directory of the grid's runs and "
                     "report.", required=True)
 flags.DEFINE_list("gammas", "0,1,2,4", "TAFL γ values.")
 flags.DEFINE_list("ks", "0.5,1,2", "TAFL k values.")
-flags.DEFINE_integer("test_seed", 0, "Seed of the test episodes and attack "
-                     "random starts (the same for every grid point).")
 common.define_config_flags()
 common.define_protocol_flags(cases=None, run_flags=False)
 FLAGS = flags.FLAGS
@@ -39,7 +37,9 @@ def main(argv):
   del argv
   FLAGS.learner = "tafl"
   base = common.config_from_flags()
-  specs = [s for s in common.attack_specs_from_flags() if s.eps is not None]
+  protocol = common.protocol_from_flags()
+  specs = [s for s in common.attack_specs_from_flags(protocol)
+           if s.eps is not None]
   if len(specs) != 1:
     raise ConfigError("the sweep scores one eps attack: give one --attacks "
                       "and one --eps (default pgd at 8/255).")
@@ -47,7 +47,7 @@ def main(argv):
       base, FLAGS.workdir, gammas=_floats(FLAGS.gammas, "gammas"),
       ks=_floats(FLAGS.ks, "ks"), attack=specs[0],
       num_episodes=base.eval_episodes, inner_steps=base.eval_inner_steps,
-      seed=FLAGS.test_seed)
+      seed=protocol.test_seed)
   print(out.markdown)
   print(f"heatmap: {out.heatmap}")
 

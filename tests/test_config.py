@@ -134,3 +134,32 @@ def test_resume_accepts_loop_and_eval_changes_and_refuses_the_rest(
   saved = json.loads((tmp_path / checkpoints.CONFIG_FILE).read_text())
   assert set(saved) == set(config_lib.SECTIONS)
   assert os.path.isdir(tmp_path / checkpoints.CHECKPOINT_DIR / "2")
+
+
+def test_the_protocol_settings_are_declared_once_and_generate_their_flags():
+  """launch.evaluate, launch.sweep and launch.reproduce define the meta-test
+  flags from `ProtocolConfig`: same names, defaults and checks everywhere."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  config_lib.define_protocol_flags(fv, cases="all")
+  fv(["prog", "--attacks=pgd,fgsm", "--eps=8/255,2/255", "--test_seed=3",
+      "--test_inner_steps=4"])
+  p = config_lib.protocol_from_flags(fv)
+  assert p.cases == "all"                                # a launcher default
+  assert p.attack_names == ("pgd", "fgsm")
+  assert p.eps_values == ("8/255", "2/255")
+  assert (p.test_seed, p.test_inner_steps, p.test_episodes) == (3, 4, None)
+  assert {f.name for f in dataclasses.fields(config_lib.ProtocolConfig)} == set(
+      fv)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("attack_steps", 0, "attack_steps must be a positive integer"),
+    ("apgd_steps", 0, "apgd_steps must be a positive integer"),
+    ("test_episodes", 0, "test_episodes must be a positive integer"),
+    ("eps", ("8/255", "x"), "eps"),
+    ("attacks", (), "attacks must name at least one value"),
+])
+def test_the_protocol_refuses_bad_values_in_one_line(field, value, message):
+  with pytest.raises(ConfigError, match=message):
+    dataclasses.replace(config_lib.ProtocolConfig(), **{field: value}).validate()

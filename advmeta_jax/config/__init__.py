@@ -34,6 +34,7 @@ from advmeta_jax.config.settings import n_way_check
 from advmeta_jax.config.settings import non_negative_float
 from advmeta_jax.config.settings import non_negative_int
 from advmeta_jax.config.settings import positive_eps_text
+from advmeta_jax.config.settings import ProtocolConfig
 from advmeta_jax.config.settings import positive_float
 from advmeta_jax.config.settings import positive_int
 from advmeta_jax.config.settings import register_check
@@ -44,4 +45,6 @@ from advmeta_jax.config.settings import SECTIONS
 from advmeta_jax.config.settings import setting
 from advmeta_jax.config.settings import train_attacks
 from advmeta_jax.config.flags import define_flags
+from advmeta_jax.config.flags import define_protocol_flags
 from advmeta_jax.config.flags import from_flags
+from advmeta_jax.config.flags import protocol_from_flags

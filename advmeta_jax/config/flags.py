@@ -6,6 +6,7 @@ The settings that take `auto` or a value (settings.py's
 `--parallel_tasks=2`, `--parallel_tasks=auto`. A bad value is one line
 (absl's "flag --remat=maybe: should be auto, true or false")."""
 
+import dataclasses
 from typing import Optional, Sequence
 
 from absl import flags
@@ -16,6 +17,7 @@ from advmeta_jax.config.settings import AutoBool
 from advmeta_jax.config.settings import AutoInt
 from advmeta_jax.config.settings import Config
 from advmeta_jax.config.settings import fields
+from advmeta_jax.config.settings import ProtocolConfig
 
 
 def _parse_auto_bool(text):
@@ -69,6 +71,30 @@ def auto_flag(boolean: bool, name, default, help_):
                   boolean=boolean)
 
 
+def _define(f: dataclasses.Field, flag_values, default) -> None:
+  """The absl flag of one setting: enum for choices, list, bool, int, float,
+  or string; `auto` kinds through `auto_flag`."""
+  meta = f.metadata
+  kw = dict(flag_values=flag_values)
+  kind = meta.get("kind") or type(default)
+  help_ = meta["help"]() if callable(meta["help"]) else meta["help"]
+  if kind in (AutoBool, AutoInt):
+    flags.DEFINE_flag(auto_flag(kind is AutoBool, f.name, default, help_),
+                      flag_values)
+  elif meta.get("choices") is not None:
+    flags.DEFINE_enum(f.name, default, list(meta["choices"]()), help_, **kw)
+  elif kind is list:
+    flags.DEFINE_list(f.name, list(default), help_, **kw)
+  elif kind is bool:
+    flags.DEFINE_bool(f.name, default, help_, **kw)
+  elif kind is int:
+    flags.DEFINE_integer(f.name, default, help_, **kw)
+  elif kind is float:
+    flags.DEFINE_float(f.name, default, help_, **kw)
+  else:
+    flags.DEFINE_string(f.name, default, help_, **kw)
+
+
 def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
                  ) -> None:
   """Defines one absl flag per field (or per field in `only`), named by its
@@ -76,26 +102,31 @@ def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
   (absl then refuses an unknown value, listing the allowed ones)."""
   flag_values = flags.FLAGS if flag_values is None else flag_values
   for _, f in fields():
-    if only is not None and f.name not in only:
-      continue
-    meta = f.metadata
-    kw = dict(flag_values=flag_values)
-    kind = meta.get("kind") or type(f.default)
-    help_ = meta["help"]() if callable(meta["help"]) else meta["help"]
-    if kind in (AutoBool, AutoInt):
-      flags.DEFINE_flag(auto_flag(kind is AutoBool, f.name,
-                                             f.default, help_), flag_values)
-    elif meta.get("choices") is not None:
-      flags.DEFINE_enum(f.name, f.default, list(meta["choices"]()),
-                        help_, **kw)
-    elif kind is bool:
-      flags.DEFINE_bool(f.name, f.default, help_, **kw)
-    elif kind is int:
-      flags.DEFINE_integer(f.name, f.default, help_, **kw)
-    elif kind is float:
-      flags.DEFINE_float(f.name, f.default, help_, **kw)
-    else:
-      flags.DEFINE_string(f.name, f.default, help_, **kw)
+    if only is None or f.name in only:
+      _define(f, flag_values, f.default)
+
+
+def define_protocol_flags(flag_values=None, *,
+                          only: Optional[Sequence[str]] = None,
+                          **defaults) -> None:
+  """Defines the flags of the meta-test protocol (`ProtocolConfig`'s fields,
+  or those in `only`), with a launcher's own `defaults` where given
+  (e.g. `cases="robust"`)."""
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  for f in dataclasses.fields(ProtocolConfig):
+    if only is None or f.name in only:
+      _define(f, flag_values, defaults.get(f.name, f.default))
+
+
+def protocol_from_flags(flag_values=None) -> ProtocolConfig:
+  """The validated `ProtocolConfig` of the protocol flags that are defined
+  (the others keep their defaults)."""
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  return ProtocolConfig(**{
+      f.name: (tuple(flag_values[f.name].value) if f.metadata.get("kind")
+               is list else flag_values[f.name].value)
+      for f in dataclasses.fields(ProtocolConfig)
+      if f.name in flag_values}).validate()
 
 
 def from_flags(flag_values=None) -> Config:

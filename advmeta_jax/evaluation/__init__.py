@@ -38,3 +38,6 @@ from advmeta_jax.evaluation.metatest import STAGE_PREFIX
 from advmeta_jax.evaluation.metatest import SUPPORT_MODES
 from advmeta_jax.evaluation.metatest import TEST_ATTACKS
 from advmeta_jax.evaluation.metatest import TestCase
+
+from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
+_config.register_choices("test_attack", lambda: metatest.TEST_ATTACKS)

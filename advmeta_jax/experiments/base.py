@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from advmeta_jax.config import ProtocolConfig
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import default_test_attack
@@ -54,6 +55,10 @@ SHRINK_PROTOCOL = dict(episodes=4, inner_steps=2, attack_steps=2,
                        square_queries=10)
 
 
+# The protocol's defaults (its one declaration, `config.ProtocolConfig`).
+_PROTOCOL = ProtocolConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """A table of a seed (or of this project's README) as a ready config.
@@ -65,6 +70,8 @@ class ExperimentConfig:
     rows: `(row name, config overrides)`; the row name is the learner
       name the paper's numbers use.
     cases: test cases (`evaluation.parse_cases` syntax).
+    (The protocol fields' defaults are `config.ProtocolConfig`'s, the
+    settings of `launch.evaluate`; a table sets what its paper ran.)
     attacks: `(attack name, ε or None)` of the meta-test, whose other
       hyperparameters follow `evaluation.default_test_attack`, or an
       `AttackSpec` with all of them.
@@ -86,11 +93,11 @@ class ExperimentConfig:
   description: str
   train: Dict[str, Any]
   rows: Tuple[Tuple[str, Dict[str, Any]], ...]
-  cases: str = "robust"
+  cases: str = _PROTOCOL.cases
   attacks: Tuple[Any, ...] = (("pgd", "8/255"),)
-  attack_steps: int = 20
-  apgd_steps: int = 100
-  square_queries: int = 5000
+  attack_steps: int = _PROTOCOL.attack_steps
+  apgd_steps: int = _PROTOCOL.apgd_steps
+  square_queries: int = _PROTOCOL.square_queries
   episodes: int = 600
   inner_steps: int = 10
   paper: Tuple[PaperResult, ...] = ()
