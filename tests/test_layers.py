@@ -189,3 +189,25 @@ def test_the_checks_find_what_they_look_for(tmp_path):
       raise AssertionError(f"{check.__name__} missed the planted fault")
   finally:
     MODULES = saved
+
+
+def _body_lines(node) -> int:
+  """A function's lines without its docstring."""
+  lines = node.end_lineno - node.lineno + 1
+  first = node.body[0]
+  if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+      and isinstance(first.value.value, str)):
+    lines -= first.end_lineno - first.lineno + 1
+  return lines
+
+
+def test_training_and_evaluation_keep_their_functions_short():
+  """The loop is state, step and loop: no function of training/ or
+  evaluation/ runs over 60 lines (its docstring aside)."""
+  long = [f"{m}.{n.name}: {_body_lines(n)} lines"
+          for m, path in MODULES.items()
+          if _layer(m) in ("training", "evaluation")
+          for n in ast.walk(ast.parse(path.read_text()))
+          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+          and _body_lines(n) > 60]
+  assert not long, long

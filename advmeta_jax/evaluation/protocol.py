@@ -109,24 +109,8 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
   Returns:
     The cells, learner-major.
   """
-  if not runs:
-    raise ConfigError("no runs to evaluate.")
-  shapes = {_episode_shape(r.config) for r in runs}
-  if len(shapes) > 1:
-    raise ConfigError(
-        "runs with different datasets or episode shapes cannot share a table: "
-        + "; ".join(f"{r.name}: dataset={r.config.dataset} "
-                    f"n_way={r.config.n_way} k_shot={r.config.k_shot} "
-                    f"q_query={r.config.q_query}" for r in runs))
+  _check_comparable(runs, cases, attack_specs)
   first = runs[0].config
-  for case in cases:
-    if case.support == "mixed" and evaluation.mixed_adv_count(
-        first.k_shot) is None:
-      evaluation.mixed_support_mask(np.zeros(first.n_way * first.k_shot,
-                                             np.int32), first.n_way,
-                                    first.k_shot)   # raises the clear error
-  if any(c.needs_attack for c in cases) and not attack_specs:
-    raise ConfigError("adversarial test cases need at least one attack.")
   if data is None:
     data = builders.load_split(first, split)
   source = episodes.make_source(data)
@@ -151,6 +135,31 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
             f"({time.perf_counter() - t0:.1f} s)")
         cells.append(cell)
   return cells
+
+
+def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
+                      attack_specs: Sequence[AttackSpec]) -> None:
+  """Refuses runs that cannot share a table (other datasets or episode
+  shapes), a mixed support the shot count cannot give, and adversarial cases
+  without an attack, before any data is loaded."""
+  if not runs:
+    raise ConfigError("no runs to evaluate.")
+  shapes = {_episode_shape(r.config) for r in runs}
+  if len(shapes) > 1:
+    raise ConfigError(
+        "runs with different datasets or episode shapes cannot share a table: "
+        + "; ".join(f"{r.name}: dataset={r.config.dataset} "
+                    f"n_way={r.config.n_way} k_shot={r.config.k_shot} "
+                    f"q_query={r.config.q_query}" for r in runs))
+  first = runs[0].config
+  for case in cases:
+    if case.support == "mixed" and evaluation.mixed_adv_count(
+        first.k_shot) is None:
+      evaluation.mixed_support_mask(np.zeros(first.n_way * first.k_shot,
+                                             np.int32), first.n_way,
+                                    first.k_shot)   # raises the clear error
+  if any(c.needs_attack for c in cases) and not attack_specs:
+    raise ConfigError("adversarial test cases need at least one attack.")
 
 
 # --- gradient-masking checks ------------------------------------------------

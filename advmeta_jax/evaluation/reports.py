@@ -267,67 +267,13 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
   payload: Dict[str, Any] = {"cells": rows}
   written: Dict[str, str] = {}
   if curves:
-    payload["curves"] = {}
-    for spec in attack_specs or [None]:
-      data = curve_data(cells, spec)
-      label = "clean" if spec is None else spec.label
-      payload["curves"][label] = data
-      path = os.path.join(outdir, f"curves_{_slug(label)}.png")
-      written[f"curves {label}"] = plots.plot_curves(
-          data, path, title=f"per-step meta-test curves ({label})")
+    payload["curves"] = _curve_figures(cells, attack_specs, outdir, written)
   if kde:
-    # TAFL's figure is under PGD: the strongest PGD of the report (else the
-    # last attack with a budget).
-    eps_specs = sorted((s for s in attack_specs if s.eps is not None),
-                       key=lambda s: (s.name == "pgd",
-                                      attacks.parse_eps(s.eps)))
-    if eps_specs:
-      spec = eps_specs[-1]
-      samples = l_ar_samples(cells, spec)
-      if samples:
-        path = os.path.join(outdir, f"kde_l_ar_{_slug(spec.label)}.png")
-        written["kde"] = plots.plot_kde(
-            samples, path, threshold=kde_threshold,
-            title=f"L_AR(τ) over tasks, {spec.label}")
-        shares = {k: plots.share_above(v, kde_threshold)
-                  for k, v in samples.items()}
-        payload["l_ar"] = {"attack": spec.label, "threshold": kde_threshold,
-                           "share_above": shares,
-                           "mean": {k: float(v.mean())
-                                    for k, v in samples.items()}}
-        parts += ["", f"## L_AR(τ) over tasks ({spec.label})", "",
-                  markdown_table(
-                      ("learner", "mean L_AR", f"share of tasks > "
-                       f"{kde_threshold:g}"),
-                      [(k, f"{samples[k].mean():.3f}",
-                        f"{100 * s:.1f}%") for k, s in shares.items()])]
-  stages = stage_table(cells)
-  if stages:
-    payload["autoattack_stages"] = [
-        {"learner": c.run, "case": c.case.name, "attack": c.attack.label,
-         # A list: the stages in the order they ran (the JSON sorts keys).
-         "stages": [{"stage": n, "accuracy": round(100 * a["accuracy"], 2),
-                     "ci95": round(100 * a["accuracy_ci95"], 2)}
-                    for n, a in c.result.stage_summary().items()]}
-        for c in cells if c.result.stages]
-    parts += ["", "## AutoAttack, robust accuracy after each stage", "",
-              "Each stage attacks the examples still classified correctly; "
-              "the last column re-evaluates the returned batch (it can sit "
-              "above the last stage when transductive BatchNorm couples the "
-              "examples of a batch).", "", stages]
+    parts += _kde_section(cells, attack_specs, outdir, kde_threshold,
+                          payload, written)
+  parts += _stages_section(cells, payload)
   if masking:
-    failed = {k: v for k, v in masking.items() if not v.ok}
-    payload["masking_checks"] = {f"{k[0]} | {k[1]}": {
-        "ok": v.ok, "findings": list(v.findings)} for k, v in masking.items()}
-    parts += ["", "## Gradient-masking checks", ""]
-    if not failed:
-      parts.append(f"All {len(masking)} checks passed (PGD-5 ≥ PGD-20 ≥ "
-                   "APGD, Square (gradient-free) ≥ PGD-20, iterative ≤ FGSM "
-                   "≤ noise ≤ clean, accuracy falls with ε and reaches ~0 "
-                   "at ε = 0.5).")
-    for (run, label), report in failed.items():
-      parts.append(f"- WARNING {run} under {label}: "
-                   + " ".join(report.findings))
+    parts += _masking_section(masking, payload)
   markdown = "\n".join(parts)
   written["report"] = os.path.join(outdir, "report.md")
   write_text(outdir, "report.md", markdown)
@@ -335,6 +281,84 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
   written["json"] = os.path.join(outdir, "results.json")
   write_json(written["json"], payload)
   return Report(markdown, written)
+
+
+def _curve_figures(cells: Sequence[Cell], attack_specs, outdir: str,
+                   written: Dict[str, str]) -> Dict[str, Any]:
+  """One figure of per-step curves per attack; returns their data."""
+  out = {}
+  for spec in attack_specs or [None]:
+    data = curve_data(cells, spec)
+    label = "clean" if spec is None else spec.label
+    out[label] = data
+    path = os.path.join(outdir, f"curves_{_slug(label)}.png")
+    written[f"curves {label}"] = plots.plot_curves(
+        data, path, title=f"per-step meta-test curves ({label})")
+  return out
+
+
+def _kde_section(cells: Sequence[Cell], attack_specs, outdir: str,
+                 threshold: float, payload: Dict[str, Any],
+                 written: Dict[str, str]) -> List[str]:
+  """TAFL's figure, the KDE of L_AR over tasks, under the strongest PGD of
+  the report (else the last attack with a budget), and its summary table."""
+  eps_specs = sorted((s for s in attack_specs if s.eps is not None),
+                     key=lambda s: (s.name == "pgd", attacks.parse_eps(s.eps)))
+  if not eps_specs:
+    return []
+  spec = eps_specs[-1]
+  samples = l_ar_samples(cells, spec)
+  if not samples:
+    return []
+  path = os.path.join(outdir, f"kde_l_ar_{_slug(spec.label)}.png")
+  written["kde"] = plots.plot_kde(samples, path, threshold=threshold,
+                                  title=f"L_AR(τ) over tasks, {spec.label}")
+  shares = {k: plots.share_above(v, threshold) for k, v in samples.items()}
+  payload["l_ar"] = {"attack": spec.label, "threshold": threshold,
+                     "share_above": shares,
+                     "mean": {k: float(v.mean()) for k, v in samples.items()}}
+  return ["", f"## L_AR(τ) over tasks ({spec.label})", "",
+          markdown_table(
+              ("learner", "mean L_AR", f"share of tasks > {threshold:g}"),
+              [(k, f"{samples[k].mean():.3f}", f"{100 * s:.1f}%")
+               for k, s in shares.items()])]
+
+
+def _stages_section(cells: Sequence[Cell],
+                    payload: Dict[str, Any]) -> List[str]:
+  """AutoAttack's robust accuracy after each stage, where a cell has it."""
+  stages = stage_table(cells)
+  if not stages:
+    return []
+  payload["autoattack_stages"] = [
+      {"learner": c.run, "case": c.case.name, "attack": c.attack.label,
+       # A list: the stages in the order they ran (the JSON sorts keys).
+       "stages": [{"stage": n, "accuracy": round(100 * a["accuracy"], 2),
+                   "ci95": round(100 * a["accuracy_ci95"], 2)}
+                  for n, a in c.result.stage_summary().items()]}
+      for c in cells if c.result.stages]
+  return ["", "## AutoAttack, robust accuracy after each stage", "",
+          "Each stage attacks the examples still classified correctly; "
+          "the last column re-evaluates the returned batch (it can sit "
+          "above the last stage when transductive BatchNorm couples the "
+          "examples of a batch).", "", stages]
+
+
+def _masking_section(masking, payload: Dict[str, Any]) -> List[str]:
+  """The gradient-masking checks: one line when all pass, else a warning
+  per failed check."""
+  failed = {k: v for k, v in masking.items() if not v.ok}
+  payload["masking_checks"] = {f"{k[0]} | {k[1]}": {
+      "ok": v.ok, "findings": list(v.findings)} for k, v in masking.items()}
+  parts = ["", "## Gradient-masking checks", ""]
+  if not failed:
+    parts.append(f"All {len(masking)} checks passed (PGD-5 ≥ PGD-20 ≥ "
+                 "APGD, Square (gradient-free) ≥ PGD-20, iterative ≤ FGSM "
+                 "≤ noise ≤ clean, accuracy falls with ε and reaches ~0 "
+                 "at ε = 0.5).")
+  for (run, label), report in failed.items():
+    parts.append(f"- WARNING {run} under {label}: " + " ".join(report.findings))
+  return parts
 
 
 # --- TAFL's γ × k sweep ---------------------------------------------------------
