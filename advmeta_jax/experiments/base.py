@@ -51,8 +51,8 @@ SHRINK_TRAIN = dict(dataset="digits", data_dir=None, image_size=None,
                     num_steps=3, filters=4, task_batch_size=2, q_query=3,
                     train_attack_steps=2, log_every=1, checkpoint_every=3,
                     eval_batch_size=4)
-SHRINK_PROTOCOL = dict(episodes=4, inner_steps=2, attack_steps=2,
-                       square_queries=10)
+SHRINK_PROTOCOL = dict(test_episodes=4, test_inner_steps=2, attack_steps=2,
+                       apgd_steps=2, square_queries=10)
 
 
 # The protocol's defaults (its one declaration, `config.ProtocolConfig`).
@@ -133,7 +133,7 @@ class ExperimentConfig:
     name, which takes the ε of the experiment's first ε attack): attacks
     beyond the paper's, e.g. AutoAttack, whose cells have no paper value."""
     steps = SHRINK_PROTOCOL["attack_steps"] if shrink else self.attack_steps
-    apgd_steps = SHRINK_PROTOCOL["attack_steps"] if shrink else self.apgd_steps
+    apgd_steps = SHRINK_PROTOCOL["apgd_steps"] if shrink else self.apgd_steps
     queries = (SHRINK_PROTOCOL["square_queries"] if shrink
                else self.square_queries)
     first_eps = next((a[1] for a in self.attacks
@@ -152,11 +152,16 @@ class ExperimentConfig:
       specs.append(spec)
     return tuple(specs)
 
-  def protocol(self, *, shrink: bool = False) -> Dict[str, int]:
-    if shrink:
-      return {"episodes": SHRINK_PROTOCOL["episodes"],
-              "inner_steps": SHRINK_PROTOCOL["inner_steps"]}
-    return {"episodes": self.episodes, "inner_steps": self.inner_steps}
+  def protocol(self, *, shrink: bool = False) -> ProtocolConfig:
+    """The table's meta-test settings as `config.ProtocolConfig` (its cases,
+    episodes, test-time inner steps and attack budgets; toy scale with
+    `shrink`). The attacks themselves are `test_attacks`."""
+    p = ProtocolConfig(cases=self.cases, attack_steps=self.attack_steps,
+                       apgd_steps=self.apgd_steps,
+                       square_queries=self.square_queries,
+                       test_episodes=self.episodes,
+                       test_inner_steps=self.inner_steps)
+    return dataclasses.replace(p, **SHRINK_PROTOCOL) if shrink else p
 
   def paper_result(self, row: str, attack: Optional[AttackSpec],
                    case: TestCase) -> Optional[PaperResult]:

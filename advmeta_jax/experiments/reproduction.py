@@ -230,7 +230,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
     cases = evaluation.cases_for_shots(cases, first.k_shot)
   attack_specs = experiment.test_attacks(shrink=shrink, extra=extra_attacks)
   settings = experiment.protocol(shrink=shrink)
-  num_episodes = episodes_ or settings["episodes"]
+  num_episodes = episodes_ or settings.test_episodes
   # Check the data before any training.
   train_data = builders.load_split(first, "train")
   test_data = builders.load_split(first, "test")
@@ -248,7 +248,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
       f"{', '.join(s.label for s in attack_specs) or 'no attack'})")
   cells = protocol.evaluate_runs(
       runs, cases=cases, attack_specs=attack_specs, num_episodes=num_episodes,
-      inner_steps=settings["inner_steps"], seed=seed,
+      inner_steps=settings.test_inner_steps, seed=seed,
       curves=experiment.curves,
       adversarial_curves=experiment.adversarial_curves, data=test_data,
       log=log)
@@ -260,11 +260,11 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
         runs[:1] if shrink else runs,
         [s for s in attack_specs[:len(experiment.attacks)]
          if s.eps is not None][:1 if shrink else None],
-        data=test_data, seed=seed, inner_steps=settings["inner_steps"])
+        data=test_data, seed=seed, inner_steps=settings.test_inner_steps)
   seconds = time.perf_counter() - t0
   header = (f"# {experiment.name}{' (shrunk)' if shrink else ''}\n\n"
             f"{experiment.description}\n\n"
-            f"{num_episodes} episodes per cell, {settings['inner_steps']} "
+            f"{num_episodes} episodes per cell, {settings.test_inner_steps} "
             f"test-time inner steps, seed {seed}; accuracy in % ± 95% CI "
             f"(1.96·s/√n). Wall time {seconds / 60:.1f} min (training "
             "included).")
