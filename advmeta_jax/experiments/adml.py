@@ -4,8 +4,13 @@ on MiniImageNet and CIFAR-100 (CIFAR-FS split), FGSM at test with ε 2 and 0.2
 on the 0-255 scale (2/255 and 0.2/255 here), all support × query cases.
 
   python -m launch.reproduce --experiment=adml_table1 --data_dir=DATA \
-      --workdir=/ckpt/adml_table1
+      --workdir=/ckpt/adml_table1     # MiniImageNet 1-shot
+  python -m launch.reproduce --experiment=adml_table2 --data_dir=DATA \
+      --workdir=/ckpt/adml_table2     # MiniImageNet 5-shot
   python -m launch.reproduce --experiment=adml_table3 --workdir=/ckpt/adml3
+                                      # CIFAR-FS 1-shot (tfds or local files)
+  python -m launch.reproduce --experiment=adml_table4 --workdir=/ckpt/adml4
+                                      # CIFAR-FS 5-shot
   python -m launch.reproduce --experiment=adml_table1 --shrink \
       --workdir=/tmp/adml_shrunk        # the whole pipeline, offline, seconds
 
