@@ -132,7 +132,7 @@ def test_unknown_section_and_attack_are_refused():
 
 
 def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
-  """run() drives the children (python -m advmeta_jax.benchmark MODE JSON),
+  """run() drives the children (python -m advmeta_jax.benchmarks.benchmark MODE JSON),
   prints the table and writes the JSON."""
   out = tmp_path / "bench.json"
   payload = benchmark.run(benchmark.Options(

@@ -13,7 +13,7 @@ prints a Markdown table and writes the results as JSON (`Options.out`).
              each formulation and PyTorch's `conv2d`, first checked to agree
 
 Each train and attack configuration runs in a fresh subprocess
-(`python -m advmeta_jax.benchmark MODE JSON`), so that its peak memory (RSS
+(`python -m advmeta_jax.benchmarks.benchmark MODE JSON`), so that its peak memory (RSS
 on the CPU, device memory elsewhere) is its own. Second-order MAML, conv4
 F=32, 5-way, 15 queries per class, task batch 4, 5 inner steps unless the
 options say otherwise.
@@ -343,12 +343,13 @@ def run_child_process(mode: str, cfg: dict,
   """The result of one configuration run in a fresh Python process, or `cfg`
   with "error" (the child's last stderr line, or the timeout) and
   "stderr" (its tail) when it failed."""
-  package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
   try:
     proc = subprocess.run(
-        [sys.executable, "-m", "advmeta_jax.benchmark", mode, json.dumps(cfg)],
+        [sys.executable, "-m", "advmeta_jax.benchmarks.benchmark", mode, json.dumps(cfg)],
         capture_output=True, text=True, check=False, env=env,
         timeout=timeout_s)
   except subprocess.TimeoutExpired:

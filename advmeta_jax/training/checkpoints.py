@@ -171,7 +171,7 @@ def _nbytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException) -> bool:
   while error is not None:
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
       return True
@@ -206,7 +206,7 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
   try:
     _write(mgr, step, items)
   except Exception as e:  # pylint: disable=broad-except
-    if not _is_disk_full(e):
+    if not is_disk_full(e):
       raise
     directory = str(mgr.directory)
     free = shutil.disk_usage(directory).free

@@ -28,7 +28,7 @@ from advmeta_jax import datasets
 from advmeta_jax.config import Config
 from advmeta_jax.core import episodes
 from advmeta_jax.core import models
-from advmeta_jax.errors import ConfigError, Interrupted
+from advmeta_jax.errors import ConfigError, DataError, Interrupted
 from advmeta_jax.errors import NonFiniteLossError
 from advmeta_jax.config import autotune
 from advmeta_jax.training import checkpoints
@@ -76,7 +76,13 @@ def train(config: Config, workdir: str, *,
   sharding_lib.check_task_batch(config.meta.task_batch_size, mesh,
                                 built.config.loop.parallel_tasks)
   primary = jax.process_index() == 0
-  manager = rundir.open_run(workdir, config, primary=primary)
+  lock = rundir.lock_workdir(workdir) if primary else None
+  try:
+    manager = rundir.open_run(workdir, config, primary=primary)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
   try:
     logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
     logging.info("speed settings: %s", autotune.describe(config, built.config))
@@ -95,8 +101,31 @@ def train(config: Config, workdir: str, *,
                        resumed=resumed, progress=progress and primary,
                        primary=primary, step_callback=step_callback)
   finally:
-    manager.close()
+    _close(manager, lock)
   return sharding_lib.to_local(state, mesh)
+
+
+def _close(manager, lock) -> None:
+  """Closes the checkpoint manager and frees the workdir. A save that failed
+  (a full disk) may raise again from orbax's close: while another error is
+  on its way out that is dropped (the first error says what happened);
+  otherwise it becomes one line."""
+  failing = sys.exc_info()[0] is not None   # called from train's `finally`
+  try:
+    manager.close()
+  except Exception as e:  # pylint: disable=broad-except
+    if failing:
+      logging.warning("closing the checkpoints after an error: %s",
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+    elif checkpoints.is_disk_full(e):
+      raise DataError(f"no space left on the device while finishing the "
+                      f"checkpoints in {manager.directory}: free some space "
+                      "and run the same command to resume.") from None
+    else:
+      raise
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def _checked_split(config: Config, built: Built,

@@ -1,6 +1,7 @@
 """A run's directory as the loop uses it: opening it for a run, the stop
 request of a signal, and reading back a trained state.
 
+    lock_workdir(workdir)       one run per workdir: refuses a second one
     open_run(workdir, config)   the checkpoint manager of a run that may start
                                 or resume there (config.json written)
     StopSignal                  SIGTERM → save this step, then stop
@@ -12,8 +13,10 @@ checkpoints.py's.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import threading
 from typing import Optional
 
@@ -28,6 +31,55 @@ from advmeta_jax.training.checkpoints import CHECKPOINT_DIR
 from advmeta_jax.training.step import init_state
 from advmeta_jax.training.step import make_optimizer
 from advmeta_jax.training.step import TrainState
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLock:
+  """An exclusive `flock` on WORKDIR/.lock, held while a run trains there.
+
+  The operating system releases it when the process ends, however it ends
+  (SIGKILL included), so a killed run never leaves a stale lock. The file
+  holds the owner's pid and host, for the message a second run gets.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._file = None
+
+  def acquire(self) -> "WorkdirLock":
+    f = open(self.path, "a+")   # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      owner = f.read().strip() or "another process"
+      f.close()
+      raise ConfigError(
+          f"workdir {os.path.dirname(self.path)!r} is in use by another run "
+          f"({owner}): two runs in one workdir would overwrite each other's "
+          "checkpoints. Wait for it to finish or stop it, or choose another "
+          "--workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+def lock_workdir(workdir: str) -> WorkdirLock:
+  """Takes `workdir` for one run (created if needed); ConfigError, naming
+  the other process, when a run holds it already."""
+  os.makedirs(workdir, exist_ok=True)
+  return WorkdirLock(workdir).acquire()
 
 
 def open_run(workdir: str, config: Config, *, primary: bool = True):

@@ -1,0 +1,69 @@
+"""One run per workdir, and a checkpoint manager whose close fails after a
+full disk: each ends in one line."""
+
+import errno
+import os
+
+import pytest
+
+from advmeta_jax.errors import ConfigError, DataError
+from advmeta_jax.training import loop
+from advmeta_jax.training import rundir
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused_naming_the_first(tmp_path):
+  first = rundir.lock_workdir(str(tmp_path))
+  try:
+    with pytest.raises(ConfigError, match=rf"in use by another run \(pid "
+                       rf"{os.getpid()} on "):
+      rundir.lock_workdir(str(tmp_path))
+  finally:
+    first.release()
+  rundir.lock_workdir(str(tmp_path)).release()   # free again
+
+
+def test_the_lock_of_a_killed_run_is_not_stale(tmp_path):
+  """flock belongs to the process: a child that takes it and is killed
+  leaves the workdir free."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  ready = multiprocessing.get_context("fork").Event()
+
+  def hold():
+    held = rundir.lock_workdir(str(tmp_path))   # pylint: disable=unused-variable
+    ready.set()
+    signal.pause()
+
+  child = multiprocessing.get_context("fork").Process(target=hold)
+  child.start()
+  assert ready.wait(30)
+  with pytest.raises(ConfigError, match=f"pid {child.pid}"):
+    rundir.lock_workdir(str(tmp_path))
+  child.kill()
+  child.join()
+  rundir.lock_workdir(str(tmp_path)).release()
+
+
+class _Manager:
+  directory = "/ckpt"
+
+  def __init__(self, error):
+    self.error = error
+
+  def close(self):
+    raise self.error
+
+
+def test_a_full_disk_at_close_is_one_line():
+  with pytest.raises(DataError, match="no space left on the device while "
+                     "finishing the checkpoints in /ckpt"):
+    loop._close(_Manager(OSError(errno.ENOSPC, "No space left on device")),  # pylint: disable=protected-access
+                None)
+
+
+def test_a_close_error_after_another_error_does_not_hide_it():
+  with pytest.raises(DataError, match="the first error"):
+    try:
+      raise DataError("the first error")
+    finally:
+      loop._close(_Manager(OSError(errno.ENOSPC, "disk full")), None)  # pylint: disable=protected-access
