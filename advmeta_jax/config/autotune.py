@@ -3,7 +3,7 @@
 `conv_impl`, `parallel_tasks` and `remat` (the `loop` section) default to
 `auto`: the value that the benchmark measured fastest on the backend the run
 finds (`jax.default_backend()`: "cpu", "gpu" or "tpu"), from `TABLE` below.
-Each entry cites the run that chose it (command, commit, figure); an entry
+Each entry points to the docs section that justifies its values; an entry
 nobody has measured says "unmeasured" and holds the usual choice there.
 `python -m launch.benchmark --suite=accelerator` prints the entry it would
 write for the backend it ran on.
@@ -44,8 +44,8 @@ class Entry:
     tasks_per_device: parallel_tasks per device: the tasks adapted at once
       are this times the number of devices (0: the whole task batch).
     remat: rematerialize the inner steps.
-    source: the benchmark run that chose the entry (command, commit,
-      figure), or why it is unmeasured.
+    source: one line: where the docs justify the entry, or why it is
+      unmeasured.
   """
   conv_impl: str
   tasks_per_device: int
@@ -58,33 +58,8 @@ TABLE: Dict[str, Entry] = {
     # jax 0.10.2; PyTorch 2.13.0+cpu.
     "cpu": Entry(
         conv_impl="hybrid", tasks_per_device=1, remat=True,
-        source=(
-            "hybrid: `python -m launch.benchmark --rows=maml:32:1,maml:32:5,"
-            "maml:84:1,maml:84:5,aq:84:1 --torch --steps=5` at commit "
-            "76efe00 on a quiet 2-core AMD EPYC: 1.14x, 0.99x, 1.25x, 1.27x "
-            "PyTorch's tasks/s for MAML, 1.76x for AQ; the same rows with "
-            "--conv_impls=hybrid --variants=p1,p1+remat: p1 without remat "
-            "faster at 32x32 1-shot and AQ, at up to 2x the memory at 5-shot; "
-            "matmul p1+remat 0.389 / 2.173 s/step at 32x32 / 84x84 1-shot "
-            "against hybrid 0.282 / 1.802 in one run (docs/performance.md, "
-            "\"The hybrid convolution\"). Before it, matmul: "
-            "`python -m launch.benchmark --learners=maml --sizes=32,84 "
-            "--shots=1 --variants=base,p1+remat --torch --steps=5` (issue "
-            "18, before auto existed): p1+remat at 0.89x (32x32 1-shot) and "
-            "0.73x (84x84 1-shot) PyTorch's tasks/s, the whole batch "
-            "vmapped (base) 0.66x and 0.59x, with a third of the memory; "
-            "lax.conv (xla) 0.10-0.13x of matmul under vmap or lax.map "
-            "(docs/performance.md, commit 6082013; 0.08x on an AMD EPYC at "
-            "85c54fa, its kernel gradient slow inside loops); an A/B at "
-            "commit 04f7329 (load 4-6): p1+remat 0.76 / 6.59 s/step at "
-            "32x32 / 84x84 1-shot vs base 1.07 / 7.40, a Python loop over "
-            "tasks 1.07 (matmul) and 3.47 / 30.6 (lax.conv); `python -m "
-            "launch.benchmark --rows=maml:32:1,maml:32:5,maml:84:1,"
-            "maml:84:5,aq:84:1 --torch --steps=5` at commit f7a3b7c (per-task "
-            "meta-gradients in the rounds) on a quiet 2-core AMD EPYC: 1.07x, "
-            "0.78x, 0.80x, 0.80x PyTorch's tasks/s for MAML, 1.38x for AQ; "
-            "without remat (--variants=p1) slower at 1-shot, 2-3.5x the "
-            "memory at 5-shot; docs/performance.md \"Default vs PyTorch\".")),
+        source=("measured with `python -m launch.benchmark`: "
+                "docs/performance.md, \"Defaults by backend (auto)\"")),
 }
 # No GPU or TPU has been measured: both get the usual choice there, until
 # the accelerator suite runs on one.
