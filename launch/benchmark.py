@@ -10,17 +10,17 @@ r"""Benchmarks the meta-train step: time per step, tasks/s, compile time, memory
 
 With no --variants or --conv_impls it measures what `launch.train` runs by
 default: the `auto` speed settings resolved for the backend found
-(advmeta_jax/autotune.py), so "default vs PyTorch" is the first command.
+(advmeta_jax/config/autotune.py), so "default vs PyTorch" is the first command.
 `--rows` lists learner:size:shot configurations instead of the product of
 --learners, --sizes and --shots. `--suite=accelerator` runs the prepared
-accelerator suite (advmeta_jax/accelerator_suite.py) and writes its JSON and
+accelerator suite (advmeta_jax/benchmarks/accelerator_suite.py) and writes its JSON and
 Markdown into the folder --out; `--tiny` runs it at toy sizes.
 
 Prints a Markdown table and writes JSON to --out. Each train and attack
 configuration runs in a fresh subprocess, so that its peak memory is its own.
 `--variants` trades memory and precision (remat, pN: N tasks at a time, bf16,
 first_order); `--torch` adds the plain PyTorch baseline
-(`advmeta_jax/torch_baseline.py`) for maml and aq, and the ratio of tasks/s to
+(`advmeta_jax/benchmarks/torch_baseline.py`) for maml and aq, and the ratio of tasks/s to
 it. `--section=conv` times conv4's four convolutions one by one (forward and
 backward, each `--conv_impls` formulation and PyTorch's `conv2d`);
 `--section=attacks` the images per second of each of `--attacks`. How FLOPs,
@@ -75,7 +75,7 @@ flags.DEFINE_list("variants", list(D.variants),
 flags.DEFINE_integer("attack_steps", D.attack_steps, "PGD steps of the aq/tafl training "
                      "attack (section=train).")
 flags.DEFINE_bool("torch", D.torch, "Also run the plain PyTorch second-order "
-                  "MAML/AQ baseline (advmeta_jax/torch_baseline.py) on each "
+                  "MAML/AQ baseline (advmeta_jax/benchmarks/torch_baseline.py) on each "
                   "configuration, when torch is importable.")
 flags.DEFINE_integer("torch_threads", D.torch_threads, "torch.set_num_threads of the "
                      "baseline.")

@@ -10,8 +10,7 @@ CIFAR-FS, 5-way 5-shot:
 Running the same command again resumes from the last checkpoint in --workdir.
 The task batch is sharded over all devices (--num_devices to use fewer); for
 several hosts, run the same command on every host with --distributed (TPU
-pods) or --coordinator_address/--num_processes/--process_id (README,
-"Multi-device and multi-host").
+pods) or --coordinator_address/--num_processes/--process_id (docs/multihost.md).
 """
 
 from absl import flags

@@ -16,7 +16,7 @@ and a run may resume on another backend. An explicit value
 used as given.
 
 `resolve(config)` returns the config with every `auto` replaced; `build`
-(builders.py) resolves before building, and `train` logs the resolved
+(training/builders.py) resolves before building, and `train` logs the resolved
 values. The config.json of a run keeps `auto`, so a run resumed on another
 backend gets that backend's choice.
 """

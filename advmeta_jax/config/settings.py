@@ -369,19 +369,19 @@ class LoopConfig(_Section):
   remat: Any = setting(
       AUTO, "Rematerialize the inner steps in the meta-gradient (same "
       "result, less memory, ~1/3 more compute): true, false or auto (the "
-      "backend's measured choice, advmeta_jax/autotune.py).",
+      "backend's measured choice, advmeta_jax/config/autotune.py).",
       check=auto_or_bool, kind=AutoBool)
   parallel_tasks: Any = setting(
       AUTO, "Tasks adapted at once (0: the whole task batch); fewer run in "
       "sequential rounds, each task's meta-gradient taken in its round: same "
       "result, memory of parallel_tasks tasks. auto: the backend's measured choice "
-      "(advmeta_jax/autotune.py).", check=auto_or_non_negative_int,
+      "(advmeta_jax/config/autotune.py).", check=auto_or_non_negative_int,
       kind=AutoInt)
   conv_impl: str = setting(
       AUTO, "Convolution formulation (same function): matmul (patches and "
       "one matmul), xla (lax.conv) or hybrid (lax.conv, its kernel gradient as "
       "chunked matmuls, custom derivatives); auto: the backend's measured choice "
-      "(advmeta_jax/autotune.py).", choices=_conv_impl_choices)
+      "(advmeta_jax/config/autotune.py).", choices=_conv_impl_choices)
   data_dir: Optional[str] = setting(
       None, "Directory of the data, in any layout of docs/datasets.md (e.g. "
       "the CIFAR-100 archives, MiniImageNet's pickles or HDF5, Omniglot's "

@@ -8,8 +8,8 @@
 seed), so the rows of a table are comparable. One learner's meta-test is
 `evaluation.run_case`; the cells are formatted and written by reports.py
 (`reports.write_reports`), and the drivers that train and then evaluate
-(`reproduce`, the TAFL γ × k sweep) are in reproduction.py. The imports go one
-way: evaluation ← protocol ← reports ← reproduction.
+(`reproduce`, the TAFL γ × k sweep) are in experiments/reproduction.py. The
+imports go one way: metatest ← protocol ← reports ← experiments.reproduction.
 
 These are drivers: they run jitted functions and return NumPy results, and are
 not meant to be traced.
@@ -203,8 +203,3 @@ def masking_checks(runs: Sequence[Run], attack_specs: Sequence[AttackSpec], *,
                         run.name, spec.label, report)
       out[(run.name, spec.label)] = report
   return out
-
-
-# Names that protocol.py held before the split, and their modules now. They
-# are not re-exported (reports.py and reproduction.py import this module); an
-# old import fails with where the name went.

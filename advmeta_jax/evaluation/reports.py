@@ -13,7 +13,7 @@
                                         sweep.md
 
 Formatting and writing only: the functions here read what protocol.py
-(`Cell`s) and evaluation.py (`MetaTestResult`s) computed and run no model.
+(`Cell`s) and metatest.py (`MetaTestResult`s) computed and run no model.
 The imports go one way: evaluation ← protocol ← reports ← reproduction.
 """
 
