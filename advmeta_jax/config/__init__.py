@@ -10,6 +10,7 @@ generated from them. This package imports nothing of the library but
 
 from advmeta_jax.config import autotune
 from advmeta_jax.config import flags
+from advmeta_jax.config import protocol
 from advmeta_jax.config import settings
 from advmeta_jax.config.settings import AttackConfig
 from advmeta_jax.config.settings import AUTO
@@ -34,7 +35,7 @@ from advmeta_jax.config.settings import n_way_check
 from advmeta_jax.config.settings import non_negative_float
 from advmeta_jax.config.settings import non_negative_int
 from advmeta_jax.config.settings import positive_eps_text
-from advmeta_jax.config.settings import ProtocolConfig
+from advmeta_jax.config.protocol import ProtocolConfig
 from advmeta_jax.config.settings import positive_float
 from advmeta_jax.config.settings import positive_int
 from advmeta_jax.config.settings import register_check

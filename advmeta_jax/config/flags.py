@@ -17,7 +17,7 @@ from advmeta_jax.config.settings import AutoBool
 from advmeta_jax.config.settings import AutoInt
 from advmeta_jax.config.settings import Config
 from advmeta_jax.config.settings import fields
-from advmeta_jax.config.settings import ProtocolConfig
+from advmeta_jax.config.protocol import ProtocolConfig
 
 
 def _parse_auto_bool(text):

@@ -119,6 +119,12 @@ def choices(kind: str) -> Tuple[str, ...]:
   return tuple(_CHOICES[kind]()) if kind in _CHOICES else ()
 
 
+def description(kind: str, name: str) -> Optional[str]:
+  """The registered one-line description of value `name` of `kind`, if any."""
+  describe = _DESCRIPTIONS.get(kind)
+  return describe(name) if describe is not None else None
+
+
 def _choices_of(kind: str) -> Callable[[], Tuple[str, ...]]:
   return lambda: choices(kind)
 
@@ -210,7 +216,7 @@ def train_attacks() -> Tuple[str, ...]:
   return choices("train_attack")
 
 
-class _Section:
+class Section:
   """Shared behaviour of the sections: field-wise checks."""
 
   def validate(self):
@@ -227,7 +233,7 @@ class _Section:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Section):
   """The episodes: which data, at what size, and the task shape."""
   dataset: str = setting("digits", _dataset_help, choices=_choices_of("dataset"))
   image_size: Optional[int] = setting(
@@ -239,7 +245,7 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(Section):
   """conv4: 4 x (3x3 conv, BatchNorm, ReLU, 2x2 max-pool) + linear head."""
   filters: int = setting(32, "F: filters per conv4 convolution (32 "
                          "MiniImageNet/CIFAR-FS, 64 Omniglot).",
@@ -261,7 +267,7 @@ class ModelConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaConfig(_Section):
+class MetaConfig(Section):
   """Meta-learning: the learner, its inner loop and meta-optimizer, the seed,
   and the hyperparameters of the learners' objectives (the static config an
   outer loss receives)."""
@@ -330,7 +336,7 @@ class MetaConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class AttackConfig(_Section):
+class AttackConfig(Section):
   """The training attack of the robust learners (maml, protonet and
   matchingnet without --robust use none)."""
   train_attack: Optional[str] = setting(
@@ -349,7 +355,7 @@ class AttackConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopConfig(_Section):
+class LoopConfig(Section):
   """How the steps run; none of these changes what a step computes (beyond
   float rounding), so a resumed run may change them."""
   num_steps: int = setting(300, "Meta-training steps (meta-updates).",
@@ -392,7 +398,7 @@ class LoopConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig(_Section):
+class EvalConfig(Section):
   """The meta-test after training (and the defaults of launch.evaluate)."""
   eval_episodes: int = setting(
       600, "Meta-test episodes (0: no meta-test after training).",
@@ -401,81 +407,6 @@ class EvalConfig(_Section):
                                   check=positive_int)
   eval_batch_size: int = setting(20, "Meta-test tasks adapted in parallel "
                                  "(memory knob).", check=positive_int)
-
-
-def _optional_positive_int(value, name: str) -> None:
-  if value is not None:
-    positive_int(value, name)
-
-
-def _comma_list(value) -> Tuple[str, ...]:
-  """A list flag's value: a comma-separated string or a sequence of strings."""
-  if isinstance(value, str):
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-  return tuple(value)
-
-
-def _non_empty_list(value, name: str) -> None:
-  if not _comma_list(value):
-    raise ConfigError(f"{name} must name at least one value, got {value!r}.")
-
-
-def _eps_list(value, name: str) -> None:
-  _non_empty_list(value, name)
-  for eps in _comma_list(value):
-    eps_text(eps, name)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtocolConfig(_Section):
-  """The meta-test protocol of trained runs: test cases, attacks and their
-  budgets, episodes, test-time inner steps and the seed of the episodes.
-
-  One declaration for every launcher that meta-tests (launch.evaluate,
-  launch.sweep, launch.reproduce): each field is a flag of the same name
-  with the same meaning wherever it appears (`flags.define_protocol_flags`).
-  A run's own meta-test after training is `EvalConfig` (`eval_*`), the
-  default of `test_episodes` and `test_inner_steps`.
-  """
-  cases: str = setting(
-      "robust", "Test cases: 'all' (the six of ADML), 'robust' (clean/clean, "
-      "clean/adv) or a comma-separated list of support/query with support in "
-      "clean, adv, mixed (40% adversarial, K >= 2) and query in clean, adv.")
-  attacks: Tuple[str, ...] = setting(
-      ("pgd",), lambda: "Test-time attacks (comma-separated): " + ", ".join(
-          f"{n} ({_DESCRIPTIONS['test_attack'](n)})"
-          if "test_attack" in _DESCRIPTIONS else n
-          for n in choices("test_attack")) + ".",
-      check=_non_empty_list, kind=list)
-  eps: Tuple[str, ...] = setting(
-      ("8/255",), "L-inf budgets (comma-separated, e.g. 8/255,2/255); each "
-      "eps attack runs at each; attacks without an eps ignore them.",
-      check=_eps_list, kind=list)
-  attack_steps: int = setting(
-      20, "Iterations of PGD and MI-FGSM at test time.", check=positive_int)
-  apgd_steps: int = setting(
-      100, "Iterations of APGD, APGD-T and FAB-T at test time, alone and in "
-      "autoattack (AutoAttack's 100).", check=positive_int)
-  square_queries: int = setting(
-      5000, "Queries of the Square attack at test time, alone and in "
-      "autoattack (AutoAttack's 5000).", check=positive_int)
-  test_episodes: Optional[int] = setting(
-      None, "Meta-test episodes per cell (default: the run's eval_episodes, "
-      "or the experiment's).", check=_optional_positive_int, kind=int)
-  test_inner_steps: Optional[int] = setting(
-      None, "Test-time inner steps (default: the run's eval_inner_steps, or "
-      "the experiment's).", check=_optional_positive_int, kind=int)
-  test_seed: int = setting(
-      0, "Seed of the test episodes and attack random starts (the same for "
-      "every learner).", check=integer)
-
-  @property
-  def attack_names(self) -> Tuple[str, ...]:
-    return _comma_list(self.attacks)
-
-  @property
-  def eps_values(self) -> Tuple[str, ...]:
-    return _comma_list(self.eps)
 
 
 SECTIONS: Dict[str, type] = {
@@ -598,6 +529,3 @@ class Config:
     if self.meta.robust == "none":
       return self.meta.learner
     return f"{self.meta.learner}+{self.meta.robust}"
-
-
-# --- flags -------------------------------------------------------------------
