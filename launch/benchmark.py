@@ -32,6 +32,7 @@ import dataclasses
 from absl import app
 from absl import flags
 
+from advmeta_jax import attacks
 from advmeta_jax.benchmarks import benchmark
 from advmeta_jax.errors import ConfigError
 
@@ -49,7 +50,8 @@ flags.DEFINE_enum("section", D.section, list(benchmark.SECTIONS),
                   "or conv4's convolutions one by one (forward + backward).")
 flags.DEFINE_integer("conv_images", D.conv_images, "Images per convolution call "
                      "(section=conv; 75 = one 5-way 15-query query set).")
-flags.DEFINE_list("attacks", list(D.attacks), "Attacks (section=attacks).")
+flags.DEFINE_list("attacks", list(D.attacks), "Attacks (section=attacks): "
+                  f"{', '.join(attacks.benchmark_attacks())}.")
 flags.DEFINE_integer("attack_batch", D.attack_batch, "Images per attack call.")
 flags.DEFINE_integer("pgd_steps", D.pgd_steps, "PGD steps (section=attacks).")
 flags.DEFINE_integer("cw_steps", D.cw_steps, "C&W Adam steps (section=attacks).")

@@ -164,11 +164,7 @@ def attack_specs(names, eps_list, *, attack_steps: int = 20,
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
   specs = []
   for name in names:
-    if name in evaluation.PRESETS:
-      specs.append(evaluation.PRESETS[name])
-      continue
-    attacks_lib.get(name)
-    if "eps" not in attacks_lib.hyperparameters(name):
+    if not attacks_lib.runs_at_each_eps(name):   # presets, C&W: once
       specs.append(evaluation.default_test_attack(name, None))
       continue
     for eps in eps_list:

@@ -414,7 +414,7 @@ def test_parse_eps_refuses_bad_values(text, message):
 def test_registry_builds_an_attack_from_flags():
   assert set(attacks.names()) == {"apgd", "apgd_t", "autoattack", "cw_l2",
                                   "fab", "fgsm", "mi_fgsm", "pgd", "square"}
-  assert attacks.get("carlini_wagner_l2") is attacks.carlini_wagner_l2
+  assert attacks.get("carlini_wagner_l2").fn is attacks.carlini_wagner_l2
   with pytest.raises(ConfigError, match="unknown attack 'deepfool'; choose "
                      "one of: apgd, apgd_t, autoattack, cw_l2, fab, fgsm, "
                      "mi_fgsm, pgd, square"):

@@ -385,8 +385,8 @@ def test_two_classes_are_refused_by_the_dlr_attacks():
 
 def test_registry_builds_the_new_attacks_from_flags():
   assert {"apgd_t", "fab", "square", "autoattack"} <= set(attacks.names())
-  assert attacks.get("apgd-t") is attacks.apgd_t
-  assert attacks.get("fab-t") is attacks.fab
+  assert attacks.get("apgd-t").fn is attacks.apgd_t
+  assert attacks.get("fab-t").fn is attacks.fab
   (w1, w2), x, y = tiny_problem()
   logits_fn = coupled_logits(w1, w2)
   aa = attacks.make_attack("autoattack", {"eps": "8/255"})

@@ -3,8 +3,8 @@ protocol defaults, the per-stage report of a cell, the report section, the
 launchers' flags and the reproduction configs' extra attacks."""
 
 import json
-import pathlib
 
+from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -121,10 +121,13 @@ def test_launcher_flags_build_autoattack_with_its_budgets():
   assert dict(specs[4].hparams)["num_steps"] == 7
   with pytest.raises(ConfigError, match="unknown attack 'deepfool'"):
     common.attack_specs(["deepfool"], ["8/255"])
-  source = (pathlib.Path(common.__file__)).read_text()
-  for name in ("apgd_t", "fab (FAB-T)", "square", "autoattack",
-               "square_queries"):
-    assert name in source
+  flag_values = flags.FlagValues()
+  common.define_protocol_flags(flag_values=flag_values)
+  text = flag_values["attacks"].help    # the registry's test attacks
+  for name in ("apgd_t (APGD-T", "fab (FAB-T", "square (Square",
+               "autoattack (AutoAttack", "cw_l2_strong (C&W-L2"):
+    assert name in text
+  assert "AutoAttack's 5000" in flag_values["square_queries"].help
 
 
 def test_experiments_take_extra_attacks_at_their_first_eps():

@@ -59,9 +59,15 @@ Conventions that hold for all of them:
     `ConfigError` names the value and what is allowed; traced values are not
     checked (they cannot be without breaking `jit`).
 
-Flags map to attacks through a small registry: `names()`, `get(name)`,
-`make_attack(name, hparams)` (a uniform `(logits_fn, x, y, *, key=None)`
-callable), and `parse_eps("8/255")`.
+Flags map to attacks through the registry (registry.py): one `AttackEntry`
+per attack holds its function, aliases, hyperparameters (kinds, defaults,
+checks), meta-test settings, whether it may train, its benchmark budget and
+a one-line description; `get(name)` returns it, `register(entry)` adds one.
+`make_attack(name, hparams)` builds a uniform `(logits_fn, x, y, *,
+key=None)` callable from flag values, `parse_eps("8/255")` reads a budget.
+A new attack is its algorithm file, one `register(AttackEntry(...))` in
+registry.py and its row in docs/attacks.md (a test compares the table with
+`registry.markdown_table()`).
 
 `check_attack_strength` runs the sanity checks of Carlini et al. 2019 ("On
 Evaluating Adversarial Robustness", §5) that reveal gradient masking: PGD at
@@ -78,9 +84,10 @@ Modules (everything public is re-exported here; import from
   fab       fab, project_linf_hyperplane.
   square    square, square_fraction, square_sizes.
   autoattack  autoattack, autoattack_with_report, robust_accuracies, stages.
-  registry  names, get, hyperparameters, make_attack, parse_eps, ATTACKS.
+  registry  AttackEntry, register, get, names, make_attack, parse_eps,
+            train_attacks, meta_test_attacks, meta_test_setting, ATTACKS, ...
   masking   check_attack_strength, StrengthReport, attack_accuracy.
-  _checks   validation of hyperparameters and inputs (private).
+  checks    validation of hyperparameters and inputs.
 """
 
 from advmeta_jax.attacks.autoattack import autoattack
@@ -108,28 +115,49 @@ from advmeta_jax.attacks.masking import attack_accuracy
 from advmeta_jax.attacks.masking import check_attack_strength
 from advmeta_jax.attacks.masking import StrengthReport
 from advmeta_jax.attacks.registry import ATTACKS
+from advmeta_jax.attacks.registry import AttackEntry
+from advmeta_jax.attacks.registry import benchmark_attacks
+from advmeta_jax.attacks.registry import BenchmarkBudget
+from advmeta_jax.attacks.registry import Budget
 from advmeta_jax.attacks.registry import canonical_name
+from advmeta_jax.attacks.registry import CW_STRONG
+from advmeta_jax.attacks.registry import CW_TAFL_REFERENCE
+from advmeta_jax.attacks.registry import describe
+from advmeta_jax.attacks.registry import entries
 from advmeta_jax.attacks.registry import get
+from advmeta_jax.attacks.registry import Hparam
 from advmeta_jax.attacks.registry import hyperparameters
+from advmeta_jax.attacks.registry import Kind
 from advmeta_jax.attacks.registry import make_attack
+from advmeta_jax.attacks.registry import meta_test_attacks
+from advmeta_jax.attacks.registry import meta_test_setting
 from advmeta_jax.attacks.registry import names
 from advmeta_jax.attacks.registry import parse_eps
+from advmeta_jax.attacks.registry import Preset
+from advmeta_jax.attacks.registry import register
+from advmeta_jax.attacks.registry import runs_at_each_eps
+from advmeta_jax.attacks.registry import unregister
 from advmeta_jax.attacks.square import square
 from advmeta_jax.attacks.square import square_fraction
 from advmeta_jax.attacks.square import square_sizes
 from advmeta_jax.attacks.registry import train_attacks
 
 __all__ = [
-    "APGD_LOSSES", "ATTACKS", "StrengthReport", "apgd", "apgd_checkpoints",
-    "apgd_t", "attack_accuracy", "autoattack", "autoattack_stage_order",
-    "autoattack_stages", "autoattack_with_report", "canonical_name",
+    "APGD_LOSSES", "ATTACKS", "AttackEntry", "BenchmarkBudget", "Budget",
+    "CW_STRONG", "CW_TAFL_REFERENCE", "Hparam", "Kind", "Preset",
+    "StrengthReport", "apgd", "apgd_checkpoints", "apgd_t", "attack_accuracy",
+    "autoattack", "autoattack_stage_order", "autoattack_stages",
+    "autoattack_with_report", "benchmark_attacks", "canonical_name",
     "carlini_wagner_l2", "check_attack_strength", "cross_entropy_per_example",
-    "dlr_loss", "dlr_targeted_loss", "fab", "fgsm", "get", "hyperparameters",
-    "make_attack", "margin", "mi_fgsm", "names", "parse_eps", "pgd",
-    "project_linf_hyperplane", "robust_accuracies", "square", "square_fraction",
-    "square_sizes", "train_attacks",
+    "describe", "dlr_loss", "dlr_targeted_loss", "entries", "fab", "fgsm", "get",
+    "hyperparameters", "make_attack", "margin", "meta_test_attacks",
+    "meta_test_setting", "mi_fgsm", "names", "parse_eps", "pgd",
+    "project_linf_hyperplane", "register", "robust_accuracies",
+    "runs_at_each_eps", "square", "square_fraction", "square_sizes",
+    "train_attacks", "unregister",
 ]
 
 from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
 _config.register_choices("train_attack", train_attacks)
+_config.register_choices("test_attack", meta_test_attacks, describe=describe)
 _config.register_check("eps", parse_eps)

@@ -274,24 +274,17 @@ def attack_hparams(name: str, *, pgd_steps: int = 20,
                    cw_steps: int = 100, autoattack_steps: int = 100,
                    autoattack_queries: int = 5000,
                    autoattack_targets: int = 9) -> dict:
-  """The hyperparameters an attack is timed with (ε 8/255; AutoAttack's own
-  defaults unless told fewer steps, e.g. in a tiny test run)."""
-  table = {
-      "fgsm": {"eps": "8/255"},
-      "pgd": {"eps": "8/255", "step_size": "2/255", "num_steps": pgd_steps},
-      "mi_fgsm": {"eps": "8/255", "num_steps": pgd_steps},
-      "cw_l2": {"c": 1.0, "num_steps": cw_steps},
-      "apgd": {"eps": "8/255", "num_steps": pgd_steps},
-      # AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (5000 queries).
-      "autoattack": {"eps": "8/255", "version": "standard",
-                     "num_steps": autoattack_steps,
-                     "num_queries": autoattack_queries,
-                     "num_target_classes": autoattack_targets},
-  }
-  if name not in table:
+  """The hyperparameters an attack is timed with: its registry entry's
+  benchmark budget (ε 8/255; AutoAttack's own defaults unless told fewer
+  steps, e.g. in a tiny test run)."""
+  if name not in attacks.benchmark_attacks():
     raise ConfigError(f"--attacks: no benchmark settings for {name!r}; "
-                      f"choose from {sorted(table)}.")
-  return table[name]
+                      f"choose from {list(attacks.benchmark_attacks())}.")
+  return attacks.get(name).benchmark(attacks.BenchmarkBudget(
+      pgd_steps=pgd_steps, cw_steps=cw_steps,
+      autoattack_steps=autoattack_steps,
+      autoattack_queries=autoattack_queries,
+      autoattack_targets=autoattack_targets))
 
 
 def run_attack_single(cfg: dict) -> dict:

@@ -17,8 +17,8 @@ from advmeta_jax.evaluation.metatest import attack_support
 from advmeta_jax.evaluation.metatest import AttackSpec
 from advmeta_jax.evaluation.metatest import cases_for_shots
 from advmeta_jax.evaluation.metatest import confidence_interval_95
-from advmeta_jax.evaluation.metatest import CW_STRONG
-from advmeta_jax.evaluation.metatest import CW_TAFL_REFERENCE
+from advmeta_jax.attacks import CW_STRONG
+from advmeta_jax.attacks import CW_TAFL_REFERENCE
 from advmeta_jax.evaluation.metatest import default_test_attack
 from advmeta_jax.evaluation.metatest import episode_keys
 from advmeta_jax.evaluation.metatest import evaluate_case
@@ -38,6 +38,3 @@ from advmeta_jax.evaluation.metatest import STAGE_PREFIX
 from advmeta_jax.evaluation.metatest import SUPPORT_MODES
 from advmeta_jax.evaluation.metatest import TEST_ATTACKS
 from advmeta_jax.evaluation.metatest import TestCase
-
-from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
-_config.register_choices("test_attack", lambda: metatest.TEST_ATTACKS)

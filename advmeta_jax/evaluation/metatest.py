@@ -456,26 +456,17 @@ class AttackSpec:
     """The attack function (the same object for equal specs)."""
     return _build_attack(self)
 
+  def shrunk(self) -> "AttackSpec":
+    """This attack at toy scale: loop lengths capped by its registry entry
+    (`toy_caps`; C&W's Adam and binary-search steps)."""
+    capped = attacks.get(self.name).shrink(dict(self.hparams))
+    return AttackSpec(self.name, tuple((k, capped[k]) for k, _ in self.hparams),
+                      self.tag)
+
 
 @functools.lru_cache(maxsize=None)
 def _build_attack(spec: AttackSpec) -> Attack:
   return attacks.make_attack(spec.name, dict(spec.hparams))
-
-
-# The C&W-L2 of TAFL Table 1: advertorch's CarliniWagnerL2Attack as the TAFL
-# code calls it (c0 = 1e-3, 10 iterations, 9 binary-search steps, lr 0.01,
-# confidence 0, abort early, per-example bookkeeping).
-CW_TAFL_REFERENCE = dict(c=1e-3, num_steps=10, binary_search_steps=9,
-                         learning_rate=0.01, confidence=0.0, abort_early=True,
-                         batch_consistent=False)
-# Our stronger C&W-L2: c = 1, 100 Adam steps, successes checked in the
-# returned batch (transductive BatchNorm).
-CW_STRONG = dict(c=1.0, num_steps=100, batch_consistent=True)
-# Test attacks that are settings of a registered attack under their own name.
-PRESETS = {"cw_l2_strong": AttackSpec.of("cw_l2", tag="cw_l2_strong",
-                                         **CW_STRONG)}
-TEST_ATTACKS = ("fgsm", "pgd", "mi_fgsm", "apgd", "apgd_t", "fab", "square",
-                "autoattack", "cw_l2", "cw_l2_strong")
 
 
 def default_test_attack(name: str, eps: Optional[str], num_steps: int = 20,
@@ -483,41 +474,25 @@ def default_test_attack(name: str, eps: Optional[str], num_steps: int = 20,
                         square_queries: int = 5000) -> AttackSpec:
   """The test-time attack `name` at budget `eps` with the protocol defaults.
 
-  PGD: step ε/4 (2/255 at 8/255), `num_steps` steps, random start (20 steps
-  at test, as AQ and TAFL). MI-FGSM: `num_steps` steps of ε/T, μ = 1. FGSM:
-  one step of ε. C&W-L2 (no ε): the TAFL reference settings
-  (`CW_TAFL_REFERENCE`); `cw_l2_strong`: `CW_STRONG`.
-  AutoAttack's components as its standard run sets them: APGD-CE, APGD-T
-  (the N−1 other classes of an N-way task as targets) and FAB-T with
-  `apgd_steps` iterations (100), Square with `square_queries` queries (5000,
-  p_init 0.8); `autoattack`: the standard ensemble with those settings and
-  its per-stage report (`MetaTestResult.stages`).
+  Each attack's registry entry gives its settings from ε and the budgets
+  (`attacks.get(name).test`, listed in docs/attacks.md): `num_steps` steps
+  for PGD (step ε/4, random start) and MI-FGSM (steps of ε/T); `apgd_steps`
+  iterations (AutoAttack's 100) for APGD-CE, APGD-T and FAB-T; Square with
+  `square_queries` queries (5000); `autoattack` the standard ensemble with
+  those settings and its per-stage report (`MetaTestResult.stages`); C&W-L2
+  (no ε) TAFL's reference (`attacks.CW_TAFL_REFERENCE`). A preset
+  (`cw_l2_strong`) is its entry's settings under its own name.
   """
-  if name in PRESETS:
-    return PRESETS[name]
-  name = attacks.canonical_name(name)   # unknown names: the registry's error
-  if name == "fgsm":
-    return AttackSpec.of("fgsm", eps=eps)
-  if name == "pgd":
-    step = attacks.parse_eps(eps) / 4
-    return AttackSpec.of("pgd", eps=eps, step_size=step, num_steps=num_steps)
-  if name == "mi_fgsm":
-    return AttackSpec.of("mi_fgsm", eps=eps, num_steps=num_steps)
-  if name == "apgd":
-    return AttackSpec.of("apgd", eps=eps, num_steps=apgd_steps)
-  if name == "apgd_t":
-    return AttackSpec.of("apgd_t", eps=eps, num_steps=apgd_steps)
-  if name == "fab":
-    return AttackSpec.of("fab", eps=eps, num_steps=apgd_steps, targeted=True)
-  if name == "square":
-    return AttackSpec.of("square", eps=eps, num_queries=square_queries)
-  if name == "autoattack":
-    return AttackSpec.of("autoattack", eps=eps, version="standard",
-                         num_steps=apgd_steps, num_queries=square_queries)
-  if name == "cw_l2":
-    return AttackSpec.of("cw_l2", **CW_TAFL_REFERENCE)
-  raise ConfigError(f"no protocol defaults for attack {name!r}; choose one "
-                    f"of: {', '.join(TEST_ATTACKS)}.")
+  budget = attacks.Budget(eps, num_steps, apgd_steps, square_queries)
+  attack, hparams, tag = attacks.meta_test_setting(name, budget)
+  return AttackSpec.of(attack, tag=tag, **hparams)
+
+
+# The built-in test attacks and presets (`attacks.meta_test_attacks()` also
+# lists the ones registered later).
+TEST_ATTACKS = attacks.meta_test_attacks()
+PRESETS = {name: default_test_attack(name, None)
+           for name in attacks.registry.presets()}
 
 
 def adaptation_for(config, exp=None) -> adaptations.Adaptation:

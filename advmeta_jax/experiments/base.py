@@ -145,10 +145,8 @@ class ExperimentConfig:
       spec = attack if isinstance(attack, AttackSpec) else default_test_attack(
           *attack, num_steps=steps, apgd_steps=apgd_steps,
           square_queries=queries)
-      if shrink and spec.name == "cw_l2":   # a few Adam steps, same settings
-        spec = AttackSpec(spec.name, tuple(
-            (k, min(v, 5) if k in ("num_steps", "binary_search_steps") else v)
-            for k, v in spec.hparams), spec.tag)
+      if shrink:   # e.g. a few Adam steps of C&W, same settings
+        spec = spec.shrunk()
       specs.append(spec)
     return tuple(specs)
 
