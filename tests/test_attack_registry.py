@@ -37,21 +37,24 @@ def noise(logits_fn, x, y, *, eps, key, scale=1.0):
   return jnp.clip(x + jnp.minimum(eps * scale, eps) * signs, 0.0, 1.0)
 
 
-def noise_entry(name="noise", trains=True):
+def noise_entry(name="noise", trains=True, settings=True):
   return attacks.AttackEntry(
       name, noise, "random sign noise of size ε, a toy",
       dict(eps=registry.EPS, scale=registry.unit(closed_low=False)),
       aliases=(f"{name}-alias",), trains=trains,
-      test=lambda b: dict(eps=b.eps, scale=0.5),
+      test=(lambda b: dict(eps=b.eps, scale=0.5)) if settings else None,
       test_help="half of ε",
-      benchmark=lambda b: {"eps": b.eps, "scale": 1.0})
+      benchmark=(lambda b: {"eps": b.eps, "scale": 1.0}) if settings
+      else None)
 
 
 @pytest.fixture
 def toy():
-  """Registers `noise` (may train) and `quiet` (may not) for one test."""
+  """Registers `noise` (trains, test and benchmark settings) and `quiet`
+  (none of them) for one test."""
   entries = (attacks.register(noise_entry()),
-             attacks.register(noise_entry("quiet", trains=False)))
+             attacks.register(noise_entry("quiet", trains=False,
+                                          settings=False)))
   yield entries
   for entry in entries:
     attacks.unregister(entry.name)
@@ -61,7 +64,11 @@ def test_a_registered_attack_is_a_test_attack_with_its_defaults(toy):
   assert attacks.get("noise") is toy[0]
   assert attacks.get("noise-alias") is toy[0]
   assert {"noise", "quiet"} <= set(attacks.names())
-  assert attacks.meta_test_attacks()[-2:] == ("noise", "quiet")
+  assert attacks.meta_test_attacks()[-1] == "noise"
+  assert "quiet" not in attacks.meta_test_attacks()
+  with pytest.raises(ConfigError, match="no protocol defaults for attack "
+                     "'quiet'; choose one of: fgsm, .*, cw_l2_strong, noise"):
+    evaluation.default_test_attack("quiet", "8/255")
   spec = evaluation.default_test_attack("noise", "4/255")
   assert spec == AttackSpec.of("noise", eps="4/255", scale=0.5)
   from launch import common  # pylint: disable=g-import-not-at-top
@@ -110,8 +117,11 @@ def test_a_registered_attack_trains_as_its_entry_says(toy):
 def test_a_registered_attack_has_its_benchmark_budget(toy):
   del toy
   assert benchmark.attack_hparams("noise") == {"eps": "8/255", "scale": 1.0}
-  with pytest.raises(ConfigError, match="no benchmark settings for 'noise-"):
-    benchmark.attack_hparams("noise-alias")
+  assert "noise" in attacks.benchmark_attacks()
+  for name in ("noise-alias", "quiet"):
+    with pytest.raises(ConfigError, match=f"no benchmark settings for "
+                       f"'{name}'"):
+      benchmark.attack_hparams(name)
 
 
 def test_the_toy_entries_are_gone_after_the_test():
