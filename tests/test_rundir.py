@@ -67,3 +67,44 @@ def test_a_close_error_after_another_error_does_not_hide_it():
       raise DataError("the first error")
     finally:
       loop._close(_Manager(OSError(errno.ENOSPC, "disk full")), None)  # pylint: disable=protected-access
+
+
+def _saved_run(workdir, **overrides):
+  """A workdir with config.json and one checkpoint (step 1) of a tiny state,
+  as a run of `tiny_config(**overrides)` leaves it (no model compiled)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.training.step import TrainState  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**overrides)
+  mgr = rundir.open_run(str(workdir), config)
+  try:
+    state = TrainState(jnp.ones((), jnp.int32), {"w": jnp.zeros(3)},
+                       {"m": jnp.zeros(3)})
+    checkpoints.save(mgr, state, config)
+  finally:
+    mgr.close()
+  return config
+
+
+def test_an_edited_config_json_cannot_resume_another_learner(tmp_path):
+  """config.json says aq, the checkpoint holds MAML's parameters: refused,
+  naming the checkpoint's config."""
+  from advmeta_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  config = _saved_run(tmp_path, learner="maml")
+  path = tmp_path / checkpoints.CONFIG_FILE
+  path.write_text(path.read_text().replace('"maml"', '"aq"'))
+  with pytest.raises(ConfigError, match="from the newest checkpoint: .*learner"):
+    checkpoints.check_resumable(str(tmp_path), config.replace(learner="aq"))
+  with pytest.raises(ConfigError, match="from config.json: learner"):
+    checkpoints.check_resumable(str(tmp_path), config)   # the file disagrees
+
+
+def test_a_deleted_config_json_is_restored_from_the_newest_checkpoint(
+    tmp_path):
+  from advmeta_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  config = _saved_run(tmp_path)
+  (tmp_path / checkpoints.CONFIG_FILE).unlink()
+  assert checkpoints.load_config(str(tmp_path)) == config
+  assert (tmp_path / checkpoints.CONFIG_FILE).exists()
+  checkpoints.check_resumable(str(tmp_path), config)

@@ -293,29 +293,35 @@ def restore_config(mgr, step: int) -> Config:
 def load_config(workdir: str) -> Config:
   """The config of the run in `workdir` (its config.json).
 
-  A config.json that is not valid JSON (cut short by a crash) is replaced by
-  the config saved with the newest readable checkpoint, with a warning.
+  A config.json that is missing or not valid JSON (deleted, or cut short by a
+  crash) is replaced by the config saved with the newest readable
+  checkpoint, with a one-line warning; config.json is written again from it.
 
   Raises:
-    ConfigError: no config.json, or an unreadable one and no checkpoint
-      holding the config.
+    ConfigError: no config.json and no checkpoint holding the config.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ConfigError(f"no {CONFIG_FILE} in workdir {workdir!r}: is it the "
-                      "--workdir of a training run?")
-  try:
-    with open(path) as f:
-      return Config.from_dict(json.load(f))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    problem = f"{path} is not valid JSON ({e})"
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        return Config.from_dict(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      problem = f"{path} is not valid JSON ({e})"
+  else:
+    problem = f"no {CONFIG_FILE} in workdir {workdir!r}"
   saved = _config_of_newest_checkpoint(workdir)
   if saved is None:
+    if not os.path.exists(path):
+      raise ConfigError(f"{problem}: is it the --workdir of a training run?")
     raise ConfigError(f"{problem}, and no checkpoint in {workdir!r} holds a "
                       "copy of the config: fix or delete the file, or use a "
                       "new --workdir.")
-  logging.warning("%s; using the config saved with the newest checkpoint.",
-                  problem)
+  logging.warning("%s; using (and writing back) the config saved with the "
+                  "newest checkpoint.", problem)
+  try:
+    write_config(workdir, saved)
+  except OSError:
+    pass   # a read-only workdir: the config is still the checkpoint's
   return saved
 
 
@@ -341,13 +347,18 @@ def write_config(workdir: str, config: Config) -> None:
 
 def check_resumable(workdir: str, config: Config) -> None:
   """Refuses to resume the run in `workdir` with a config that changes its
-  results (anything outside the loop and eval sections)."""
-  diffs = config.resume_differences(load_config(workdir))
-  if diffs:
-    raise ConfigError(
-        f"workdir {workdir!r} holds a run with a different config ("
-        + "; ".join(diffs) + "). Resume with the same flags, or use a new "
-        "--workdir.")
+  results (anything outside the loop and eval sections), compared with
+  config.json and with the config saved inside the newest checkpoint (the
+  parameters' own), so an edited config.json cannot continue another run."""
+  for where, saved in ((CONFIG_FILE, load_config(workdir)),
+                       ("the newest checkpoint",
+                        _config_of_newest_checkpoint(workdir))):
+    diffs = [] if saved is None else config.resume_differences(saved)
+    if diffs:
+      raise ConfigError(
+          f"workdir {workdir!r} holds a run with a different config (from "
+          f"{where}: " + "; ".join(diffs) + "). Resume with the same flags, "
+          "or use a new --workdir.")
 
 
 def _read_metrics(path: str) -> List[Dict[str, float]]:
