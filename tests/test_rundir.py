@@ -3,6 +3,7 @@ full disk: each ends in one line."""
 
 import errno
 import os
+import subprocess
 
 import pytest
 
@@ -108,3 +109,41 @@ def test_a_deleted_config_json_is_restored_from_the_newest_checkpoint(
   assert checkpoints.load_config(str(tmp_path)) == config
   assert (tmp_path / checkpoints.CONFIG_FILE).exists()
   checkpoints.check_resumable(str(tmp_path), config)
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / "afile"
+  path.write_text("x")
+  with pytest.raises(ConfigError, match="is a file, not a directory"):
+    rundir.lock_workdir(str(path))
+  with pytest.raises(ConfigError, match="--out=.* is a file"):
+    rundir.writable_dir(str(path), "--out")
+
+
+def test_a_directory_that_cannot_be_created_is_one_line(tmp_path):
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(ConfigError, match="cannot be written"):
+    rundir.writable_dir(str(tmp_path / "afile" / "sub"))
+
+
+def test_a_read_only_workdir_is_one_line(tmp_path):
+  """On a read-only filesystem (a tmpfs mounted ro where the test may mount;
+  else a directory without write permission, which root ignores)."""
+  target = tmp_path / "ro"
+  target.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m",
+                            "tmpfs", str(target)], capture_output=True,
+                           check=False).returncode == 0
+  if not mounted:
+    if os.geteuid() == 0:
+      pytest.skip("cannot mount a read-only tmpfs here, and root writes "
+                  "into read-only directories")
+    target.chmod(0o500)
+  try:
+    with pytest.raises(ConfigError, match="cannot be written"):
+      rundir.lock_workdir(str(target / "run") if mounted else str(target))
+  finally:
+    if mounted:
+      subprocess.run(["umount", str(target)], check=False)
+    else:
+      target.chmod(0o700)

@@ -145,6 +145,8 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
     log(f"checkpoint: step {run.step} of {w} ({run.name})")
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError("two runs share a row name; give --names.")
+  out = training.rundir.writable_dir(     # checked before the evaluation runs
+      out or os.path.join(workdirs[0], "eval"), "--out")
   first = runs[0].config
   episodes = first.eval_episodes if num_episodes is None else num_episodes
   if episodes < 1:
@@ -164,7 +166,7 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
             f"per cell, {inner_steps} test-time inner steps, seed "
             f"{seed}; accuracy in % ± 95% CI.")
   report = reports.write_reports(
-      cells, out or os.path.join(workdirs[0], "eval"), curves=curves,
+      cells, out, curves=curves,
       kde=kde, kde_threshold=kde_threshold, masking=masking, header=header)
   return Evaluation(tuple(runs), tuple(cells), masking, report)
 

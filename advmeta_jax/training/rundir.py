@@ -75,10 +75,29 @@ class WorkdirLock:
       self._file = None
 
 
+def writable_dir(path: str, what: str = "--workdir") -> str:
+  """Creates directory `path` if needed and checks that files can be written
+  in it, before any work; one line (ConfigError) when it is a file, cannot
+  be created, or is read-only."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except FileExistsError:
+    raise ConfigError(f"{what}={path!r} is a file, not a directory: give a "
+                      "directory (it is created if missing).") from None
+  except OSError as e:
+    raise ConfigError(f"{what}={path!r} cannot be written ({e.strerror}): "
+                      "give a writable directory.") from None
+  return path
+
+
 def lock_workdir(workdir: str) -> WorkdirLock:
-  """Takes `workdir` for one run (created if needed); ConfigError, naming
-  the other process, when a run holds it already."""
-  os.makedirs(workdir, exist_ok=True)
+  """Takes `workdir` for one run (created if needed, checked writable);
+  ConfigError, naming the other process, when a run holds it already."""
+  writable_dir(workdir)
   return WorkdirLock(workdir).acquire()
 
 
