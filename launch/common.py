@@ -8,6 +8,8 @@ them and absl rejects an unknown value with the allowed ones.
 
 import dataclasses
 import functools
+import math
+import os
 import logging as py_logging
 import sys
 
@@ -96,6 +98,19 @@ def user_errors_exit(main):
 
 def run(main):
   app.run(user_errors_exit(main))
+
+
+def check_data_dir(path, flag: str = "--data_dir") -> None:
+  """Refuses a data directory that is not an existing directory."""
+  if path and not os.path.isdir(os.path.expanduser(path)):
+    what = "a file" if os.path.exists(os.path.expanduser(path)) else "missing"
+    raise ConfigError(f"{flag}={path!r} is {what}: give the directory that "
+                      "holds the dataset's files.")
+
+
+def check_finite(value: float, flag: str) -> None:
+  if not math.isfinite(value):
+    raise ConfigError(f"--{flag} must be a finite number, got {value}.")
 
 
 # --- meta-test protocol flags (evaluate, sweep) -------------------------------

@@ -54,6 +54,8 @@ def main(argv):
   if len(names) != len(workdirs):
     raise ConfigError(f"--names has {len(names)} entries for "
                       f"{len(workdirs)} workdirs.")
+  common.check_data_dir(FLAGS.data_dir)
+  common.check_finite(FLAGS.kde_threshold, "kde_threshold")
   protocol = common.protocol_from_flags()
   cases = evaluation.parse_cases(protocol.cases)
   specs = (common.attack_specs_from_flags(protocol)

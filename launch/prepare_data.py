@@ -14,6 +14,7 @@ second reads it) and prints the load time and peak resident memory.
 
 from absl import flags
 
+from advmeta_jax import config
 from advmeta_jax import datasets
 from advmeta_jax.datasets import preparation
 from advmeta_jax.errors import ConfigError
@@ -21,7 +22,6 @@ from launch import common
 
 common.define_config_flags(only=("dataset", "data_dir", "cache_dir",
                                  "image_size"))
-flags.mark_flag_as_required("data_dir")
 flags.DEFINE_bool("rebuild", False, "Delete the existing cache and build it "
                   "again.")
 flags.DEFINE_bool("measure", False, "Then load each split in fresh processes "
@@ -34,6 +34,10 @@ def main(argv):
   if FLAGS.dataset not in preparation.LAYOUTS:
     raise ConfigError(f"--dataset={FLAGS.dataset} has no files to prepare; "
                       f"choose one of: {', '.join(sorted(preparation.LAYOUTS))}.")
+  if not FLAGS.data_dir:
+    raise ConfigError(f"give --data_dir, the directory that holds the "
+                      f"{FLAGS.dataset} files to prepare.")
+  config.image_size_check(FLAGS.image_size, "image_size")
   reports = datasets.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir,
                              cache_dir=FLAGS.cache_dir,
                              image_size=FLAGS.image_size,

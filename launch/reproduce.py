@@ -44,6 +44,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  common.check_data_dir(FLAGS.data_dir)
+  common.check_finite(FLAGS.kde_threshold, "kde_threshold")
   protocol = common.protocol_from_flags()
   out = reproduction.reproduce(
       experiments.get(FLAGS.experiment), FLAGS.workdir, shrink=FLAGS.shrink,

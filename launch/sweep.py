@@ -35,6 +35,10 @@ def _floats(values, name):
 
 def main(argv):
   del argv
+  if FLAGS["learner"].present and FLAGS.learner != "tafl":
+    raise ConfigError(f"the sweep trains TAFL (γ and k are its "
+                      f"hyperparameters), not --learner={FLAGS.learner}: drop "
+                      "--learner.")
   FLAGS.learner = "tafl"
   base = common.config_from_flags()
   protocol = common.protocol_from_flags()

@@ -136,12 +136,23 @@ def _registered(kind: str):
   return _CHECKS[kind]
 
 
+# The largest image side: a split is held in memory at this size (uint8)
+# and a step's episodes in float32; at 512 px a 5-way 1-shot 15-query batch
+# of 4 tasks is 0.2 GB of images alone, and the split of 600 images per class
+# of 64 classes 30 GB.
+MAX_IMAGE_SIZE = 512
+
+
 def image_size_check(value, name: str) -> None:
   if value is None:
     return
   if not is_int(value) or _registered("image_size")(int(value)) < 1:
     raise ConfigError(f"{name} must be at least 16 (conv4 pools four times "
                       f"by 2), got {value}.")
+  if value > MAX_IMAGE_SIZE:
+    raise ConfigError(f"{name} must be at most {MAX_IMAGE_SIZE} (the split "
+                      "and a step's episodes are held in memory at that "
+                      f"size), got {value}.")
 
 
 def eps_text(value, name: str) -> None:
@@ -512,6 +523,15 @@ class Config:
       raise ConfigError(
           f"parallel_tasks must be 0 (the whole batch) or a divisor of "
           f"task_batch_size={b}, got {p!r}.")
+    entry = _registered("learner")(self.meta.learner, self.meta.robust)
+    given = [f"--{k}" for k in ("train_attack", "train_eps")
+             if getattr(self.attack, k)]
+    if given and entry.default_attack() is None:
+      raise ConfigError(
+          f"learner {entry.label!r} trains on clean tasks and uses no "
+          f"training attack, so {' and '.join(given)} would be ignored: drop "
+          "them, or choose a robust learner (aq, tafl, adml, maml_ad) or "
+          "--robust=aq|tafl|trades.")
     return self
 
   def resume_differences(self, old: "Config") -> List[str]:

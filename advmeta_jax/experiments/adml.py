@@ -97,16 +97,16 @@ ADML_RESULTS: Tuple[PaperResult, ...] = (
 # ADML's Matching Nets are the FCE version of the implementation it cites
 # (fce.py, --fce=adml).
 _ADML_LEARNERS = (("maml", dict(learner="maml")),
-                  ("maml_ad", dict(learner="maml_ad")),
-                  ("adml", dict(learner="adml")),
+                  ("maml_ad", dict(learner="maml_ad", train_eps="2/255")),
+                  ("adml", dict(learner="adml", train_eps="2/255")),
                   ("matchingnet", dict(learner="matchingnet", fce="adml")))
 # MAML's MiniImageNet/CIFAR-FS setup, which ADML follows: 60k meta-iterations,
 # 4 tasks per batch for 1-shot and 2 for 5-shot, 5 inner steps (10 at test),
-# α = 0.01, β = 1e-3, 15 queries per class; FGSM ε = 2/255 in meta-training.
+# α = 0.01, β = 1e-3, 15 queries per class; FGSM ε = 2/255 in meta-training
+# (the rows that train against an attack).
 PAPER_TRAIN = dict(n_way=5, q_query=15, inner_lr=0.01, inner_steps=5,
-                    meta_lr=1e-3, filters=32, num_steps=60000,
-                    checkpoint_every=1000, log_every=100,
-                    train_eps="2/255")
+                   meta_lr=1e-3, filters=32, num_steps=60000,
+                   checkpoint_every=1000, log_every=100)
 
 
 def _adml_experiment(table: int, dataset: str, k_shot: int

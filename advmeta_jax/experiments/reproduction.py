@@ -37,6 +37,7 @@ from advmeta_jax.evaluation import protocol
 from advmeta_jax.evaluation import reports
 from advmeta_jax import training
 from advmeta_jax.config import Config
+from advmeta_jax.config import EvalConfig
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import MetaTestResult
@@ -148,7 +149,8 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
   out = training.rundir.writable_dir(     # checked before the evaluation runs
       out or os.path.join(workdirs[0], "eval"), "--out")
   first = runs[0].config
-  episodes = first.eval_episodes if num_episodes is None else num_episodes
+  # A run trained with --eval_episodes=0 takes the default of the setting.
+  episodes = num_episodes or first.eval_episodes or EvalConfig().eval_episodes
   if episodes < 1:
     raise ConfigError(f"--episodes must be >= 1, got {episodes}.")
   inner_steps = first.eval_inner_steps if inner_steps is None else inner_steps
