@@ -135,22 +135,41 @@ def nan_learner():
   learners.register("nan_after_first_update", objective=objectives.Objective(
       "nan_after_first_update", loss))
   yield "nan_after_first_update"
-  del learners._REGISTRY["nan_after_first_update"]  # pylint: disable=protected-access
+  del learners.registry._REGISTRY["nan_after_first_update"]  # pylint: disable=protected-access
   del objectives.OBJECTIVES["nan_after_first_update"]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, digits_train, nan_learner):
+  """The loss of step 2 is computed with the parameters of step 1: that
+  checkpoint is set aside (never resumed from), the one before it is kept."""
   config = tiny_config(learner=nan_learner, num_steps=5, checkpoint_every=1)
   with pytest.raises(NonFiniteLossError,
-                     match=r"loss became nan at step 2\. The last good "
-                     r"checkpoint \(step 1\) is kept"):
+                     match=r"loss became nan at step 2\. No good checkpoint is "
+                     r"saved \(the checkpoint of step 1, whose parameters gave "
+                     r"that loss, is set aside as 1\.diverged\)\. A resumed "
+                     r"run takes the same flags"):
     training.train(config, str(tmp_path), train_split=digits_train,
                    progress=False)
-  state = training.restore_run(str(tmp_path), config)
-  assert int(state.step) == 1
-  assert all(np.isfinite(np.asarray(x)).all()
-             for x in jax.tree.leaves(state.params))
+  kept = sorted(os.listdir(tmp_path / training.CHECKPOINT_DIR))
+  assert kept == ["1.diverged"], kept
+  with pytest.raises(ConfigError, match="no checkpoint"):
+    training.restore_run(str(tmp_path), config)
+
+
+def test_a_checkpoint_of_non_finite_parameters_is_never_saved(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  mgr = training.open_run(str(tmp_path), config)
+  try:
+    state = training.TrainState(jnp.ones((), jnp.int32),
+                                {"w": jnp.array([1.0, jnp.inf])}, {})
+    with pytest.raises(NonFiniteLossError, match="parameters of step 1 are "
+                       "not finite: that checkpoint is not saved"):
+      checkpoints.save(mgr, state, config)
+    assert mgr.latest_step() is None
+  finally:
+    mgr.close()
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -320,8 +339,8 @@ def test_non_finite_loss_between_logged_steps_is_caught(tmp_path, digits_train,
   config = tiny_config(learner=nan_learner, num_steps=6, log_every=10,
                        checkpoint_every=10)
   with pytest.raises(NonFiniteLossError,
-                     match=r"loss became nan at step 2\. No checkpoint was "
-                     r"saved yet"):
+                     match=r"loss became nan at step 2\. No good checkpoint "
+                     r"is saved\. A resumed run"):
     training.train(config, str(tmp_path), train_split=digits_train,
                    progress=False)
 

@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 from advmeta_jax.config import Config
-from advmeta_jax.errors import ConfigError, DataError
+from advmeta_jax.errors import ConfigError, DataError, NonFiniteLossError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -200,6 +200,11 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
   step = int(state.step)
   if mgr.latest_step() == step:
     return
+  if not all(bool(np.all(np.isfinite(np.asarray(x))))
+             for x in jax.tree.leaves(state.params)):
+    raise NonFiniteLossError(
+        f"the parameters of step {step} are not finite: that checkpoint is "
+        "not saved, and the run stops.")
   items = {"state": ocp.args.StandardSave(state)}
   if config is not None:
     items["config"] = ocp.args.JsonSave(config.to_dict())
@@ -220,15 +225,24 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
         + "Free some space and run the same command to resume.") from None
 
 
-def _move_aside(mgr, step: int) -> str:
-  """Renames the checkpoint of `step` to `<step>.corrupt` (never deleted)."""
+def set_aside_diverged(mgr, step: int) -> Optional[str]:
+  """Renames the checkpoint of `step`, whose parameters gave a non-finite
+  loss, to `<step>.diverged` (kept for inspection, never resumed from);
+  returns its new path, or None when there is no such checkpoint."""
+  if step not in mgr.all_steps():
+    return None
+  return _move_aside(mgr, step, suffix="diverged")
+
+
+def _move_aside(mgr, step: int, suffix: str = "corrupt") -> str:
+  """Renames the checkpoint of `step` to `<step>.<suffix>` (never deleted)."""
   directory = str(mgr.directory)
   source = os.path.join(directory, str(step))
-  target = source + ".corrupt"
+  target = f"{source}.{suffix}"
   n = 1
   while os.path.exists(target):
     n += 1
-    target = f"{source}.corrupt{n}"
+    target = f"{source}.{suffix}{n}"
   os.rename(source, target)
   mgr.reload()
   return target

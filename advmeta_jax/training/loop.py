@@ -165,24 +165,39 @@ def _to_python(metrics) -> Dict[str, float]:
 
 class _LossCheck:
   """Reads steps' metrics one step behind the dispatch, so the host never
-  idles the device, and stops at a non-finite loss (nothing saved)."""
+  idles the device, and stops at a non-finite loss.
 
-  def __init__(self, config: Config, workdir: str, last_good: Optional[int]):
-    self.config, self.workdir, self.last_good = config, workdir, last_good
+  The loss of step n is computed with the parameters of step n - 1: when it
+  is not finite, a checkpoint of step n - 1 holds diverged parameters and is
+  set aside (renamed `<step>.diverged`); the last good checkpoint is the one
+  before it.
+  """
+
+  def __init__(self, config: Config, workdir: str, manager,
+               last_good: Optional[int]):
+    self.config, self.workdir, self.manager = config, workdir, manager
+    self.last_good = last_good
     self.unchecked: List[Tuple[int, dict]] = []   # (step, metrics) not read
 
   def check(self, done: int, metrics) -> Dict[str, float]:
     metrics = _to_python(metrics)
-    if not np.isfinite(metrics["loss"]):
-      kept = (f"The last good checkpoint (step {self.last_good}) is kept in "
-              f"{os.path.join(self.workdir, CHECKPOINT_DIR)}."
-              if self.last_good is not None else "No checkpoint was saved yet.")
-      meta = self.config.meta
-      raise NonFiniteLossError(
-          f"the meta-training loss became {metrics['loss']} at step "
-          f"{done}. {kept} Try a smaller --meta_lr (now {meta.meta_lr}) or "
-          f"--inner_lr (now {meta.inner_lr}).")
-    return metrics
+    if np.isfinite(metrics["loss"]):
+      return metrics
+    aside = checkpoints.set_aside_diverged(self.manager, done - 1)
+    if aside is not None:
+      self.last_good = self.manager.latest_step()
+    kept = (f"The last good checkpoint (step {self.last_good}) is kept in "
+            f"{os.path.join(self.workdir, CHECKPOINT_DIR)}"
+            if self.last_good is not None else "No good checkpoint is saved")
+    aside = (f" (the checkpoint of step {done - 1}, whose parameters gave "
+             f"that loss, is set aside as {os.path.basename(aside)})"
+             if aside else "")
+    meta = self.config.meta
+    raise NonFiniteLossError(
+        f"the meta-training loss became {metrics['loss']} at step {done}. "
+        f"{kept}{aside}. A resumed run takes the same flags, so to try a "
+        f"smaller --meta_lr (now {meta.meta_lr}) or --inner_lr (now "
+        f"{meta.inner_lr}) start a new --workdir.")
 
   def dispatched(self, done: int, metrics) -> None:
     """Records a dispatched step; checks the ones before it."""
@@ -248,7 +263,7 @@ def _run_steps(config: Config, workdir: str, manager, state: TrainState,
                     mininterval=0.5 if sys.stderr.isatty() else 30.0)
   log = _MetricsLog(os.path.join(workdir, METRICS_FILE) if primary else None,
                     bar)
-  losses = _LossCheck(config, workdir, start if resumed else None)
+  losses = _LossCheck(config, workdir, manager, start if resumed else None)
   stop = rundir.StopSignal()
   try:
     with stop:
