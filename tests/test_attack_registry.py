@@ -179,3 +179,12 @@ def test_the_docs_tables_are_the_registrys(name, table):
       f"docs/attacks.md's {name} differs from the registry; paste the output "
       "of python -c 'from advmeta_jax.attacks import registry; "
       f"print(registry.{table.__name__}())'")
+
+
+def test_an_eps_above_one_gets_the_right_hint():
+  from advmeta_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="for 2 grey levels write 2/255"):
+    attacks.parse_eps("2", "eps")
+  with pytest.raises(ConfigError, match=r"'300/255'; 300/255 is more than the "
+                     r"whole range \(255/255\)"):
+    attacks.parse_eps("300/255", "eps")

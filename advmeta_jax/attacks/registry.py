@@ -94,9 +94,11 @@ def parse_eps(value, name: str = "eps") -> float:
   if not math.isfinite(result) or result < 0:
     raise ConfigError(f"{name} must be a finite number >= 0, got {text!r}.")
   if result > 1:
-    raise ConfigError(
-        f"{name} must be at most 1 (images are in [0, 1]), got {text!r}; for "
-        f"{result:g} grey levels write {result:g}/255.")
+    hint = (f"{text} is more than the whole range (255/255)"
+            if isinstance(text, str) and "/" in text
+            else f"for {text} grey levels write {text}/255")
+    raise ConfigError(f"{name} must be at most 1 (images are in [0, 1]), got "
+                      f"{text!r}; {hint}.")
   return result
 
 
