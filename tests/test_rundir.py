@@ -147,3 +147,18 @@ def test_a_read_only_workdir_is_one_line(tmp_path):
       subprocess.run(["umount", str(target)], check=False)
     else:
       target.chmod(0o700)
+
+
+def test_metric_lines_past_the_checkpoint_are_dropped_with_a_line_saying_which(
+    tmp_path, caplog):
+  import json  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  path = tmp_path / checkpoints.METRICS_FILE
+  path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                          for s in (2, 4, 6, 8)) + '{"step": 10, "lo')
+  checkpoints.truncate_metrics(str(tmp_path), 4)
+  assert [r["step"] for r in checkpoints.load_metrics(str(tmp_path))] == [2, 4]
+  text = caplog.text
+  assert "dropping the truncated last line" in text
+  assert ("dropping 2 line(s) of step(s) 6, 8, logged after the checkpoint "
+          "of step 4") in text

@@ -414,6 +414,13 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return
-  rows = [r for r in _read_metrics(path) if r["step"] <= last_step]
+  rows = _read_metrics(path)
+  kept = [r for r in rows if r["step"] <= last_step]
+  dropped = [int(r["step"]) for r in rows if r["step"] > last_step]
+  if dropped:
+    logging.warning(
+        "%s: dropping %d line(s) of step(s) %s, logged after the checkpoint "
+        "of step %d; the resumed run logs those steps again.", path,
+        len(dropped), ", ".join(map(str, dropped)), last_step)
   with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
+    f.writelines(json.dumps(r) + "\n" for r in kept)
