@@ -86,6 +86,8 @@ def test_cache_dir(python_tgz, tmp_path_factory):
     ("edit", "sha256 of val_images.npy differs"),
     ("manifest", "cannot be read"),
     ("delete", "val_labels.npy is missing"),
+    ("swap_names", "class names were edited"),
+    ("drop_name", "names 15 classes for 16 labelled ones"),
 ])
 def test_corrupted_cache_is_refused(python_tgz, damage, match):
   datasets.load("cifar_fs", "val", data_dir=python_tgz)
@@ -103,6 +105,17 @@ def test_corrupted_cache_is_refused(python_tgz, damage, match):
   elif damage == "manifest":
     with open(os.path.join(folder, "manifest.json"), "w") as f:
       f.write("{not json")
+  elif damage in ("swap_names", "drop_name"):
+    path = os.path.join(folder, "manifest.json")
+    with open(path) as f:
+      manifest = json.load(f)
+    names = manifest["splits"]["val"]["classes"]
+    if damage == "swap_names":
+      names[0], names[1] = names[1], names[0]
+    else:
+      del names[-1]
+    with open(path, "w") as f:
+      json.dump(manifest, f)
   else:
     os.remove(os.path.join(folder, "val_labels.npy"))
   with pytest.raises(DataError, match=match) as e:

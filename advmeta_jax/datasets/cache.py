@@ -115,6 +115,30 @@ def _check_header(manifest: dict, expect: Dict[str, object], path: str,
               f"{key}={value!r}")
 
 
+def _classes_digest(classes, labels_file: dict) -> str:
+  """sha256 of the class names in label order, bound to the labels file's
+  own sha256: an edit of the names (swapped, renamed, dropped) changes it."""
+  text = json.dumps([list(classes), labels_file.get("sha256")])
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_classes(entry: dict, path: str, dataset: str, split: str) -> None:
+  """The class names against the labels: as many names as labelled classes,
+  and (caches that record it) the digest of names and labels."""
+  classes = entry.get("classes")
+  counts = entry.get("class_counts")
+  if (not isinstance(classes, list) or not isinstance(counts, list)
+      or len(classes) != len(counts)):
+    _refuse(path, dataset, split,
+            f"it names {len(classes or [])} classes for "
+            f"{len(counts or [])} labelled ones")
+  want = entry.get("classes_sha256")
+  labels = entry["files"][f"{split}_labels.npy"]
+  if want is not None and want != _classes_digest(classes, labels):
+    _refuse(path, dataset, split, "its class names were edited (they no "
+            "longer match the digest written with the labels)")
+
+
 def _check_files(entry: dict, path: str, dataset: str, split: str) -> None:
   """Byte sizes first (cheap, catches truncation), then sha256 (edits)."""
   files = entry.get("files")
@@ -160,6 +184,7 @@ def read_split(path: str, split: str, *, dataset: str,
   _check_header(manifest, expect, path, dataset, split)
   entry = manifest["splits"][split]
   _check_files(entry, path, dataset, split)
+  _check_classes(entry, path, dataset, split)
   try:
     images = np.load(os.path.join(path, f"{split}_images.npy"), mmap_mode="r",
                      allow_pickle=False)
@@ -217,6 +242,8 @@ def write_splits(path: str, splits: Dict[str, base.ClassSplit], *,
       files[name] = _write_npy(os.path.join(path, name), array)
     entries[split] = {
         "classes": list(data.class_names),
+        "classes_sha256": _classes_digest(data.class_names,
+                                          files[f"{split}_labels.npy"]),
         "num_images": int(data.images.shape[0]),
         "image_shape": list(data.images.shape[1:]),
         "class_counts": data.class_counts().tolist(),
