@@ -58,24 +58,41 @@ class _OneLineRecords(py_logging.Filter):
   what happened in one line of its own."""
 
   def filter(self, record):
-    if record.exc_info or record.stack_info:
-      message = record.getMessage().splitlines()
-      record.msg, record.args = (message[0] if message else ""), None
+    message = record.getMessage()
+    if record.exc_info or record.stack_info or "\n" in message:
+      lines = message.splitlines()
+      record.msg, record.args = (lines[0][:300] if lines else ""), None
       record.exc_info = record.exc_text = record.stack_info = None
     return True
 
 
+class _DropLibraryRecords(py_logging.Filter):
+  """Drops orbax's and asyncio's records while a checkpoint is written: a
+  failed write (a full disk) is reported by `save` in one line of its own,
+  and the worker threads' reports of the same failure would repeat it."""
+
+  def filter(self, record):
+    return not (record.name == "asyncio" or "orbax" in record.pathname
+                or "asyncio" in record.pathname)
+
+
+_UNRAISABLE_SEEN = set()
+
+
 def _one_line_unraisable(unraisable):
-  """`sys.unraisablehook` that writes one line, no traceback (see below)."""
+  """`sys.unraisablehook` that writes one line, no traceback, once per
+  distinct message (see below)."""
   error = unraisable.exc_value
   first = str(error).splitlines()[0] if str(error) else ""
   where = unraisable.err_msg or "Exception ignored in"
-  sys.stderr.write(f"{where}: {unraisable.object!r:.100}: "
-                   f"{type(error).__name__}: {first[:200]}\n")
+  line = f"{where}: {type(error).__name__}: {first[:200]}"
+  if line not in _UNRAISABLE_SEEN:
+    _UNRAISABLE_SEEN.add(line)
+    sys.stderr.write(line + "\n")
 
 
 @contextlib.contextmanager
-def _one_line_errors():
+def _one_line_errors(drop_library_records: bool = False):
   """While active, errors that orbax, asyncio or TensorStore report on their
   own, besides the exception `restore` catches, are one line each: log
   records lose their traceback (absl's logger, where orbax logs, asyncio's,
@@ -86,7 +103,8 @@ def _one_line_errors():
   the one-line unraisable hook stays for the rest of the process."""
   filtered = ([py_logging.getLogger("absl"), py_logging.getLogger("asyncio")]
               + list(py_logging.getLogger().handlers))
-  record_filter = _OneLineRecords()
+  record_filter = (_DropLibraryRecords() if drop_library_records
+                   else _OneLineRecords())
   for target in filtered:
     target.addFilter(record_filter)
   previous_hook, failed = sys.unraisablehook, True
@@ -100,6 +118,13 @@ def _one_line_errors():
       target.removeFilter(record_filter)
     if not failed:
       sys.unraisablehook = previous_hook
+
+
+def close(mgr) -> None:
+  """Closes a manager; what orbax logs of a failed pending write on the way
+  is one line per record (the caller says what happened)."""
+  with _one_line_errors(drop_library_records=True):
+    mgr.close()
 
 
 def manager(workdir: str, *, save_interval_steps: int = 1,
@@ -209,7 +234,8 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
   if config is not None:
     items["config"] = ocp.args.JsonSave(config.to_dict())
   try:
-    _write(mgr, step, items)
+    with _one_line_errors(drop_library_records=True):   # see the filter
+      _write(mgr, step, items)
   except Exception as e:  # pylint: disable=broad-except
     if not is_disk_full(e):
       raise

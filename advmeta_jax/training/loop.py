@@ -112,7 +112,7 @@ def _close(manager, lock) -> None:
   otherwise it becomes one line."""
   failing = sys.exc_info()[0] is not None   # called from train's `finally`
   try:
-    manager.close()
+    checkpoints.close(manager)
   except Exception as e:  # pylint: disable=broad-except
     if failing:
       logging.warning("closing the checkpoints after an error: %s",
