@@ -18,18 +18,62 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
 
+import ast  # pylint: disable=g-import-not-at-top
+import collections  # pylint: disable=g-import-not-at-top
+import pathlib  # pylint: disable=g-import-not-at-top
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 from advmeta_jax import datasets  # pylint: disable=g-import-not-at-top
 from advmeta_jax.config import Config  # pylint: disable=g-import-not-at-top
 
 
+def duplicated_names(path) -> list:
+  """Names defined twice at the top level of a test file: Python keeps the
+  last definition, so pytest never sees the first."""
+  tree = ast.parse(pathlib.Path(path).read_text())
+  counts = collections.Counter(
+      node.name for node in tree.body
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                           ast.ClassDef)))
+  return sorted(name for name, n in counts.items() if n > 1)
+
+
+def pytest_configure(config):
+  """Refuses to run a suite in which a test file defines a name twice."""
+  del config
+  for path in sorted(pathlib.Path(__file__).parent.glob("test_*.py")):
+    twice = duplicated_names(path)
+    if twice:
+      raise pytest.UsageError(
+          f"{path.name} defines {', '.join(twice)} more than once; the first "
+          "definition would never run. Rename one.")
+
+
+def pytest_collection_modifyitems(config, items):
+  """A slow test runs only when the -m expression names `slow`: the
+  integration tier (`-m integration`) leaves out its slow parameters."""
+  if "slow" in (config.option.markexpr or ""):
+    return
+  keep = [i for i in items if i.get_closest_marker("slow") is None]
+  if len(keep) < len(items):
+    config.hook.pytest_deselected(
+        items=[i for i in items if i.get_closest_marker("slow") is not None])
+    items[:] = keep
+
+
 def tiny_config(**overrides) -> Config:
-  """MAML on digits with a small model: compiles in a few seconds."""
+  """MAML on digits with a small model: compiles in a few seconds.
+
+  The speed settings take the cheapest path to compile (XLA's convolution,
+  the whole task batch at once, no rematerialization); they change only
+  speed and memory, and tests/test_autotune.py and the equality tests of
+  tests/test_training.py keep the `auto`/hybrid paths under test."""
   base = dict(dataset="digits", n_way=5, k_shot=1, q_query=3,
               task_batch_size=2, inner_steps=1, filters=8, num_steps=4,
               log_every=1, checkpoint_every=2, eval_episodes=10,
-              eval_inner_steps=2, eval_batch_size=5)
+              eval_inner_steps=2, eval_batch_size=5, conv_impl="xla",
+              parallel_tasks=0, remat=False)
   base.update(overrides)
   return Config.make(**base)
 

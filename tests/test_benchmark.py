@@ -131,6 +131,7 @@ def test_unknown_section_and_attack_are_refused():
     benchmark.attack_hparams("foo")
 
 
+@pytest.mark.integration
 def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
   """run() drives the children (python -m advmeta_jax.benchmarks.benchmark MODE JSON),
   prints the table and writes the JSON."""
@@ -170,6 +171,7 @@ def test_rows_name_configurations_beyond_the_product():
     benchmark.parse_rows(["maml:84"])
 
 
+@pytest.mark.integration
 def test_accelerator_suite_runs_tiny_and_writes_its_files(tmp_path):
   """The suite end to end at toy sizes on whatever backend is here (the
   CPU in CI): both files written and well formed, an auto entry printed."""

@@ -121,8 +121,8 @@ def test_resume_accepts_loop_and_eval_changes_and_refuses_the_rest(
       workdir, train_split=digits_train, progress=False)
   assert int(state.step) == 2
   with pytest.raises(ConfigError,
-                     match=r"different config \(inner_lr: 0\.01 -> 0\.02; "
-                     r"seed: 0 -> 1\)"):
+                     match=r"different config \(from config\.json: inner_lr: "
+                     r"0\.01 -> 0\.02; seed: 0 -> 1\)"):
     training.train(tiny_config(num_steps=3, inner_lr=0.02, seed=1), workdir,
                    train_split=digits_train, progress=False)
   # The config is stored with each checkpoint.

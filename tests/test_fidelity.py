@@ -177,6 +177,7 @@ def test_fce_is_refused_for_other_learners():
     tiny_config(learner="protonet", fce="adml").validate()
 
 
+@pytest.mark.integration
 def test_matchingnet_with_adml_fce_trains(tmp_path, digits_train):
   state = training.train(
       tiny_config(learner="matchingnet", fce="adml", num_steps=2,

@@ -1,8 +1,9 @@
-"""The launch scripts as a user runs them: `python -m launch.train ...`.
+"""The launch scripts as a user runs them: `python -m launch.train ...`
+(integration tier).
 
-Each run is a fresh Python process (a few seconds of imports), so the refused
-runs are started together and the end-to-end run is shared by the tests that
-inspect it.
+Each run is a fresh Python process (a few seconds of imports); the end-to-end
+run is shared by the tests that inspect it. The refusals of bad flags are the
+table of tests/test_bad_input.py.
 """
 
 import json
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 
 from advmeta_jax.config import autotune
-from advmeta_jax import datasets
-from advmeta_jax import learners
+
+pytestmark = pytest.mark.integration
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300
@@ -66,101 +67,6 @@ def _assert_refused(result, line_start, *fragments):
     assert fragment in lines[0], (fragment, lines[0])
   assert "|" not in result.stdout          # no results table
   return lines[0]
-
-
-def _enum_choices(line):
-  return set(re.search(r"value should be one of <([^>]*)>", line)[1].split("|"))
-
-
-# --- refused runs -----------------------------------------------------------
-
-# name: (module, flags after --workdir); a workdir is added to each.
-REFUSALS = {
-    "dataset": ("launch.train", ["--dataset=foo"]),
-    "learner": ("launch.train", ["--learner=foo"]),
-    "n_way": ("launch.train", ["--n_way=6"]),
-    "inner_lr": ("launch.train", ["--inner_lr=-1"]),
-    "no_data_dir": ("launch.train", ["--dataset=mini_imagenet"]),
-    "missing_data_dir": ("launch.train", ["--dataset=mini_imagenet",
-                                          "--data_dir={tmp}/no/such/dir"]),
-    "q_query": ("launch.train", ["--q_query=500"]),
-    "evaluate_empty": ("launch.evaluate", []),
-}
-
-
-@pytest.fixture(scope="module")
-def refusals(tmp_path_factory):
-  """Runs every refused command at once; `{name: (workdir, result)}`."""
-  tmp = tmp_path_factory.mktemp("refusals")
-  started = {}
-  for name, (module, args) in REFUSALS.items():
-    workdir = tmp / name
-    if name == "evaluate_empty":
-      workdir.mkdir()
-    args = [a.format(tmp=tmp) for a in args]
-    started[name] = (workdir, _start(module, f"--workdir={workdir}", *args))
-  return {name: (workdir, _finish(p)) for name, (workdir, p) in started.items()}
-
-
-def test_unknown_dataset_lists_the_choices(refusals):
-  _, result = refusals["dataset"]
-  line = _assert_refused(result, "FATAL Flags parsing error",
-                         "--dataset=foo")
-  assert _enum_choices(line) == set(datasets.names())
-
-
-def test_unknown_learner_lists_the_choices(refusals):
-  _, result = refusals["learner"]
-  line = _assert_refused(result, "FATAL Flags parsing error", "--learner=foo")
-  assert _enum_choices(line) == set(learners.names())
-
-
-def test_n_way_larger_than_the_split(refusals):
-  _, result = refusals["n_way"]
-  _assert_refused(result, "error: ", "n_way=6", "5 classes", "digits/train",
-                  "n_way <= 5")
-
-
-def test_negative_inner_lr(refusals):
-  workdir, result = refusals["inner_lr"]
-  _assert_refused(result, "error: ", "inner_lr", "-1", "> 0")
-  assert not workdir.exists()             # refused before touching the workdir
-
-
-def test_mini_imagenet_without_data_dir(refusals):
-  _, result = refusals["no_data_dir"]
-  _assert_refused(result, "error: ", "mini_imagenet", "--data_dir")
-
-
-def test_mini_imagenet_with_a_missing_data_dir(refusals):
-  workdir, result = refusals["missing_data_dir"]
-  missing = workdir.parent / "no" / "such" / "dir"
-  _assert_refused(result, "error: ", "mini_imagenet", repr(str(missing)),
-                  "not a directory")
-
-
-def test_too_few_images_per_class_for_q_query(refusals, digits_train):
-  _, result = refusals["q_query"]
-  counts = digits_train.class_counts()
-  _assert_refused(result, "error: ", "digits/train",
-                  f"class {digits_train.class_names[0]!r} has {counts[0]} "
-                  "images", "k_shot + q_query = 501",
-                  f"at most {counts.min()}")
-
-
-def test_evaluate_on_a_workdir_without_a_run(refusals):
-  workdir, result = refusals["evaluate_empty"]
-  _assert_refused(result, "error: ", repr(str(workdir)), "config.json")
-  assert not list(workdir.iterdir())      # nothing created there
-
-
-def test_a_refused_run_does_not_block_the_corrected_command(refusals,
-                                                            digits_train):
-  workdir, _ = refusals["n_way"]          # refused: n_way=6 on digits
-  # The user fixes n_way; the next problem reported must be the real one
-  # (q_query is too large), not a conflict with the refused run's config.
-  result = _run("launch.train", f"--workdir={workdir}", "--q_query=500")
-  _assert_refused(result, "error: ", "k_shot + q_query = 501")
 
 
 # --- a tiny run, end to end -------------------------------------------------
@@ -292,8 +198,10 @@ def test_a_test_split_too_small_is_refused_before_training(tmp_path):
   assert not (workdir / "checkpoints").exists()
 
 
-def test_a_refused_run_does_not_block_the_corrected_command(refusals):
-  workdir, _ = refusals["n_way"]          # refused: n_way=6 on digits
+def test_a_refused_run_does_not_block_the_corrected_command(tmp_path):
+  workdir = tmp_path / "run"
+  _assert_refused(_run("launch.train", f"--workdir={workdir}", "--n_way=6"),
+                  "error: ", "n_way=6", "5 classes", "digits/train")
   # The user fixes n_way; the next problem reported must be the real one
   # (q_query is too large), not a conflict with the refused run's config.
   result = _run("launch.train", f"--workdir={workdir}", "--q_query=500")
@@ -346,3 +254,17 @@ def test_sweep_trains_the_grid_and_draws_the_heatmap(tmp_path):
   assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
   sweep = json.loads((tmp_path / "sweep.json").read_text())
   assert sweep["episodes"] == 2 and sweep["gammas"] == [0.0]
+
+
+def test_reproduce_shrunk_writes_the_report_with_the_papers_numbers(tmp_path):
+  """One table as a user reproduces it (`--shrink`: toy scale on digits),
+  two of its rows; every table's shrunk run is a slow test of
+  tests/test_protocol.py."""
+  result = _run("launch.reproduce", "--experiment=adml_table1", "--shrink",
+                "--rows=maml,adml", f"--workdir={tmp_path}")
+  _assert_ok(result)
+  report = (tmp_path / "report" / "report.md").read_text()
+  assert "ours − paper" in report and "| adml |" in report, report
+  assert "total wall time:" in result.stdout
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["adml", "maml",
+                                                         "report"]

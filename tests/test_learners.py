@@ -340,6 +340,7 @@ def test_tafl_train_step_compiles_once():
     assert np.isfinite(float(metrics[name])), name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["maml_ad", "adml", "aq", "tafl"])
 def test_learner_trains_end_to_end_on_digits(name, tmp_path, digits_train):
   cfg = tiny_config(learner=name, num_steps=2, eval_episodes=0,

@@ -370,6 +370,7 @@ def test_tafl_train_step_of_a_metric_learner_compiles_once(name):
 # protonet+tafl trains end to end from flags below. The slow ones share a
 # fast one's code path: matchingnet's model and adaptation (matchingnet+tafl)
 # and protonet+aq (tafl with uniform weights).
+@pytest.mark.integration
 @pytest.mark.parametrize("learner, robust", [
     ("protonet", "none"), ("matchingnet", "tafl"),
     pytest.param("matchingnet", "none", marks=pytest.mark.slow),
@@ -402,6 +403,7 @@ TINY_FLAGS = ("--filters=8", "--q_query=3", "--task_batch_size=2",
               "--eval_episodes=0", "--train_attack_steps=2")
 
 
+@pytest.mark.integration
 def test_robust_flag_from_the_command_line_trains_protonet_tafl(
     tmp_path, digits_train):
   """The flags of launch/common.py (parsed here in-process) to a run."""

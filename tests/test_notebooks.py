@@ -100,6 +100,7 @@ def test_readme_and_notebook_link_to_colab(name):
   assert url in _read(name).cells[0].source
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom_at_tiny_scale(name, tmp_path,
                                                    monkeypatch):

@@ -86,6 +86,7 @@ Modules (everything public is re-exported here; import from
   autoattack  autoattack, autoattack_with_report, robust_accuracies, stages.
   registry  AttackEntry, register, get, names, make_attack, parse_eps,
             train_attacks, meta_test_attacks, meta_test_setting, ATTACKS, ...
+  builtin   the entries of the attacks above; CW_TAFL_REFERENCE, CW_STRONG.
   masking   check_attack_strength, StrengthReport, attack_accuracy.
   checks    validation of hyperparameters and inputs.
 """
@@ -95,6 +96,8 @@ from advmeta_jax.attacks.autoattack import autoattack_with_report
 from advmeta_jax.attacks.autoattack import robust_accuracies
 from advmeta_jax.attacks.autoattack import stages as autoattack_stages
 from advmeta_jax.attacks.autoattack import version_of as autoattack_stage_order
+from advmeta_jax.attacks.builtin import CW_STRONG
+from advmeta_jax.attacks.builtin import CW_TAFL_REFERENCE
 from advmeta_jax.attacks.cw import carlini_wagner_l2
 from advmeta_jax.attacks.fab import fab
 from advmeta_jax.attacks.fab import project_linf_hyperplane
@@ -120,8 +123,6 @@ from advmeta_jax.attacks.registry import benchmark_attacks
 from advmeta_jax.attacks.registry import BenchmarkBudget
 from advmeta_jax.attacks.registry import Budget
 from advmeta_jax.attacks.registry import canonical_name
-from advmeta_jax.attacks.registry import CW_STRONG
-from advmeta_jax.attacks.registry import CW_TAFL_REFERENCE
 from advmeta_jax.attacks.registry import describe
 from advmeta_jax.attacks.registry import entries
 from advmeta_jax.attacks.registry import get
