@@ -22,6 +22,7 @@ from advmeta_jax.core import losses
 from advmeta_jax import attacks
 from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError
+from tests.conftest import optimizations_on
 
 SHAPE = (4, 4, 1)
 DIM = 16
@@ -316,14 +317,17 @@ def trained_conv4(digits_train):
                                   jax.random.split(key, 150))
     return params
 
-  params = fit(params, jax.random.key(1))
+  with optimizations_on():       # 150 steps run: compile them optimized
+    params = fit(params, jax.random.key(1))
   logits_fn = jax.jit(lambda z: apply_fn(params, z))
   x, y = jnp.asarray(images[held_out]), jnp.asarray(labels[held_out])
   assert attacks.attack_accuracy(logits_fn, x, y) >= 0.9
   return logits_fn, x, y
 
 
-def test_attack_strength_ordering_on_a_trained_model(trained_conv4):
+def test_attack_strength_ordering_on_a_trained_model(trained_conv4,
+                                                    optimized):
+  del optimized
   logits_fn, x, y = trained_conv4
   report = attacks.check_attack_strength(
       logits_fn, x, y, eps="16/255", key=jax.random.key(0), pgd_steps=(5, 20))

@@ -29,6 +29,13 @@ from advmeta_jax import attacks
 from advmeta_jax.attacks import linf
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.benchmarks import crosscheck_autoattack as crosscheck
+from tests.conftest import optimizations_on
+
+@pytest.fixture(scope="module", autouse=True)
+def _optimized():
+  """The whole module with XLA's full optimizations (tests/conftest.py)."""
+  with optimizations_on():
+    yield
 
 # About 3.5 minutes on a 2-core CPU (measured: 212 s serially, with other
 # jobs running). The "plus" report test and the robust accuracies against

@@ -1,7 +1,7 @@
 """Bad input gets one line that says what was wrong and what is allowed.
 
-The table of docs/reliability.md is the list: every row is a command and the
-one line it must print. The rows run through the launchers' own flag parser
+`BAD_INPUT` is the list: every row is a command and the one line it must
+print; docs/reliability.md shows it as a table. The rows run through the launchers' own flag parser
 and `main`, one process per launcher (tests/bad_input_driver.py), so the
 table costs a few processes, not one per row; one row runs as the user types
 it (`python -m ...`) to prove the exit itself.
@@ -25,22 +25,106 @@ from advmeta_jax import learners
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DRIVER = REPO / "tests" / "bad_input_driver.py"
 TIMEOUT_S = 300
-_ROW = "| `"
+
+
+# (command, the one line it prints). `$TMP` is a scratch directory (`_prepare`);
+# in a message, " … " separates the parts the test checks (paths differ from
+# machine to machine). docs/reliability.md shows this list as its bad-input
+# table (`markdown_table`, checked below; `python -m tests.test_bad_input`
+# prints it).
+BAD_INPUT = [
+    ('python -m launch.train --workdir=$TMP/a --k_shot=0',
+     'error: k_shot must be a positive integer, got 0.'),
+    ('python -m launch.train --workdir=$TMP/b --learner=reptile',
+     'FATAL Flags parsing error: flag --learner=reptile: value should be one of <adml|anil|aq|maml|maml_ad|matchingnet|protonet|r2d2|tafl>'),
+    ('python -m launch.train --workdir=$TMP/c --train_eps=300/255',
+     "error: train_eps must be at most 1 (images are in [0, 1]), got '300/255'"),
+    ('python -m launch.train --workdir=$TMP/d --image_size=12',
+     'error: image_size must be at least 16 (conv4 pools four times by 2), got 12.'),
+    ('python -m launch.train --workdir=$TMP/e --parallel_tasks=3',
+     'error: parallel_tasks must be 0 (the whole batch) or a divisor of task_batch_size=4, got 3.'),
+    ('python -m launch.train --workdir=$TMP/f --num_devices=4',
+     'error: num_devices=4, but only 1 cpu device(s) are visible; use 0 (all) or at most 1.'),
+    ('python -m launch.train --workdir=$TMP/g --learner=adml --robust=aq',
+     "error: robust='aq' does not apply to learner 'adml', which has its own adversarial loss; robust applies to: anil, maml, matchingnet, protonet, r2d2"),
+    ('python -m launch.train --workdir=$TMP/h --train_attack=cw_l2',
+     'FATAL Flags parsing error: flag --train_attack=cw_l2: value should be one of <apgd|fgsm|mi_fgsm|pgd>'),
+    ('python -m launch.train --workdir=$TMP/i --tafl_delta=0',
+     'error: tafl_delta must be a finite number > 0, got 0.0.'),
+    ('python -m launch.train --k_shot=1',
+     'FATAL Flags parsing error: flag --workdir=None: Flag --workdir must have a value other than None.'),
+    ('python -m launch.train --workdir=$TMP/j --eval_episodes=-1',
+     'error: eval_episodes must be >= 0 (an integer), got -1.'),
+    ('python -m launch.train --workdir=$TMP/l --train_step_size=0',
+     "error: train_step_size must be > 0, got '0'."),
+    ('python -m launch.train --workdir=$TMP/m --meta_lr=nan',
+     'error: meta_lr must be a finite number > 0, got nan.'),
+    ('python -m launch.train --workdir=$TMP/o --num_steps=0',
+     'error: num_steps must be a positive integer, got 0.'),
+    ('python -m launch.train --workdir=$TMP/p --adv_fraction=1.5',
+     'error: adv_fraction must be in (0, 1], got 1.5.'),
+    ('python -m launch.train --workdir=$TMP/q --n_way=6',
+     'error: … n_way=6 … 5 classes … digits/train'),
+    ('python -m launch.train --workdir=$TMP/r --dataset=mini_imagenet --data_dir=$TMP/notarun',
+     'error: mini_imagenet/train'),
+    ('python -m launch.train --workdir=$TMP/s --dataset=foo',
+     'FATAL Flags parsing error: flag --dataset=foo: value should be one of <cifar_fs|digits|image_folder|mini_imagenet|omniglot>'),
+    ('python -m launch.train --workdir=$TMP/t --inner_lr=-1',
+     'error: inner_lr must be a finite number > 0, got -1.0.'),
+    ('python -m launch.train --workdir=$TMP/u --dataset=mini_imagenet',
+     "error: dataset 'mini_imagenet' is read from a local directory: pass --data_dir."),
+    ('python -m launch.train --workdir=$TMP/v --q_query=500',
+     "error: digits/train: class '0' has 178 images, fewer than k_shot + q_query = 501 … Lower k_shot or q_query to at most 177 images in all."),
+    ('python -m launch.train --workdir=$TMP/w --train_attack=pgd',
+     "error: learner 'maml' trains on clean tasks and uses no training attack, so --train_attack would be ignored: drop them, or choose a robust learner (aq, tafl, adml, maml_ad) or --robust=aq|tafl|trades."),
+    ('python -m launch.train --workdir=$TMP/x --image_size=1024',
+     "error: image_size must be at most 512 (the split and a step's episodes are held in memory at that size), got 1024."),
+    ('python -m launch.train --workdir=$TMP/afile',
+     "error: --workdir=' … afile' is a file, not a directory: give a directory (it is created if missing)."),
+    ('python -m launch.evaluate --workdir=$TMP/notarun',
+     "error: no config.json in workdir … notarun': is it the --workdir of a training run?"),
+    ('python -m launch.evaluate --workdir=$TMP/badjson',
+     'error: … badjson/config.json is not valid JSON … and no checkpoint in … holds a copy of the config'),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --attacks=deepfool',
+     "error: unknown attack 'deepfool'; choose one of: apgd, apgd_t, autoattack, cw_l2, fab, fgsm, mi_fgsm, pgd, square."),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --attacks=autoattack --square_queries=0',
+     'error: square_queries must be a positive integer, got 0.'),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --attacks=pgd --eps=2',
+     "error: eps must be at most 1 (images are in [0, 1]), got '2'; for 2 grey levels write 2/255."),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --kde_threshold=nan',
+     'error: --kde_threshold must be a finite number, got nan.'),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --data_dir=$TMP/afile',
+     "error: --data_dir=' … afile' is a file: give the directory that holds the dataset's files."),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --attacks=pgd --attack_steps=0',
+     'error: attack_steps must be a positive integer, got 0.'),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --cases=nope',
+     "error: bad test case 'nope': write support/query, e.g. clean/adv, with support in ('clean', 'adv', 'mixed') and query in ('clean', 'adv'); or 'all' or 'robust'."),
+    ('python -m launch.reproduce --experiment=nope --workdir=$TMP/k',
+     'FATAL Flags parsing error: flag --experiment=nope: value should be one of <adml_table1|adml_table2|adml_table3|adml_table4|digits_robust|digits_beyond|tafl_table1>'),
+    ('python -m launch.reproduce --experiment=adml_table1 --workdir=$TMP/k2',
+     "error: dataset 'mini_imagenet' is read from a local directory: pass --data_dir."),
+    ('python -m launch.sweep --workdir=$TMP/z --learner=maml',
+     'error: the sweep trains TAFL (γ and k are its hyperparameters), not --learner=maml: drop --learner.'),
+    ('python -m launch.sweep --workdir=$TMP/z2 --gammas=a,b',
+     "error: --gammas must be numbers, got ['a', 'b']."),
+    ('python -m launch.prepare_data --dataset=mini_imagenet',
+     'error: give --data_dir, the directory that holds the mini_imagenet files to prepare.'),
+    ('python -m launch.prepare_data --dataset=mini_imagenet --data_dir=$TMP/notarun --image_size=8',
+     'error: image_size must be at least 16 (conv4 pools four times by 2), got 8.'),
+    ('python -m launch.prepare_data --dataset=digits',
+     'error: --dataset=digits has no files to prepare; choose one of: cifar_fs, mini_imagenet, omniglot.'),
+]
 
 
 def bad_input_rows():
-  """`(command, message)` of every row of the table in docs/reliability.md."""
-  text = (REPO / "docs" / "reliability.md").read_text()
-  table = text.split("<!-- bad-input table -->")[1]
-  rows = []
-  for line in table.splitlines():
-    if not line.startswith(_ROW):
-      continue
-    cells = re.split(r"(?<!\\)\|", line)[1:3]   # cells; \| is a pipe in a cell
-    command, message = [c.strip().strip("`").replace("\\|", "|")
-                        for c in cells]
-    rows.append((command, message))
-  return rows
+  return list(BAD_INPUT)
+
+
+def markdown_table() -> str:
+  """The bad-input table of docs/reliability.md."""
+  cell = lambda text: "`" + text.replace("|", "\\|") + "`"
+  return "\n".join(["| command | the one line it prints |", "|---|---|"] + [
+      f"| {cell(c)} | {cell(m)} |" for c, m in BAD_INPUT])
 
 
 def _words(command, tmp):
@@ -90,6 +174,14 @@ def bad_input_results(tmp_path_factory):
 def _one_line(stderr):
   return [l for l in stderr.splitlines()
           if l.startswith(("error: ", "FATAL Flags parsing error"))]
+
+
+def test_the_docs_table_is_this_list():
+  text = (REPO / "docs" / "reliability.md").read_text()
+  table = text.split("<!-- bad-input table -->")[1].strip()
+  assert table == markdown_table(), (
+      "docs/reliability.md's bad-input table differs from BAD_INPUT: paste "
+      "the output of `python -m tests.test_bad_input` after its marker.")
 
 
 def test_the_table_has_rows_for_every_launcher():
@@ -157,3 +249,7 @@ def test_the_driver_reports_a_traceback_as_one(tmp_path):
 
   code, stderr = bad_input_driver.run_one(_Launcher, [])
   assert code == 1 and "Traceback" in stderr and "boom" in stderr
+
+
+if __name__ == "__main__":
+  print(markdown_table())

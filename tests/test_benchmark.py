@@ -8,6 +8,7 @@ import pytest
 from advmeta_jax.benchmarks import benchmark
 
 
+@pytest.mark.integration   # times a compiled train step
 def test_train_step_benchmark_reports_its_fields():
   r = benchmark.run_single(dict(
       learner="maml", conv_impl="matmul", size=16, k_shot=1, n_way=3,
@@ -145,6 +146,7 @@ def test_a_configuration_runs_in_its_own_process(tmp_path, capsys):
   assert "| fgsm | eps=8/255 | 16 |" in capsys.readouterr().out
 
 
+@pytest.mark.integration   # times the default (auto) train step
 def test_the_default_variant_is_what_train_runs_by_default():
   """No --variants / --conv_impls: the `auto` settings, resolved as
   launch.train resolves them; the row reports what they resolved to."""

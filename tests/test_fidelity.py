@@ -1,5 +1,6 @@
 """What the papers ran: TAFL's weights at extremes, Matching Networks' FCE."""
 
+import json
 import chex
 import jax
 import jax.numpy as jnp
@@ -163,9 +164,10 @@ def test_gradients_flow_through_the_lstm_under_an_attack(variant):
   # The attack itself differentiates through the LSTM: it moves the query
   # and raises the loss of the adapted classifier.
   adaptation = bound.adaptation
-  state, _ = adaptation.adapt(params, xs, ys, num_steps=0)
-  logits_fn = lambda x: adaptation.logits(state, x)
-  x_adv = pgd(logits_fn, xq, yq, key=jax.random.key(4))
+  state, _ = jax.jit(lambda p: adaptation.adapt(p, xs, ys, num_steps=0))(
+      params)
+  logits_fn = jax.jit(lambda x: adaptation.logits(state, x))
+  x_adv = jax.jit(lambda x: pgd(logits_fn, x, yq, key=jax.random.key(4)))(xq)
   ce = lambda x: optax.softmax_cross_entropy_with_integer_labels(
       logits_fn(x), yq).mean()
   assert float(ce(x_adv)) > float(ce(xq))
@@ -271,6 +273,14 @@ def test_sweep_on_digits_says_it_has_no_val(tmp_path):
   assert any("no validation classes" in m for m in messages)
   assert "no validation classes" in out.markdown
   assert out.chosen_test[0] == out.robust[0, 0]
+  # The grid's files: heatmap, sweep.json, sweep.md.
+  assert out.robust.shape == out.clean.shape == out.robust_ci95.shape == (1, 1)
+  assert out.heatmap == str(tmp_path / "sensitivity_heatmap.png")
+  assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
+  saved = json.loads((tmp_path / "sweep.json").read_text())
+  assert saved["gammas"] == [2] and saved["robust"] == out.robust.tolist()
+  assert (tmp_path / "sweep.md").read_text() == out.markdown + "\n"
+  assert "| γ \\ k | 1 |" in out.markdown   # the grid, then the choice
 
 
 # --- the reproduction configs -------------------------------------------------

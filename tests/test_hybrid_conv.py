@@ -16,6 +16,13 @@ import pytest
 
 from advmeta_jax.core import hybrid_conv
 from advmeta_jax.core import models
+from tests.conftest import optimizations_on
+
+@pytest.fixture(scope="module", autouse=True)
+def _optimized():
+  """The whole module with XLA's full optimizations (tests/conftest.py)."""
+  with optimizations_on():
+    yield
 
 
 

@@ -121,8 +121,8 @@ def test_maml_outer_loss_on_conv4_differs_between_first_and_second_order():
     maml_learner = learners.get("maml").bind(
         apply_fn, None, Config.make(inner_lr=0.1, inner_steps=2,
                                     first_order=fo))
-    grads[fo] = jax.grad(lambda p: maml_learner.loss(  # pylint: disable=cell-var-from-loop
-        p, task, jax.random.key(0))[0])(params)
+    grads[fo] = jax.jit(jax.grad(lambda p: maml_learner.loss(  # pylint: disable=cell-var-from-loop
+        p, task, jax.random.key(0))[0]))(params)
   d = jax.flatten_util.ravel_pytree(grads[True])[0] - \
       jax.flatten_util.ravel_pytree(grads[False])[0]
   assert float(jnp.linalg.norm(d)) > 1e-6

@@ -16,7 +16,8 @@ from advmeta_jax.errors import ConfigError
     (84, 3, 32, 5), (32, 3, 32, 2), (28, 1, 64, 1), (16, 1, 8, 1)])
 def test_output_shape_and_parameter_count(size, channels, filters, side):
   model = models.make_conv4(num_classes=5, filters=filters, image_size=size)
-  params = models.init_params(model, jax.random.key(0), (size, size, channels))
+  params = jax.jit(lambda k: models.init_params(
+      model, k, (size, size, channels)))(jax.random.key(0))
   # Hand count: 3x3 convs without bias, BN scale+offset, linear head.
   expected = (9 * channels * filters + 3 * 9 * filters * filters
               + 4 * 2 * filters + side * side * filters * 5 + 5)
@@ -24,8 +25,8 @@ def test_output_shape_and_parameter_count(size, channels, filters, side):
   assert models.conv4_num_params(num_classes=5, filters=filters,
                                  channels=channels, image_size=size) == expected
   assert params["head"]["kernel"].shape == (side * side * filters, 5)
-  logits = models.make_apply_fn(model)(params, jnp.zeros((7, size, size,
-                                                         channels)))
+  logits = jax.eval_shape(models.make_apply_fn(model), params,
+                          jnp.zeros((7, size, size, channels)))
   assert logits.shape == (7, 5)
 
 
@@ -61,7 +62,8 @@ def _cross_entropy(logits, labels):
                   - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
 
 
-def test_jitted_gradients_under_vmap_are_those_of_a_loop_over_tasks():
+def test_jitted_gradients_under_vmap_are_those_of_a_loop_over_tasks(
+    optimized):
   """The regression test of a miscompiled max-pool gradient (a `max`
   reduction over the window axes; XLA's algebraic simplifier, jax 0.10.2):
   under `jit(vmap)` over tasks, conv4's input gradients and the gradient of
@@ -69,7 +71,8 @@ def test_jitted_gradients_under_vmap_are_those_of_a_loop_over_tasks():
   metric learners; both formulations), and with per-task kernels (MAML's
   inner loop) the second-order gradient through lax.conv was 0.3-0.5 off.
   Each is compared here with a loop over the tasks, where nothing is
-  batched."""
+  batched, with XLA's optimizations on (the `optimized` fixture)."""
+  del optimized
   images = jax.random.uniform(jax.random.key(1), (2, 6, 16, 16, 3))
   labels = jnp.arange(6) % 3
   close = functools.partial(chex.assert_trees_all_close, rtol=1e-4,
@@ -144,13 +147,14 @@ def test_bfloat16_compute_is_close_and_keeps_float32_parameters_and_outputs():
   chex.assert_trees_all_equal_shapes_and_dtypes(
       params, models.init_params(bf16, jax.random.key(0), (16, 16, 3)))
   x = jax.random.uniform(jax.random.key(1), (10, 16, 16, 3))
-  ref = models.make_apply_fn(f32)(params, x)
+  ref = jax.jit(models.make_apply_fn(f32))(params, x)
   for impl in models.CONV_IMPLS:
     model = models.make_conv4(num_classes=5, filters=8, image_size=16,
                               conv_impl=impl, compute_dtype="bfloat16")
-    out = models.make_apply_fn(model)(params, x)
+    out = jax.jit(models.make_apply_fn(model))(params, x)
     assert out.dtype == jnp.float32
     # bfloat16 keeps ~3 significant digits; BatchNorm renormalizes each layer.
     np.testing.assert_allclose(out, ref, atol=0.05 * float(jnp.abs(ref).max()))
-    grads = jax.grad(lambda p: models.make_apply_fn(model)(p, x).sum())(params)
+    grads = jax.jit(jax.grad(
+        lambda p, m=model: models.make_apply_fn(m)(p, x).sum()))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))

@@ -82,8 +82,9 @@ def test_mixed_support_attacks_exactly_the_masked_images(tiny_model,
   adaptation = adaptations.gradient_adaptation(apply_fn, inner_lr=0.01)
   task = episodes.sample_task(jax.random.key(1), test_source, n_way=5,
                               k_shot=5, q_query=2)
-  xs = evaluation.attack_support(adaptation, params, task, jax.random.key(2),
-                                 mode="mixed", attack=FGSM.build(), n_way=5)
+  xs = jax.jit(lambda p, t, k: evaluation.attack_support(
+      adaptation, p, t, k, mode="mixed", attack=FGSM.build(), n_way=5))(
+          params, task, jax.random.key(2))
   changed = np.abs(np.asarray(xs - task.support_images)).reshape(25, -1).max(1)
   mask = np.asarray(evaluation.mixed_support_mask(task.support_labels, 5, 5))
   assert (changed[~mask] == 0).all()
@@ -273,25 +274,7 @@ def test_every_experiment_runs_end_to_end_shrunk(name, tmp_path):
   _reproduce_shrunk(name, tmp_path)
 
 
-def test_sensitivity_sweep_draws_the_heatmap(tmp_path, digits_train):
-  base = tiny_config(learner="tafl", filters=4, num_steps=2,
-                     train_attack_steps=1)
-  out = reproduction.sensitivity_sweep(
-      base, str(tmp_path), gammas=[0.0, 2.0], ks=[1.0],
-      attack=AttackSpec.of("fgsm", eps="8/255"), num_episodes=2,
-      inner_steps=1, progress=False, log=lambda _: None)
-  assert isinstance(out, reproduction.SweepResult)
-  assert out.robust.shape == out.clean.shape == out.robust_ci95.shape == (2, 1)
-  assert out.gammas == (0.0, 2.0) and out.ks == (1.0,)
-  assert out.heatmap == str(tmp_path / "sensitivity_heatmap.png")
-  assert (tmp_path / "sensitivity_heatmap.png").stat().st_size > 0
-  saved = json.loads((tmp_path / "sweep.json").read_text())
-  assert saved["gammas"] == [0, 2]
-  assert saved["robust"] == out.robust.tolist()
-  assert (tmp_path / "sweep.md").read_text() == out.markdown + "\n"
-  assert "| γ \\ k | 1 |" in out.markdown   # the grid, then the choice
-
-
+@pytest.mark.integration   # launch.train's and launch.evaluate's library calls end to end
 def test_train_and_test_writes_the_meta_test_and_evaluate_repeats_it(
     tmp_path):
   """launch.train's library call: trains, meta-tests, writes eval_test.md and

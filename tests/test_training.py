@@ -34,8 +34,9 @@ def _step_setup(config, split):
   return state, step, sample
 
 
+@pytest.mark.integration   # op by op: 25 s of eager dispatch
 def test_train_step_jit_equals_eager(digits_train):
-  state, step, sample = _step_setup(tiny_config(), digits_train)
+  state, step, sample = _step_setup(tiny_config(filters=4), digits_train)
   tasks = sample(jax.random.key(1))
   eager_state, eager_metrics = step(state, tasks, jax.random.key(2))
   jit_state, jit_metrics = jax.jit(step)(state, tasks, jax.random.key(2))
@@ -241,6 +242,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.integration
 def test_sharded_training_equals_single_device_training():
   """On 4 forced CPU devices: 3 steps on 1, 2 and 4 devices give the same
   parameters (float tolerance), for MAML and for TAFL (whose batch combine
