@@ -154,7 +154,10 @@ def protocol_from_flags(flag_values=flags.FLAGS) -> config_lib.ProtocolConfig:
   f = flag_values
   changes = {}
   for old, new in DEPRECATED_PROTOCOL_FLAGS.items():
-    if old in f and f[old].present:
+    # Only where `old` is the deprecated alias: in a launcher with the
+    # training flags (launch.sweep), --inner_steps and --seed are training's.
+    if (old in f and f[old].present and new in f
+        and f[old].help.startswith("Deprecated")):
       print(f"warning: --{old} is deprecated; use --{new} (same meaning).",
             file=sys.stderr)
       if not f[new].present:

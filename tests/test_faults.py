@@ -261,7 +261,7 @@ def test_disk_full_during_a_save_stops_cleanly(tmp_path, digits_train,
   monkeypatch.setattr(checkpoints, "_write", full_after_one)
   with pytest.raises(DataError, match=r"no space left on the device to save "
                      r"the checkpoint of step 4 in .*checkpoints: it needs "
-                     r"about [\d.]+ MiB, [\d.]+ MiB are free\. The checkpoint "
+                     r"about [\d.]+ [KM]iB, [\d.]+ [KM]iB are free\. The checkpoint "
                      r"of step 2 is kept"):
     training.train(_tiny(num_steps=6), str(workdir), train_split=digits_train,
                    progress=False)

@@ -400,7 +400,8 @@ def _train_and_check(cfg, tmp_path, digits_train):
 
 TINY_FLAGS = ("--filters=8", "--q_query=3", "--task_batch_size=2",
               "--num_steps=2", "--log_every=1", "--checkpoint_every=2",
-              "--eval_episodes=0", "--train_attack_steps=2")
+              "--eval_episodes=0", "--train_attack_steps=2",
+              "--conv_impl=xla", "--parallel_tasks=0", "--remat=false")
 
 
 @pytest.mark.integration

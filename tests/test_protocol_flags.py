@@ -38,3 +38,16 @@ def test_a_launcher_with_training_flags_keeps_only_the_test_seed():
   assert "test_seed" in fv and "cases" not in fv
   assert "test_episodes" not in fv and "test_inner_steps" not in fv
   assert common.protocol_from_flags(fv).test_seed == 0
+
+
+def test_training_flags_of_the_same_name_are_not_taken_for_the_old_names(
+    capsys):
+  """launch.sweep defines the training flags (--inner_steps, --seed) next to
+  the protocol's: those keep their training meaning, with no warning."""
+  fv = flags.FlagValues()
+  flags.DEFINE_integer("inner_steps", 5, "training", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "training", flag_values=fv)
+  common.define_protocol_flags(cases=None, run_flags=False, flag_values=fv)
+  fv(["prog", "--inner_steps=1", "--seed=3"])
+  assert common.protocol_from_flags(fv).test_seed == 0
+  assert capsys.readouterr().err == ""

@@ -100,8 +100,11 @@ def _one_line_errors(drop_library_records: bool = False):
   exception raised while a coroutine is finalized ("Exception ignored in
   <coroutine ...>", Python's unraisable hook) is one line. A failed read
   leaves coroutines behind that may be finalized later, so after a failure
-  the one-line unraisable hook stays for the rest of the process."""
-  filtered = ([py_logging.getLogger("absl"), py_logging.getLogger("asyncio")]
+  the one-line unraisable hook, and the filter of asyncio's logger (which
+  reports "Task exception was never retrieved" when such a task is
+  collected), stay for the rest of the process."""
+  asyncio_logger = py_logging.getLogger("asyncio")
+  filtered = ([py_logging.getLogger("absl"), asyncio_logger]
               + list(py_logging.getLogger().handlers))
   record_filter = (_DropLibraryRecords() if drop_library_records
                    else _OneLineRecords())
@@ -115,7 +118,8 @@ def _one_line_errors(drop_library_records: bool = False):
   finally:
     gc.collect()   # finalize what the read left behind while still one-line
     for target in filtered:
-      target.removeFilter(record_filter)
+      if not (failed and target is asyncio_logger):
+        target.removeFilter(record_filter)
     if not failed:
       sys.unraisablehook = previous_hook
 
@@ -244,11 +248,16 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
     kept = mgr.latest_step()
     raise DataError(
         f"no space left on the device to save the checkpoint of step {step} "
-        f"in {directory}: it needs about {_nbytes(state) / 2**20:.1f} MiB, "
-        f"{free / 2**20:.1f} MiB are free. "
+        f"in {directory}: it needs about {_size(_nbytes(state))}, "
+        f"{_size(free)} are free. "
         + (f"The checkpoint of step {kept} is kept. " if kept is not None
            else "No checkpoint was saved before. ")
         + "Free some space and run the same command to resume.") from None
+
+
+def _size(nbytes: int) -> str:
+  return (f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20
+          else f"{nbytes / 2**10:.0f} KiB")
 
 
 def set_aside_diverged(mgr, step: int) -> Optional[str]:
