@@ -113,6 +113,16 @@ BAD_INPUT = [
      'error: image_size must be at least 16 (conv4 pools four times by 2), got 8.'),
     ('python -m launch.prepare_data --dataset=digits',
      'error: --dataset=digits has no files to prepare; choose one of: cifar_fs, mini_imagenet, omniglot.'),
+    ('python -m launch.reproduce --experiment=digits_robust --shrink --workdir=$TMP/r3 --data_dir=$TMP/afile',
+     "error: --data_dir=' … afile' is a file: give the directory that holds the dataset's files."),
+    ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r4 --test_episodes=0',
+     'error: test_episodes must be a positive integer, got 0.'),
+    ('python -m launch.evaluate --workdir=$TMP/notarun --attacks=apgd --apgd_steps=0',
+     'error: apgd_steps must be a positive integer, got 0.'),
+    ('python -m launch.train --workdir=$TMP/m1 --train_attack=pgd --train_eps=8/255',
+     "error: learner 'maml' trains on clean tasks and uses no training attack, so --train_attack and --train_eps would be ignored"),
+    ('python -m launch.prepare_data --dataset=mini_imagenet --data_dir=$TMP/notarun --image_size=0',
+     'error: image_size must be at least 16 (conv4 pools four times by 2), got 0.'),
 ]
 
 

@@ -6,6 +6,7 @@ bad input of docs/reliability.md is tests/test_bad_input.py."""
 import errno
 import json
 import pathlib
+import re
 import signal
 import time
 
@@ -284,3 +285,18 @@ def test_checkpoints_of_an_earlier_version_are_refused_not_moved(tmp_path):
   with pytest.raises(ConfigError, match="written by an earlier version"):
     checkpoints.manager(str(tmp_path / "run"))
   assert (directory / "3" / "default").is_dir()      # left as it was
+
+
+def test_every_test_the_fault_table_names_exists():
+  """docs/reliability.md's fault table names the test of each fault; each
+  is a test function of tests/."""
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  text = (repo / "docs" / "reliability.md").read_text()
+  faults = text.split("## Faults")[1].split("## Bad input")[0]
+  named = set(re.findall(r"\b(test_[a-z0-9_]+)\b(?!\.py)", faults))
+  defined = set()
+  for path in (repo / "tests").glob("test_*.py"):
+    defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", path.read_text(),
+                              re.MULTILINE))
+  assert len(named) >= 15, named
+  assert named <= defined, sorted(named - defined)
