@@ -232,6 +232,7 @@ def _tiny_sweep_config(**overrides):
                      eval_batch_size=4, **overrides).validate()
 
 
+@pytest.mark.integration   # trains and scores a γ × k grid
 def test_sweep_chooses_on_val_and_reports_test_separately(tmp_path,
                                                           monkeypatch):
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -261,6 +262,7 @@ def test_sweep_chooses_on_val_and_reports_test_separately(tmp_path,
   assert f"{out.chosen_test[0]:.2f}" in out.markdown
 
 
+@pytest.mark.integration   # trains and scores a γ × k grid
 def test_sweep_on_digits_says_it_has_no_val(tmp_path):
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
   from advmeta_jax.experiments import reproduction  # pylint: disable=g-import-not-at-top

@@ -12,7 +12,8 @@ run's config (`Kind.build(apply_fn, config)`):
     gradient   MAML's SGD steps on the support loss (conv4 with its head)
     head       ANIL's SGD steps on the head only (conv4 with its head)
     prototype  Prototypical Networks (conv4's embedding, no head)
-    matching   Matching Networks without FCE (conv4's embedding, no head)
+    matching   Matching Networks (conv4's embedding, no head); with --fce=adml
+               or vinyals, full context embeddings (fce.py)
     ridge      R2-D2's closed-form ridge regression (conv4's embedding and
                the solver's scalars α, β, λ; r2d2.py)
 
