@@ -226,6 +226,48 @@ def test_rand_version_runs_apgd_ce_and_dlr_with_eot_on_a_randomized_model():
   assert float(jnp.abs(x_det - x).max()) <= 0.15 + 1e-6
 
 
+def test_rand_version_takes_the_eot_gradient_at_the_batch_it_scores():
+  """With a model whose logits depend on the batch (its mean, as
+  transductive BatchNorm's do), APGD-DLR's EOT gradients see the examples
+  APGD-CE fooled at their adversarial points, as the batch is scored, not
+  at the clean x. The model records every batch it is called with and the
+  key of the call; APGD-DLR's draws are known from the stage keys."""
+  n, steps = 10, 4
+  w = jax.random.normal(jax.random.key(1), (16, 4))
+  x = jax.random.uniform(jax.random.key(2), (n, 4, 4, 1))
+
+  def base(z):
+    f = z.reshape(z.shape[0], -1)
+    return (f - f.mean(0, keepdims=True)) @ w
+
+  y = jnp.argmax(base(x), -1)
+  seen = []
+
+  def randomized(z, key):
+    jax.debug.callback(lambda k, b: seen.append(
+        (tuple(np.asarray(k).ravel()), np.asarray(b))),
+                       jax.random.key_data(key), z)
+    return base(z)
+
+  x_adv, report = jax.jit(lambda x, y: attacks.autoattack_with_report(
+      randomized, x, y, eps=0.05, key=KEY, version="rand", num_steps=steps,
+      eot_iter=1))(x, y)
+  robust = {k: np.asarray(v) for k, v in report["robust"].items()}
+  fooled_by_ce = robust["clean"] & ~robust["apgd-ce"]
+  assert 0 < fooled_by_ce.sum() < n and robust["apgd-ce"].any()
+  # Stage i's key is split(KEY, 2)[i]; its EOT draw at iterate t is
+  # split(fold_in(fold_in(stage key, 1), t), eot_iter)[0].
+  eot_key = jax.random.fold_in(jax.random.split(KEY, 2)[1], 1)
+  dlr_draws = {tuple(np.asarray(jax.random.key_data(jax.random.split(
+      jax.random.fold_in(eot_key, t), 1)[0])).ravel())
+               for t in range(steps + 2)}
+  batches = [b for k, b in seen if k in dlr_draws]
+  assert batches
+  for b in batches:
+    np.testing.assert_array_equal(b[fooled_by_ce],
+                                  np.asarray(x_adv)[fooled_by_ce])
+
+
 def test_eot_gradient_is_the_mean_over_draws():
   (w1, w2), x, y = tiny_problem(n=6, model=plain_logits)
   base = plain_logits(w1, w2)

@@ -75,8 +75,11 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
   """APGD (CE or DLR) with `restarts` random restarts on the examples not
   fooled yet (the reference's `APGDAttack.perturb`); with `keyed` (a
   randomized model `(x, key) -> logits`), each gradient is averaged over
-  `eot_iter` draws of its randomness (EOT)."""
-  def attack(logits_fn, x, y, key):
+  `eot_iter` draws of its randomness (EOT). The caller passes the keyed
+  model with the examples of earlier stages held where `logits_fn` holds
+  them (`keyed=` at the call), so that the gradient sees the batch that is
+  scored."""
+  def attack(logits_fn, x, y, key, keyed=keyed):
     eps_x = jnp.asarray(eps, x.dtype)
     robust = jnp.argmax(logits_fn(x), axis=-1) == y
     x_adv = x
@@ -219,7 +222,12 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     def run(carry, attack=attacks[name], k=k):
       x_adv, robust = carry
       held = hold_inactive(logits_fn, robust, x_adv)
-      return accept_run(logits_fn, y, robust, x_adv, attack(held, x, y, k))
+      extra = {}
+      if keyed is not None:   # the EOT gradient's model, held as `held` is
+        extra["keyed"] = lambda z, draw, r=robust, h=x_adv: keyed(
+            jnp.where(per_example(r, z), z, h), draw)
+      return accept_run(logits_fn, y, robust, x_adv,
+                        attack(held, x, y, k, **extra))
     x_adv, robust = jax.lax.cond(jnp.any(robust), run, lambda c: c,
                                  (x_adv, robust))
     masks[name] = robust
