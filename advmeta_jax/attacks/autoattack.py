@@ -89,8 +89,7 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
       held = hold_inactive(logits_fn, robust, x_adv)
       gradient = None
       if keyed is not None:
-        def held_keyed(z, draw, active=robust, x_held=x_adv):
-          return keyed(jnp.where(per_example(active, z), z, x_held), draw)
+        held_keyed = hold_inactive(keyed, robust, x_adv)
         eot_key = jax.random.fold_in(k, 1)
         gradient = lambda z, i, f=held_keyed, e=eot_key: (
             eot_loss_and_input_gradient(f, LOSSES[loss], z, y,
@@ -224,8 +223,7 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
       held = hold_inactive(logits_fn, robust, x_adv)
       extra = {}
       if keyed is not None:   # the EOT gradient's model, held as `held` is
-        extra["keyed"] = lambda z, draw, r=robust, h=x_adv: keyed(
-            jnp.where(per_example(r, z), z, h), draw)
+        extra["keyed"] = hold_inactive(keyed, robust, x_adv)
       return accept_run(logits_fn, y, robust, x_adv,
                         attack(held, x, y, k, **extra))
     x_adv, robust = jax.lax.cond(jnp.any(robust), run, lambda c: c,

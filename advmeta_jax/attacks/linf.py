@@ -422,8 +422,8 @@ def hold_inactive(logits_fn: LogitsFn, active: Array, x_held: Array) -> LogitsFn
   reference's "attack only the remaining points"; with transductive
   BatchNorm it keeps the batch the model sees close to the returned one.
   """
-  def held(z):
-    return logits_fn(jnp.where(per_example(active, z), z, x_held))
+  def held(z, *args):   # args: a randomized model's key (EOT)
+    return logits_fn(jnp.where(per_example(active, z), z, x_held), *args)
   return held
 
 
