@@ -118,7 +118,8 @@ def check_finite(value: float, flag: str) -> None:
 # The test-time settings of launch.evaluate and launch.reproduce, and their
 # names before they were `--test_*` (deprecated; each still works once it
 # prints a line saying so).
-RUN_PROTOCOL_FLAGS = ("test_episodes", "test_inner_steps", "test_seed")
+RUN_PROTOCOL_FLAGS = ("test_episodes", "test_inner_steps", "test_q_query",
+                      "test_seed")
 DEPRECATED_PROTOCOL_FLAGS = {"episodes": "test_episodes",
                              "inner_steps": "test_inner_steps",
                              "seed": "test_seed"}

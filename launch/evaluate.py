@@ -65,6 +65,7 @@ def main(argv):
       split=FLAGS.split, data_dir=FLAGS.data_dir, out=FLAGS.out, cases=cases,
       attack_specs=specs, num_episodes=protocol.test_episodes,
       inner_steps=protocol.test_inner_steps, seed=protocol.test_seed,
+      q_query=protocol.test_q_query,
       curves=FLAGS.curves,
       adversarial_curves=FLAGS.adversarial_curves, kde=FLAGS.kde,
       kde_threshold=FLAGS.kde_threshold, masking_check=FLAGS.masking_check,

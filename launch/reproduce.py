@@ -34,7 +34,8 @@ flags.DEFINE_list("extra_attacks", [], "Test attacks beyond the paper's, "
                   "apgd_t, fab): extra cells with no paper value. Trained "
                   "rows are not retrained, so this can follow a finished "
                   "run.")
-config.define_protocol_flags(only=("test_episodes", "test_seed"))
+config.define_protocol_flags(only=("test_episodes", "test_q_query",
+                                   "test_seed"))
 for _old in ("episodes", "seed"):
   flags.DEFINE_integer(_old, None, f"Deprecated: use --test_{_old}.")
 flags.DEFINE_float("kde_threshold", 1.0, "Share of tasks with L_AR above this "
@@ -50,7 +51,8 @@ def main(argv):
   out = reproduction.reproduce(
       experiments.get(FLAGS.experiment), FLAGS.workdir, shrink=FLAGS.shrink,
       rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=protocol.test_episodes,
-      seed=protocol.test_seed, kde_threshold=FLAGS.kde_threshold,
+      seed=protocol.test_seed, q_query=protocol.test_q_query,
+      kde_threshold=FLAGS.kde_threshold,
       extra_attacks=FLAGS.extra_attacks)
   print(out.report.markdown)
   print("\nwritten: " + ", ".join(sorted(out.report.files.values())))

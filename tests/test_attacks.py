@@ -229,6 +229,37 @@ def test_mi_fgsm_on_a_binary_linear_model_reaches_the_fgsm_corner():
       attacks.fgsm(logits_fn, x, y, eps=0.1), atol=1e-6)
 
 
+def test_tafl_codes_pgd_and_mi_fgsm_on_a_binary_linear_model():
+  """advertorch's LinfPGDAttack(eps=0.05, nb_iter=10, rand_init=False) with
+  its default step 0.01, and MomentumIterativeAttack(eps, nb_iter) (step
+  0.01, decay 1), as the TAFL authors' code builds them: on a binary linear
+  model the gradient's sign never changes, so both walk 0.01 per step along
+  it and stop at ε after 5 steps: x + 0.05·sign(w_other − w_y), clipped to
+  [0, 1]. The registry settings of tafl_table1 are these."""
+  k1, k2 = jax.random.split(jax.random.key(8))
+  w = jax.random.normal(k1, (DIM, 2))
+  x = jax.random.uniform(k2, (6, *SHAPE), minval=0.0, maxval=1.0)
+  y = jnp.array([0, 1] * 3)
+  direction = np.sign(np.asarray(w[:, 1] - w[:, 0]))
+  sign = np.where(np.asarray(y)[:, None] == 0, direction, -direction)
+  expected = np.clip(np.asarray(x).reshape(6, -1) + 0.05 * sign, 0, 1)
+  logits_fn = linear_logits(w, jnp.zeros(2))
+  pgd = attacks.make_attack("pgd", dict(eps="0.05", step_size=0.01,
+                                        num_steps=10, random_start=False))
+  mi = attacks.make_attack("mi_fgsm", dict(eps="0.05", step_size=0.01,
+                                           num_steps=10, decay=1.0))
+  for attack in (pgd, mi):
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(attack, static_argnums=0)(logits_fn, x, y)
+                   ).reshape(6, -1), expected, atol=1e-6)
+  # Three steps of 0.01 do not reach ε yet.
+  three = attacks.pgd(logits_fn, x, y, eps=0.05, step_size=0.01, num_steps=3,
+                      random_start=False)
+  np.testing.assert_allclose(
+      np.asarray(three).reshape(6, -1),
+      np.clip(np.asarray(x).reshape(6, -1) + 0.03 * sign, 0, 1), atol=1e-6)
+
+
 def binary_linear_problem():
   """Ten points away from the box edges, labelled by a 2-class linear model."""
   k1, k2 = jax.random.split(jax.random.key(6))

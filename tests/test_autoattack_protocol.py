@@ -134,7 +134,7 @@ def test_experiments_take_extra_attacks_at_their_first_eps():
   exp = experiments.get("tafl_table1")
   specs = exp.test_attacks(extra=("autoattack",))
   assert specs[:-1] == exp.test_attacks()
-  assert specs[-1] == evaluation.default_test_attack("autoattack", "8/255")
+  assert specs[-1] == evaluation.default_test_attack("autoattack", "0.05")
   shrunk = exp.test_attacks(shrink=True, extra=("autoattack",))[-1]
   assert dict(shrunk.hparams)["num_queries"] == (
       experiments.SHRINK_PROTOCOL["square_queries"])

@@ -100,7 +100,7 @@ BAD_INPUT = [
     ('python -m launch.evaluate --workdir=$TMP/notarun --cases=nope',
      "error: bad test case 'nope': write support/query, e.g. clean/adv, with support in ('clean', 'adv', 'mixed') and query in ('clean', 'adv'); or 'all' or 'robust'."),
     ('python -m launch.reproduce --experiment=nope --workdir=$TMP/k',
-     'FATAL Flags parsing error: flag --experiment=nope: value should be one of <adml_table1|adml_table2|adml_table3|adml_table4|digits_robust|digits_beyond|tafl_table1>'),
+     'FATAL Flags parsing error: flag --experiment=nope: value should be one of <adml_table1|adml_table2|adml_table3|adml_table4|digits_robust|digits_beyond|tafl_table1|tafl_table1_aq_attacks>'),
     ('python -m launch.reproduce --experiment=adml_table1 --workdir=$TMP/k2',
      "error: dataset 'mini_imagenet' is read from a local directory: pass --data_dir."),
     ('python -m launch.sweep --workdir=$TMP/z --learner=maml',
@@ -123,6 +123,12 @@ BAD_INPUT = [
      "error: learner 'maml' trains on clean tasks and uses no training attack, so --train_attack and --train_eps would be ignored"),
     ('python -m launch.prepare_data --dataset=mini_imagenet --data_dir=$TMP/notarun --image_size=0',
      'error: image_size must be at least 16 (conv4 pools four times by 2), got 0.'),
+    ('python -m launch.train --workdir=$TMP/m2 --inner_grad_clip=-1',
+     'error: inner_grad_clip must be a finite number >= 0, got -1.0.'),
+    ('python -m launch.train --workdir=$TMP/m3 --learner=r2d2 --backbone=conv4_strided',
+     "error: backbone='conv4_strided' is built for the gradient learners, protonet and matchingnet without FCE; r2d2 and FCE use backbone='conv4'."),
+    ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r5 --test_q_query=0',
+     'error: test_q_query must be a positive integer, got 0.'),
 ]
 
 

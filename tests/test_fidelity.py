@@ -287,45 +287,73 @@ def test_sweep_on_digits_says_it_has_no_val(tmp_path):
 
 # --- the reproduction configs -------------------------------------------------
 
-def test_tafl_table1_rows_train_against_pgd_8_255():
+def test_tafl_table1_trains_every_defense_as_the_authors_code():
+  """evan69/MAML-Def-Repo with its flag defaults: one advertorch
+  LinfPGDAttack(eps=0.05, nb_iter=10, rand_init=False) (step 0.01) attacks
+  the queries of every defense; MAML trains clean; the strided conv net
+  (32/64/128/256), inner step 0.05 clipped at ±20, 5 inner steps, 10 tasks
+  per batch, Adam 1e-3."""
   from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
   exp = experiments.get("tafl_table1")
+  assert exp.row_names == ("maml", "adml", "aq", "tafl")
   for row in exp.row_names:
     config = Config.make(**exp.train_fields(row)).validate()
+    assert (config.backbone, config.filters, config.inner_lr,
+            config.inner_grad_clip, config.inner_steps,
+            config.task_batch_size, config.meta_lr, config.q_query) == (
+                "conv4_strided", 32, 0.05, 20.0, 5, 10, 1e-3, 15), row
+    attack = builders.make_train_attack(config)
     if row == "maml":
-      assert builders.make_train_attack(config) is None
+      assert attack is None
       continue
-    assert config.attack.train_attack == "pgd", row
-    assert config.attack.train_eps == "8/255", row
-    assert config.attack.train_attack_steps == 7, row
-    assert config.attack.train_step_size == "2/255", row
+    assert attack.hparams == dict(eps=0.05, step_size=0.01, num_steps=10,
+                                  random_start=False), row
+  assert exp.protocol().test_inner_steps == 5
 
 
-def test_tafl_table1_cw_is_advertorchs_reference():
+def test_tafl_table1_tests_with_the_codes_adversaries():
   from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
   from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
-  specs = experiments.get("tafl_table1").test_attacks()
-  cw = [s for s in specs if s.label == "cw_l2"]
-  assert len(cw) == 1
-  assert dict(cw[0].hparams) == dict(
-      c=1e-3, num_steps=10, binary_search_steps=9, learning_rate=0.01,
-      confidence=0.0, abort_early=True, batch_consistent=False)
-  assert dict(cw[0].hparams) == evaluation.CW_TAFL_REFERENCE
-  strong = [s for s in specs if s.label == "cw_l2_strong"]
-  assert len(strong) == 1 and dict(strong[0].hparams)["num_steps"] == 100
-  exp = experiments.get("tafl_table1")
   from advmeta_jax.evaluation import TestCase  # pylint: disable=g-import-not-at-top
+  exp = experiments.get("tafl_table1")
+  pgd, mi, cw, strong = exp.test_attacks()
+  assert dict(pgd.hparams) == dict(eps="0.05", step_size=0.01, num_steps=10,
+                                   random_start=False)
+  assert dict(mi.hparams) == dict(eps="0.05", step_size=0.01, num_steps=10,
+                                  decay=1.0)
+  # advertorch's CarliniWagnerL2Attack(initial_const=--attack-eps,
+  # max_iterations=--attack-step), its defaults otherwise.
+  assert dict(cw.hparams) == dict(
+      c=0.05, num_steps=10, binary_search_steps=9, learning_rate=0.01,
+      confidence=0.0, abort_early=True, batch_consistent=False)
+  assert dict(cw.hparams) == evaluation.CW_TAFL_REFERENCE
+  assert strong.label == "cw_l2_strong" and dict(strong.hparams)[
+      "num_steps"] == 100
   case = TestCase("clean", "adv")
-  assert exp.paper_result("tafl", cw[0], case).accuracy == 27.75
-  assert exp.paper_result("tafl", strong[0], case) is None
+  assert exp.paper_result("tafl", pgd, case).accuracy == 29.53
+  assert exp.paper_result("aq", mi, case).accuracy == 27.94
+  assert exp.paper_result("tafl", cw, case).accuracy == 27.75
+  assert exp.paper_result("tafl", strong, case) is None
 
 
-def test_apgd_defaults_to_autoattacks_100_iterations():
-  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
-  spec = evaluation.default_test_attack("apgd", "8/255")
-  assert dict(spec.hparams)["num_steps"] == 100
-  assert dict(evaluation.default_test_attack(
-      "apgd", "8/255", apgd_steps=10).hparams)["num_steps"] == 10
+def test_tafl_table1_aq_attacks_keeps_the_adversarial_querying_settings():
+  from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
+  exp = experiments.get("tafl_table1_aq_attacks")
+  for row in exp.row_names:
+    config = Config.make(**exp.train_fields(row)).validate()
+    assert (config.backbone, config.inner_lr, config.inner_grad_clip) == (
+        "conv4", 0.01, 0.0)
+    attack = builders.make_train_attack(config)
+    if row == "maml":
+      assert attack is None
+      continue
+    assert attack.hparams == dict(eps=8 / 255, step_size=2 / 255,
+                                  num_steps=7, random_start=True), row
+  pgd, mi, cw, _ = exp.test_attacks()
+  assert (pgd.label, dict(pgd.hparams)["num_steps"]) == ("pgd ε=8/255", 20)
+  assert mi.label == "mi_fgsm ε=8/255"
+  assert dict(cw.hparams)["c"] == 1e-3
+  assert exp.protocol().test_inner_steps == 10
 
 
 def test_adml_tables_use_the_adml_fce_matching_networks():

@@ -10,6 +10,7 @@ from advmeta_jax import learners
 from advmeta_jax.learners import maml
 from advmeta_jax.core import models
 from advmeta_jax.config import Config
+from advmeta_jax.training import builders
 from advmeta_jax.core.episodes import Task
 
 
@@ -148,3 +149,34 @@ def test_remat_gives_the_same_meta_gradient_on_conv4():
   plain = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(params)
   remat = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(params)
   chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-6)
+
+
+def test_inner_gradients_are_clipped_elementwise_before_the_step():
+  """`grad_clip=c`: θ − α·clip(∇, −c, c), as the TAFL authors' code clamps
+  each inner gradient (`--inner-loop-grad-clip`)."""
+  params, task = mlp_problem(jnp.float32)
+  params = jax.tree.map(lambda p: 4 * p, params)   # gradients above c
+  grads = jax.grad(lambda p: losses.cross_entropy(
+      mlp_apply(p, task.support_images), task.support_labels))(params)
+  clip = 0.05
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > clip
+  clipped, _ = maml.adapt(mlp_apply, params, task.support_images,
+                          task.support_labels, inner_lr=0.1, num_steps=1,
+                          grad_clip=clip)
+  chex.assert_trees_all_close(
+      clipped, jax.tree.map(lambda p, g: p - 0.1 * jnp.clip(g, -clip, clip),
+                            params, grads), rtol=1e-6)
+  # The config's --inner_grad_clip reaches the adaptation a run builds.
+  built = builders.build(Config.make(inner_grad_clip=clip, filters=4,
+                                     conv_impl="xla"))
+  theta = models.init_params(built.model, jax.random.key(0),
+                             built.image_shape)
+  xs = jax.random.uniform(jax.random.key(1), (5, *built.image_shape))
+  ys = jnp.arange(5)
+  adapted, _ = jax.jit(lambda p: built.learner.adaptation.adapt(
+      p, xs, ys, num_steps=1))(theta)
+  g = jax.grad(lambda p: losses.cross_entropy(built.apply_fn(p, xs), ys))(
+      theta)
+  chex.assert_trees_all_close(
+      adapted, jax.tree.map(lambda p, g: p - 0.01 * jnp.clip(g, -clip, clip),
+                            theta, g), rtol=1e-5, atol=1e-7)

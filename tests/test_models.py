@@ -131,6 +131,8 @@ def test_jit_and_eager_agree():
     (dict(image_size=8), "image_size 8 is too small"),
     (dict(num_classes=1), "at least 2, got 1"),
     (dict(filters=0), "positive integer, got 0"),
+    (dict(backbone="resnet50"), "unknown backbone 'resnet50'; choose one of "
+     "conv4, conv4_strided"),
 ])
 def test_bad_model_hyperparameters_are_refused_clearly(kwargs, message):
   args = dict(num_classes=5, filters=8, image_size=16)
@@ -158,3 +160,52 @@ def test_bfloat16_compute_is_close_and_keeps_float32_parameters_and_outputs():
     grads = jax.jit(jax.grad(
         lambda p, m=model: models.make_apply_fn(m)(p, x).sum()))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def _strided_reference(params, x):
+  """The MMAML/TAFL-code ConvModel with `use_max_pool=False` in numpy, loop
+  by loop: conv 3×3, stride 2, padding 1, with bias; BatchNorm over the
+  batch without scale or offset (eps 1e-5); ReLU; the mean over positions;
+  the linear head."""
+  x = np.asarray(x, np.float64)
+  for i in range(4):
+    kernel = np.asarray(params[f"conv{i}"]["kernel"], np.float64)
+    bias = np.asarray(params[f"conv{i}"]["bias"], np.float64)
+    n, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    out = np.zeros((n, ho, wo, kernel.shape[-1]))
+    for r in range(ho):
+      for c in range(wo):
+        patch = xp[:, 2 * r:2 * r + 3, 2 * c:2 * c + 3, :]
+        out[:, r, c] = np.einsum("nijc,ijcf->nf", patch, kernel) + bias
+    mean = out.mean(axis=(0, 1, 2))
+    var = out.var(axis=(0, 1, 2))
+    x = np.maximum((out - mean) / np.sqrt(var + 1e-5), 0)
+  features = x.mean(axis=(1, 2))
+  return features @ np.asarray(params["head"]["kernel"]) + np.asarray(
+      params["head"]["bias"])
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "matmul", "hybrid"])
+def test_strided_conv4_is_the_tafl_codes_conv_net(conv_impl):
+  """`backbone="conv4_strided"`: F, 2F, 4F, 8F channels, a side of
+  ⌊(s − 1)/2⌋ + 1 per block (21 → 11 → 6 → 3 → 2), no BatchNorm
+  parameters; the same function as the loop reference in every
+  convolution formulation."""
+  model = models.make_conv4(num_classes=5, filters=2, image_size=21,
+                            conv_impl=conv_impl, backbone="conv4_strided")
+  params = models.init_params(model, jax.random.key(0), (21, 21, 3))
+  assert sorted(params) == ["conv0", "conv1", "conv2", "conv3", "head"]
+  assert [params[f"conv{i}"]["kernel"].shape[-1] for i in range(4)] == [
+      2, 4, 8, 16]
+  params = jax.tree.map(lambda p: p + 0.1, params)   # non-zero biases
+  x = jax.random.uniform(jax.random.key(1), (6, 21, 21, 3))
+  logits = jax.jit(model.apply)({"params": params}, x)
+  np.testing.assert_allclose(logits, _strided_reference(params, x),
+                             rtol=2e-4, atol=2e-5)
+  embedding = models.make_conv4_embedding(filters=2, image_size=21,
+                                          backbone="conv4_strided")
+  assert embedding.apply({"params": {k: v for k, v in params.items()
+                                     if k != "head"}}, x).shape == (
+      6, models.embedding_dim(2, 21, "conv4_strided"))

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -177,6 +179,42 @@ def test_runs_with_different_episode_shapes_are_refused(two_runs):
                            attack_specs=())
 
 
+def test_the_test_episodes_take_the_protocols_query_count(two_runs,
+                                                         digits_test,
+                                                         monkeypatch):
+  """`q_query` sets the queries per class of the test episodes (trained
+  with 2 here); without it, the runs' own."""
+  seen = []
+  real = evaluation.run_case
+  def recording(*args, **kwargs):
+    seen.append(kwargs["q_query"])
+    return real(*args, **kwargs)
+  monkeypatch.setattr(protocol.evaluation, "run_case", recording)
+  for q_query in (1, None):
+    (cell,) = protocol.evaluate_runs(
+        two_runs[:1], cases=(TestCase(),), attack_specs=(), num_episodes=2,
+        inner_steps=1, data=digits_test, log=lambda _: None, q_query=q_query)
+    assert cell.result.num_episodes == 2
+  assert seen == [1, 2]
+
+
+def test_adml_tables_test_on_k_queries_per_class_as_finns_code():
+  """Finn's MAML code, which ADML ran, draws k support + k query images per
+  class at test (600 episodes) and 15 queries in MiniImageNet training."""
+  for table, k_shot in ((1, 1), (2, 5), (3, 1), (4, 5)):
+    exp = experiments.get(f"adml_table{table}")
+    assert exp.protocol().test_q_query == k_shot
+    assert exp.protocol(shrink=True).test_q_query == k_shot
+    assert exp.episodes == 600
+    for row in exp.row_names:
+      assert exp.train_fields(row)["q_query"] == 15
+  # The paper's CI of MAML's clean 1-shot cell fits 5 queries per task:
+  # 1.96·√(p(1−p)/5)/√600 with p = 48.47%.
+  p = 0.4847
+  assert round(100 * 1.96 * np.sqrt(p * (1 - p) / 5) / np.sqrt(600), 2) == \
+      pytest.approx(1.78, abs=0.02)
+
+
 def test_masking_check_warns_on_an_untrained_model(two_runs, digits_test,
                                                    tmp_path):
   checks = protocol.masking_checks(
@@ -232,46 +270,51 @@ def test_unknown_experiment_lists_the_choices():
     experiments.get("adml_table9")
 
 
-def _reproduce_shrunk(name, tmp_path):
-  out = reproduction.reproduce(experiments.get(name), str(tmp_path / name),
-                               shrink=True, progress=False, log=lambda _: None)
-  assert isinstance(out, reproduction.Reproduction) and out.seconds > 0
-  experiment = experiments.get(name)
-  rows = {c.run for c in out.cells}
-  assert rows == {r for r in experiment.row_names
-                  if dict(experiment.rows)[r]["learner"] in learners.names()}
-  report = (tmp_path / name / "report" / "report.md").read_text()
-  if experiment.paper:
-    assert "ours − paper" in report
-  assert report == out.report.markdown + "\n"
-  for cell in out.cells:
-    assert np.isfinite(cell.result.accuracy).all()
-  for path in out.report.files.values():
-    with open(path, "rb") as f:
-      assert f.read(1), path
-  return out
-
-
-@pytest.mark.slow
-def test_tafl_table1_runs_end_to_end_shrunk(tmp_path):
-  out = _reproduce_shrunk("tafl_table1", tmp_path)
-  assert "kde" in out.report.files
-  assert {c.attack_label for c in out.cells} == {
-      "none", "pgd ε=8/255", "mi_fgsm ε=8/255", "cw_l2", "cw_l2_strong"}
-
-
-@pytest.mark.slow
-def test_adml_five_shot_table_runs_all_six_cases_shrunk(tmp_path):
-  out = _reproduce_shrunk("adml_table2", tmp_path)
-  cases = {c.case.name for c in out.cells}
-  assert cases == {c.name for c in evaluation.ALL_CASES}
-  assert any(k.startswith("curves") for k in out.report.files)
+# What each table's shrunk run must show beyond the common checks.
+_SHRUNK_EXTRAS = {
+    "tafl_table1": dict(files={"kde"}),
+    "adml_table2": dict(cases={c.name for c in evaluation.ALL_CASES},
+                        files={"curves"}),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", experiments.names())
 def test_every_experiment_runs_end_to_end_shrunk(name, tmp_path):
-  _reproduce_shrunk(name, tmp_path)
+  """Each table as a user reproduces it, `launch.reproduce --shrink`, in a
+  process of its own (one table per process, as the launcher runs them):
+  every learner row trained and tested, every cell finite, the paper's
+  numbers beside ours, every file written and named in the output."""
+  experiment = experiments.get(name)
+  workdir = tmp_path / name
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.reproduce", f"--experiment={name}",
+       "--shrink", f"--workdir={workdir}"],
+      cwd=pathlib.Path(__file__).parent.parent, capture_output=True,
+      text=True, timeout=1800, check=False)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = (workdir / "report" / "report.md").read_text()
+  assert report in result.stdout
+  payload = json.loads((workdir / "report" / "results.json").read_text())
+  cells = payload["cells"]
+  assert {c["learner"] for c in cells} == {
+      r for r in experiment.row_names
+      if dict(experiment.rows)[r]["learner"] in learners.names()}
+  assert all(np.isfinite(c["accuracy"]) for c in cells)
+  attacks_run = {(c["attack"], c["eps"]) for c in cells} - {("none", "")}
+  assert attacks_run == {(a.name, a.eps or "")
+                         for a in experiment.test_attacks(shrink=True)}
+  if experiment.paper:
+    assert "ours − paper" in report
+  written = result.stdout.split("written: ")[1].splitlines()[0].split(", ")
+  for path in written:
+    assert pathlib.Path(path).stat().st_size > 0, path
+  extras = _SHRUNK_EXTRAS.get(name, {})
+  if "cases" in extras:
+    assert {c["case"] for c in cells} == extras["cases"]
+  for kind in extras.get("files", ()):
+    assert any(pathlib.Path(p).name.startswith(kind) for p in written), (
+        kind, written)
 
 
 @pytest.mark.integration   # launch.train's and launch.evaluate's library calls end to end

@@ -33,9 +33,11 @@ from advmeta_jax.attacks.registry import unit
 from advmeta_jax.attacks.square import square
 
 # The C&W-L2 of TAFL Table 1: advertorch's CarliniWagnerL2Attack as the TAFL
-# code calls it (c0 = 1e-3, 10 iterations, 9 binary-search steps, lr 0.01,
-# confidence 0, abort early, per-example bookkeeping).
-CW_TAFL_REFERENCE = dict(c=1e-3, num_steps=10, binary_search_steps=9,
+# authors' code builds it with its flag defaults (initial_const = --attack-eps
+# = 0.05, max_iterations = --attack-step = 10) and advertorch's defaults
+# otherwise (9 binary-search steps, lr 0.01, confidence 0, abort early,
+# per-example bookkeeping).
+CW_TAFL_REFERENCE = dict(c=0.05, num_steps=10, binary_search_steps=9,
                          learning_rate=0.01, confidence=0.0, abort_early=True,
                          batch_consistent=False)
 # Our stronger C&W-L2: c = 1, 100 Adam steps, successes checked in the
@@ -126,7 +128,7 @@ register(AttackEntry(
          batch_consistent=BOOL, abort_early=BOOL),
     aliases=("carlini_wagner_l2", "cw"),
     test=lambda b: dict(CW_TAFL_REFERENCE),
-    test_help="TAFL's reference C&W (`CW_TAFL_REFERENCE`): c₀ = 1e-3, 10 "
+    test_help="TAFL's reference C&W (`CW_TAFL_REFERENCE`): c₀ = 0.05, 10 "
     "Adam steps, 9 binary-search steps, learning rate 0.01, κ = 0, abort "
     "early",
     presets=(Preset("cw_l2_strong", CW_STRONG,

@@ -78,6 +78,10 @@ class ProtocolConfig(Section):
   test_inner_steps: Optional[int] = setting(
       None, "Test-time inner steps (default: the run's eval_inner_steps, or "
       "the experiment's).", check=_optional_positive_int, kind=int)
+  test_q_query: Optional[int] = setting(
+      None, "Query images per class in a meta-test episode (default: the "
+      "run's q_query, or the experiment's).", check=_optional_positive_int,
+      kind=int)
   test_seed: int = setting(
       0, "Seed of the test episodes and attack random starts (the same for "
       "every learner).", check=integer)

@@ -258,8 +258,16 @@ class DataConfig(Section):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Section):
   """conv4: 4 x (3x3 conv, BatchNorm, ReLU, 2x2 max-pool) + linear head."""
+  backbone: str = setting(
+      "conv4", "The network: conv4 (4 x (3x3 conv, BatchNorm, ReLU, 2x2 "
+      "max-pool), flattened, linear head; the MAML model) or conv4_strided "
+      "(4 x (3x3 conv of stride 2 with bias, BatchNorm without scale or "
+      "offset, ReLU) with F, 2F, 4F, 8F filters, averaged over positions, "
+      "linear head; the TAFL authors' code).",
+      choices=_choices_of("backbone"))
   filters: int = setting(32, "F: filters per conv4 convolution (32 "
-                         "MiniImageNet/CIFAR-FS, 64 Omniglot).",
+                         "MiniImageNet/CIFAR-FS, 64 Omniglot); the first "
+                         "block's with conv4_strided.",
                          check=positive_int)
   compute_dtype: str = setting(
       "float32", "Convolution input dtype (float32 accumulation and "
@@ -302,6 +310,10 @@ class MetaConfig(Section):
                             check=positive_float)
   inner_steps: int = setting(5, "Inner steps in meta-training.",
                              check=positive_int)
+  inner_grad_clip: float = setting(
+      0.0, "Clip each inner-loop gradient element to [-c, c] before the SGD "
+      "step, in training and at meta-test (0: no clipping; the TAFL "
+      "authors' code uses 20).", check=non_negative_float)
   first_order: bool = setting(False, "First-order MAML (no gradient through "
                               "inner gradients).")
   meta_lr: float = setting(1e-3, "beta: Adam step size of the meta-update.",
@@ -363,6 +375,10 @@ class AttackConfig(Section):
   train_step_size: str = setting(
       "2/255", "Step size of a PGD training attack, e.g. 2/255.",
       check=positive_eps_text)
+  train_random_start: bool = setting(
+      True, "A PGD training attack starts at a uniform point of the "
+      "eps-ball (Madry et al.); false: at the clean image (advertorch's "
+      "LinfPGDAttack(rand_init=False), as the TAFL authors' code).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,6 +530,12 @@ class Config:
     """Checks every field; raises `ConfigError` naming the field and value."""
     for s in SECTIONS:
       getattr(self, s).validate()
+    if self.model.backbone != "conv4" and (
+        self.meta.learner == "r2d2" or self.model.fce != "none"):
+      raise ConfigError(
+          f"backbone={self.model.backbone!r} is built for the gradient "
+          "learners, protonet and matchingnet without FCE; r2d2 and FCE use "
+          "backbone='conv4'.")
     if self.model.fce != "none" and self.meta.learner != "matchingnet":
       raise ConfigError(f"fce={self.model.fce!r} applies to learner "
                         f"'matchingnet' only, not {self.meta.learner!r}; use "

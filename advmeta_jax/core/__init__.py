@@ -14,5 +14,6 @@ from advmeta_jax.core import models
 
 from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
 _config.register_choices("conv_impl", lambda: models.CONV_IMPLS)
+_config.register_choices("backbone", lambda: models.BACKBONES)
 _config.register_choices("compute_dtype", lambda: models.COMPUTE_DTYPES)
 _config.register_check("image_size", models.feature_map_size)

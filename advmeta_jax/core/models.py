@@ -177,6 +177,83 @@ class Conv4(nn.Module):
                     name="head")(features)
 
 
+def strided_conv3x3(x: Array, kernel: Array, conv_impl: str,
+                    compute_dtype: str = "float32") -> Array:
+  """3×3 convolution, stride 2, one pixel of zero padding on every side
+  (PyTorch's `Conv2d(kernel_size=3, stride=2, padding=1)`): output side
+  ⌊(side − 1)/2⌋ + 1. "xla" strides in `lax.conv`; "matmul" and "hybrid"
+  take every other row and column of their stride-1 SAME output, which is
+  the same function (output i is centred on input 2i either way)."""
+  if conv_impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x.astype(compute_dtype), kernel.astype(compute_dtype),
+        window_strides=(2, 2), padding=((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32)
+  conv = {"matmul": conv3x3_matmul, "hybrid": conv3x3_hybrid}[conv_impl]
+  return conv(x, kernel, compute_dtype)[:, ::2, ::2, :]
+
+
+def batch_norm_no_affine(x: Array, epsilon: float = 1e-5) -> Array:
+  """BatchNorm over (N, H, W) with the batch's statistics and no learned
+  scale or offset (PyTorch's `BatchNorm2d(affine=False)` in training mode)."""
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + epsilon)
+
+
+class StridedConv4(nn.Module):
+  """The strided conv4 of the MMAML code base, which the TAFL authors' code
+  (evan69/MAML-Def-Repo, `maml/models/conv_net.py`, `--use-max-pool`
+  False) trains: four blocks of 3×3 convolution with stride 2, padding 1
+  and a bias, `filters·2^i` channels in block i (32/64/128/256 at F = 32),
+  BatchNorm with the batch's statistics and no scale or offset, ReLU; the
+  last feature map averaged over its positions; a linear head. Xavier-
+  uniform weights, zero biases, as there.
+
+  Attributes: as `Conv4`. Params: `{"conv0": {"kernel", "bias"}, …,
+  "conv3", "head"}` (no BatchNorm parameters).
+  """
+  num_classes: Optional[int]
+  filters: int = 32
+  conv_impl: str = "matmul"
+  compute_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(4):
+      x = _StridedConv(self.filters * 2 ** i, self.conv_impl,
+                       self.compute_dtype, name=f"conv{i}")(x)
+      x = nn.relu(batch_norm_no_affine(x))
+    features = jnp.mean(x, axis=(1, 2))
+    if self.num_classes is None:
+      return features
+    return nn.Dense(self.num_classes,
+                    kernel_init=nn.initializers.glorot_uniform(),
+                    name="head")(features)
+
+
+class _StridedConv(nn.Module):
+  """`strided_conv3x3` with a bias (zero-initialised)."""
+  features: int
+  conv_impl: str = "matmul"
+  compute_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.glorot_uniform(),
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    return strided_conv3x3(x, kernel, self.conv_impl,
+                           self.compute_dtype) + bias
+
+
+# The backbones (`--backbone`): conv4 (max-pooled, the MAML model) and the
+# strided conv4 of the TAFL authors' code.
+BACKBONES = ("conv4", "conv4_strided")
+
+
 class ConvShape(NamedTuple):
   """One of conv4's convolutions: its index, the side of its (square) input
   and its input channels."""
@@ -205,40 +282,54 @@ def feature_map_size(image_size: int) -> int:
 
 def make_conv4(*, num_classes: int, filters: int = 32,
                conv_impl: str = "matmul", image_size: int = 84,
-               compute_dtype: str = "float32") -> Conv4:
-  """Builds a conv4 after checking its hyperparameters.
+               compute_dtype: str = "float32",
+               backbone: str = "conv4") -> nn.Module:
+  """Builds a conv4 (or the strided conv4 with `backbone="conv4_strided"`)
+  after checking its hyperparameters.
 
   Raises:
     ConfigError: a value that is not allowed, with what is allowed.
   """
   if num_classes < 2:
     raise ConfigError(f"num_classes (n_way) must be at least 2, got {num_classes}.")
-  _check_trunk(filters, conv_impl, image_size, compute_dtype)
-  return Conv4(num_classes=num_classes, filters=filters, conv_impl=conv_impl,
-               compute_dtype=compute_dtype)
+  _check_trunk(filters, conv_impl, image_size, compute_dtype, backbone)
+  cls = StridedConv4 if backbone == "conv4_strided" else Conv4
+  return cls(num_classes=num_classes, filters=filters, conv_impl=conv_impl,
+             compute_dtype=compute_dtype)
 
 
 def make_conv4_embedding(*, filters: int = 32, conv_impl: str = "matmul",
                          image_size: int = 84,
-                         compute_dtype: str = "float32") -> Conv4:
+                         compute_dtype: str = "float32",
+                         backbone: str = "conv4") -> nn.Module:
   """conv4 without its head: `[N, H, W, C]` images to `[N, D]` embeddings,
-  D = `embedding_dim(filters, image_size)` (the metric learners' model).
+  D = `embedding_dim(filters, image_size, backbone)` (the metric learners'
+  model).
 
   Raises:
     ConfigError: a value that is not allowed, with what is allowed.
   """
-  _check_trunk(filters, conv_impl, image_size, compute_dtype)
-  return Conv4(num_classes=None, filters=filters, conv_impl=conv_impl,
-               compute_dtype=compute_dtype)
+  _check_trunk(filters, conv_impl, image_size, compute_dtype, backbone)
+  cls = StridedConv4 if backbone == "conv4_strided" else Conv4
+  return cls(num_classes=None, filters=filters, conv_impl=conv_impl,
+             compute_dtype=compute_dtype)
 
 
-def embedding_dim(filters: int, image_size: int) -> int:
-  """D, the size of conv4's flattened last feature map."""
+def embedding_dim(filters: int, image_size: int,
+                  backbone: str = "conv4") -> int:
+  """D, the size of the embedding: conv4's flattened last feature map, or
+  the strided conv4's 8·F channel means."""
+  if backbone == "conv4_strided":
+    return 8 * filters
   return feature_map_size(image_size) ** 2 * filters
 
 
 def _check_trunk(filters: int, conv_impl: str, image_size: int,
-                 compute_dtype: str = "float32") -> None:
+                 compute_dtype: str = "float32",
+                 backbone: str = "conv4") -> None:
+  if backbone not in BACKBONES:
+    raise ConfigError(f"unknown backbone {backbone!r}; choose one of "
+                      f"{', '.join(BACKBONES)}.")
   if conv_impl not in CONV_IMPLS:
     raise ConfigError(f"unknown conv_impl {conv_impl!r}; choose one of "
                       f"{', '.join(CONV_IMPLS)}.")
@@ -247,7 +338,7 @@ def _check_trunk(filters: int, conv_impl: str, image_size: int,
                       f"of {', '.join(COMPUTE_DTYPES)}.")
   if filters < 1:
     raise ConfigError(f"filters must be a positive integer, got {filters}.")
-  if feature_map_size(image_size) < 1:
+  if backbone == "conv4" and feature_map_size(image_size) < 1:
     raise ConfigError(
         f"image_size {image_size} is too small for conv4's four 2x2 max-pools: "
         "it must be at least 16.")

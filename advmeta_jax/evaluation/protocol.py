@@ -82,8 +82,8 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
                   seed: int = 0, curves: bool = False,
                   adversarial_curves: bool = False,
                   batch_size: Optional[int] = None,
-                  data=None, log: Callable[[str], None] = logging.info
-                  ) -> List[Cell]:
+                  data=None, log: Callable[[str], None] = logging.info,
+                  q_query: Optional[int] = None) -> List[Cell]:
   """Every run × case × attack on the same episodes.
 
   The clean/clean case does not depend on the attack and is run once per
@@ -105,6 +105,8 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
       `eval_batch_size`).
     data: the loaded split (default: loaded from the first run's config).
     log: progress messages.
+    q_query: query images per class of the test episodes (default: the
+      runs' training q_query).
 
   Returns:
     The cells, learner-major.
@@ -125,7 +127,8 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
         result = evaluation.run_case(
             adaptation, run.params, source, case=case,
             attack=None if spec is None else built[spec],
-            n_way=first.n_way, k_shot=first.k_shot, q_query=first.q_query,
+            n_way=first.n_way, k_shot=first.k_shot,
+            q_query=q_query or first.q_query,
             inner_steps=inner_steps, num_episodes=num_episodes,
             batch_size=batch_size, seed=seed,
             curves=curves and (case.query == "clean" or adversarial_curves))

@@ -102,8 +102,9 @@ _ADML_LEARNERS = (("maml", dict(learner="maml")),
                   ("matchingnet", dict(learner="matchingnet", fce="adml")))
 # MAML's MiniImageNet/CIFAR-FS setup, which ADML follows: 60k meta-iterations,
 # 4 tasks per batch for 1-shot and 2 for 5-shot, 5 inner steps (10 at test),
-# α = 0.01, β = 1e-3, 15 queries per class; FGSM ε = 2/255 in meta-training
-# (the rows that train against an attack).
+# α = 0.01, β = 1e-3, 15 queries per class in training (k at test, as
+# Finn's code); FGSM ε = 2/255 in meta-training (the rows that train against
+# an attack).
 PAPER_TRAIN = dict(n_way=5, q_query=15, inner_lr=0.01, inner_steps=5,
                    meta_lr=1e-3, filters=32, num_steps=60000,
                    checkpoint_every=1000, log_every=100)
@@ -121,7 +122,10 @@ def _adml_experiment(table: int, dataset: str, k_shot: int
       rows=_ADML_LEARNERS,
       cases="all",
       attacks=(("fgsm", "2/255"), ("fgsm", "0.2/255")),
-      episodes=600, inner_steps=10,
+      # Finn's MAML code, which ADML ran, tests on k support and k query
+      # images per class (its data generator draws 2k per class), 600
+      # episodes: the paper's CIs fit 5 queries per 1-shot task.
+      episodes=600, inner_steps=10, test_q_query=k_shot,
       paper=tuple(r for r in ADML_RESULTS
                   if r.table == f"ADML Table {table}"),
       curves=True, adversarial_curves=True, kde=False, masking_check=True)

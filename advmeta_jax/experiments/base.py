@@ -82,6 +82,8 @@ class ExperimentConfig:
       5000).
     episodes: meta-test episodes per cell.
     inner_steps: test-time adaptation steps.
+    test_q_query: query images per class of a test episode (None: the
+      rows' training q_query).
     paper: the published cells.
     curves: write the per-inner-step curves (ADML Figs. 2-5).
     adversarial_curves: curves of the attacked-query cases too (re-attacks
@@ -100,6 +102,7 @@ class ExperimentConfig:
   square_queries: int = _PROTOCOL.square_queries
   episodes: int = 600
   inner_steps: int = 10
+  test_q_query: Optional[int] = None
   paper: Tuple[PaperResult, ...] = ()
   curves: bool = False
   adversarial_curves: bool = False
@@ -136,9 +139,9 @@ class ExperimentConfig:
     apgd_steps = SHRINK_PROTOCOL["apgd_steps"] if shrink else self.apgd_steps
     queries = (SHRINK_PROTOCOL["square_queries"] if shrink
                else self.square_queries)
-    first_eps = next((a[1] for a in self.attacks
-                      if not isinstance(a, AttackSpec) and a[1] is not None),
-                     "8/255")
+    budgets = (a.eps if isinstance(a, AttackSpec) else a[1]
+               for a in self.attacks)
+    first_eps = next((eps for eps in budgets if eps is not None), "8/255")
     specs = []
     for attack in tuple(self.attacks) + tuple(
         (a, first_eps) if isinstance(a, str) else a for a in extra):
@@ -158,7 +161,8 @@ class ExperimentConfig:
                        apgd_steps=self.apgd_steps,
                        square_queries=self.square_queries,
                        test_episodes=self.episodes,
-                       test_inner_steps=self.inner_steps)
+                       test_inner_steps=self.inner_steps,
+                       test_q_query=self.test_q_query)
     return dataclasses.replace(p, **SHRINK_PROTOCOL) if shrink else p
 
   def paper_result(self, row: str, attack: Optional[AttackSpec],

@@ -113,6 +113,7 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
                       curves: bool = False, adversarial_curves: bool = False,
                       kde: bool = False, kde_threshold: float = 1.0,
                       masking_check: bool = True,
+                      q_query: Optional[int] = None,
                       log: Log = print) -> Evaluation:
   """Meta-tests the runs in `workdirs` on the same episodes; writes the report.
 
@@ -131,6 +132,8 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
     curves, adversarial_curves: as `protocol.evaluate_runs`.
     kde, kde_threshold: as `reports.write_reports`.
     masking_check: run `protocol.masking_checks` for the ε attacks.
+    q_query: query images per class of the test episodes (default: the
+      first run's q_query).
     log: progress messages (the checkpoints loaded, one line per cell).
   """
   if not workdirs:
@@ -159,13 +162,14 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
       runs, cases=cases, attack_specs=attack_specs, split=split,
       num_episodes=episodes, inner_steps=inner_steps, seed=seed,
       curves=curves, adversarial_curves=adversarial_curves, data=data,
-      log=log)
+      log=log, q_query=q_query)
   masking = (protocol.masking_checks(runs, attack_specs, data=data, seed=seed,
                                      inner_steps=inner_steps)
              if masking_check and attack_specs else None)
   header = (f"# Meta-test on {first.dataset} ({split} classes), "
             f"{first.n_way}-way {first.k_shot}-shot\n\n{episodes} episodes "
-            f"per cell, {inner_steps} test-time inner steps, seed "
+            f"per cell, {q_query or first.q_query} queries per class, "
+            f"{inner_steps} test-time inner steps, seed "
             f"{seed}; accuracy in % ± 95% CI.")
   report = reports.write_reports(
       cells, out, curves=curves,
@@ -214,7 +218,8 @@ def _available_rows(experiment: experiments.ExperimentConfig,
 def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
               shrink: bool = False, rows: Optional[Sequence[str]] = None,
               data_dir: Optional[str] = None, episodes_: Optional[int] = None,
-              seed: int = 0, progress: bool = True,
+              seed: int = 0, q_query: Optional[int] = None,
+              progress: bool = True,
               kde_threshold: float = 1.0, log: Log = print,
               extra_attacks: Sequence = ()) -> Reproduction:
   """Trains every row of `experiment` in `workdir/<row>`, then evaluates them.
@@ -223,6 +228,8 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   from its last checkpoint. The report goes to `workdir/report/`, with the
   paper's numbers beside ours. `extra_attacks` adds test attacks beyond the
   paper's (`ExperimentConfig.test_attacks`), e.g. `("autoattack",)`.
+  The test episodes have `q_query` queries per class (default: the
+  experiment's `test_q_query`, else the rows' training q_query).
   """
   t0 = time.perf_counter()
   chosen = _available_rows(experiment, rows)
@@ -235,6 +242,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   attack_specs = experiment.test_attacks(shrink=shrink, extra=extra_attacks)
   settings = experiment.protocol(shrink=shrink)
   num_episodes = episodes_ or settings.test_episodes
+  q_query = q_query or settings.test_q_query or first.q_query
   # Check the data before any training.
   train_data = builders.load_split(first, "train")
   test_data = builders.load_split(first, "test")
@@ -255,7 +263,7 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
       inner_steps=settings.test_inner_steps, seed=seed,
       curves=experiment.curves,
       adversarial_curves=experiment.adversarial_curves, data=test_data,
-      log=log)
+      log=log, q_query=q_query)
   masking = None
   if experiment.masking_check:
     # Shrunk: one run and one attack, a smoke test of the check itself (the
@@ -268,8 +276,9 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   seconds = time.perf_counter() - t0
   header = (f"# {experiment.name}{' (shrunk)' if shrink else ''}\n\n"
             f"{experiment.description}\n\n"
-            f"{num_episodes} episodes per cell, {settings.test_inner_steps} "
-            f"test-time inner steps, seed {seed}; accuracy in % ± 95% CI "
+            f"{num_episodes} episodes per cell, {q_query} queries per class, "
+            f"{settings.test_inner_steps} test-time inner steps, seed {seed}; "
+            "accuracy in % ± 95% CI "
             f"(1.96·s/√n). Wall time {seconds / 60:.1f} min (training "
             "included).")
   report = reports.write_reports(

@@ -64,10 +64,12 @@ class Adaptation(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def gradient_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
-                        remat: bool = False) -> Adaptation:
-  """MAML's adaptation: SGD steps of size `inner_lr` on the support loss.
+                        remat: bool = False,
+                        grad_clip: float = 0.0) -> Adaptation:
+  """MAML's adaptation: SGD steps of size `inner_lr` on the support loss
+  (each gradient element clipped to ±`grad_clip` when it is > 0).
 
-  Cached on what it depends on (model, α, first-order, remat), so every
+  Cached on what it depends on (model, α, first-order, remat, clip), so every
   MAML-style learner of one architecture shares one `Adaptation` and its
   compiled meta-test functions.
   """
@@ -78,7 +80,7 @@ def gradient_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
     return maml.adapt(apply_fn, params, images, labels,
                       inner_lr=default_lr if inner_lr is None else inner_lr,
                       num_steps=num_steps, first_order=first_order,
-                      remat=remat, track_fn=track_fn)
+                      remat=remat, track_fn=track_fn, grad_clip=grad_clip)
 
   def initial_logits(params, support_images, support_labels, images):
     del support_images, support_labels
@@ -94,7 +96,7 @@ HEAD = "head"
 
 @functools.lru_cache(maxsize=None)
 def head_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
-                    remat: bool = False) -> Adaptation:
+                    remat: bool = False, grad_clip: float = 0.0) -> Adaptation:
   """ANIL's adaptation (Raghu et al. 2020, "Rapid Learning or Feature
   Reuse?"): MAML's SGD steps of size `inner_lr` on the support loss, taken
   on the head `params["head"]` only; the body (every other parameter) stays
@@ -112,7 +114,8 @@ def head_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
         lambda head, x: apply_fn(whole(head), x), params[HEAD], images,
         labels, inner_lr=default_lr if inner_lr is None else inner_lr,
         num_steps=num_steps, first_order=first_order, remat=remat,
-        track_fn=None if track_fn is None else lambda h: track_fn(whole(h)))
+        track_fn=None if track_fn is None else lambda h: track_fn(whole(h)),
+        grad_clip=grad_clip)
     return whole(head), curve
 
   def initial_logits(params, support_images, support_labels, images):
@@ -253,7 +256,8 @@ def _matching(embed, config) -> Adaptation:
 def _conv4_kwargs(config, image_size: int) -> Dict[str, Any]:
   return dict(filters=config.model.filters,
               conv_impl=config.loop.conv_impl, image_size=image_size,
-              compute_dtype=config.model.compute_dtype)
+              compute_dtype=config.model.compute_dtype,
+              backbone=config.model.backbone)
 
 
 def _classifier_model(config, image_size: int):
@@ -275,13 +279,16 @@ def _matching_model(config, image_size: int):
 
 
 def _ridge_model(config, image_size: int):
-  return r2d2.make_r2d2(**_conv4_kwargs(config, image_size))
+  kwargs = _conv4_kwargs(config, image_size)
+  del kwargs["backbone"]   # conv4 only (Config.validate)
+  return r2d2.make_r2d2(**kwargs)
 
 
 def _gradient(build_fn):
   return lambda apply_fn, config: build_fn(
       apply_fn, inner_lr=config.meta.inner_lr,
-      first_order=config.meta.first_order, remat=config.loop.remat)
+      first_order=config.meta.first_order, remat=config.loop.remat,
+      grad_clip=config.meta.inner_grad_clip)
 
 
 class Kind(NamedTuple):

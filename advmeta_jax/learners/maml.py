@@ -34,8 +34,8 @@ def sgd_step(params, grads, lr: float):
 
 def adapt(apply_fn: ApplyFn, params, images: Array, labels: Array, *,
           inner_lr: float, num_steps: int, first_order: bool = False,
-          remat: bool = False, track_fn: Optional[Callable[[dict], Dict[str, Array]]] = None
-          ) -> Tuple[dict, Dict[str, Array]]:
+          remat: bool = False, track_fn: Optional[Callable[[dict], Dict[str, Array]]] = None,
+          grad_clip: float = 0.0) -> Tuple[dict, Dict[str, Array]]:
   """Adapts `params` to one task's support set by `num_steps` SGD steps.
 
   Args:
@@ -50,6 +50,9 @@ def adapt(apply_fn: ApplyFn, params, images: Array, labels: Array, *,
       (`jax.checkpoint`), trading compute for memory.
     track_fn: optional `adapted_params -> {name: scalar}` evaluated after every
       step (e.g. query loss and accuracy for the meta-test curves).
+    grad_clip: c > 0 clips each element of the inner gradient to [−c, c]
+      before the step (the TAFL authors' code, `--inner-loop-grad-clip 20`);
+      0 leaves it unclipped.
 
   Returns:
     `(adapted_params, metrics)`, where `metrics` holds `[num_steps]` arrays:
@@ -64,6 +67,9 @@ def adapt(apply_fn: ApplyFn, params, images: Array, labels: Array, *,
     (loss, acc), grads = jax.value_and_grad(support_loss, has_aux=True)(p)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
+    if grad_clip > 0:
+      grads = jax.tree.map(lambda g: jax.numpy.clip(g, -grad_clip, grad_clip),
+                           grads)
     p = sgd_step(p, grads, inner_lr)
     out = {"support_loss": loss, "support_accuracy": acc}
     if track_fn is not None:

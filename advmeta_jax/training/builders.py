@@ -34,17 +34,18 @@ def make_train_attack(config: Config, learner: Optional[learners.Learner] = None
   a = config.attack
   return _train_attack(a.train_attack or default_attack,
                        a.train_eps or default_eps or "0",
-                       a.train_attack_steps, a.train_step_size)
+                       a.train_attack_steps, a.train_step_size,
+                       a.train_random_start)
 
 
 @functools.lru_cache(maxsize=None)
 def _train_attack(name: Optional[str], eps_text: str, steps: int,
-                  step_size_text: str):
+                  step_size_text: str, random_start: bool = True):
   """Attack `name` at budget `eps_text` (None for a learner that uses none).
 
-  Iterative attacks get `steps` steps (`train_attack_steps`); PGD (random
-  start) steps of `train_step_size`, while MI-FGSM keeps its own a = ε/T and
-  APGD needs none. FGSM ignores both.
+  Iterative attacks get `steps` steps (`train_attack_steps`); PGD steps of
+  `train_step_size` from a random start or from x (`random_start`), while
+  MI-FGSM keeps its own a = ε/T and APGD needs none. FGSM ignores them.
   """
   if name is None:
     return None
@@ -56,6 +57,8 @@ def _train_attack(name: Optional[str], eps_text: str, steps: int,
   if allowed.get("step_size", None) is inspect.Parameter.empty:
     hparams["step_size"] = attacks.parse_eps(step_size_text,
                                              "train_step_size")
+  if "random_start" in allowed:
+    hparams["random_start"] = random_start
   return attacks.make_attack(name, hparams)
 
 
