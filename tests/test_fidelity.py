@@ -360,4 +360,35 @@ def test_adml_tables_use_the_adml_fce_matching_networks():
   from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
   for table in (1, 2, 3, 4):
     exp = experiments.get(f"adml_table{table}")
-    assert exp.train_fields("matchingnet")["fce"] == "adml"
+    config = Config.make(**exp.train_fields("matchingnet")).validate()
+    # gitabcworld/MatchingNetworks on MiniImageNet: batches of 10 tasks, 500
+    # epochs × 100 batches, Adam 1e-3 (weight decay 1e-4) halved every 2000
+    # iterations, a 64-filter embedding.
+    assert (config.fce, config.filters, config.task_batch_size,
+            config.num_steps, config.meta_lr, config.meta_lr_halve_every,
+            config.meta_weight_decay) == ("adml", 64, 10, 50000, 1e-3, 2000,
+                                          1e-4)
+
+
+def test_the_meta_step_size_halves_and_weight_decay_is_pytorchs():
+  """`make_optimizer(halve_every=2000, weight_decay=1e-4)`: Adam's first
+  step moves each parameter by ≈ lr·sign(g + wd·θ) (PyTorch's Adam adds
+  wd·θ to the gradient), and the step size is halved after 2000 steps."""
+  params = {"w": jnp.array([1.0, -2.0, 3.0])}
+  grads = {"w": jnp.array([0.5, 1e-5, -0.5])}
+  opt = training.make_optimizer(1e-3, halve_every=2000, weight_decay=1e-4)
+  updates, state = opt.update(grads, opt.init(params), params)
+  expected = -1e-3 * np.sign(np.asarray(grads["w"]) + 1e-4 * np.asarray(
+      params["w"]))
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-4)
+  # A constant gradient: every bias-corrected Adam update is ≈ −lr(t).
+  opt = training.make_optimizer(1e-3, halve_every=2000)
+
+  def step(state, _):
+    updates, state = opt.update(grads, state, params)
+    return state, updates["w"][0]
+  _, moved = jax.jit(lambda s: jax.lax.scan(step, s, None, length=2001))(
+      opt.init(params))
+  np.testing.assert_allclose(np.asarray(moved)[[0, 1999, 2000]],
+                             [-1e-3, -1e-3, -5e-4], rtol=1e-4)
+  assert isinstance(training.make_optimizer(1e-3), type(optax.adam(1e-3)))

@@ -318,6 +318,13 @@ class MetaConfig(Section):
                               "inner gradients).")
   meta_lr: float = setting(1e-3, "beta: Adam step size of the meta-update.",
                            check=positive_float)
+  meta_lr_halve_every: int = setting(
+      0, "Halve the meta step size every this many meta-steps (0: constant; "
+      "the Matching Networks code ADML cites halves it every 2000).",
+      check=non_negative_int)
+  meta_weight_decay: float = setting(
+      0.0, "L2 weight decay added to the meta-gradient before Adam "
+      "(PyTorch Adam's weight_decay; 0: none).", check=non_negative_float)
   seed: int = setting(0, "Seed of initialisation and episodes.",
                       check=integer)
   adv_fraction: float = setting(

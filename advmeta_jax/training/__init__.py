@@ -22,6 +22,7 @@ from advmeta_jax.training.step import combine_ignores_aux_gradient
 from advmeta_jax.training.step import init_state
 from advmeta_jax.training.step import jit_train_iteration
 from advmeta_jax.training.step import jitted_train_iteration
+from advmeta_jax.training.step import config_optimizer
 from advmeta_jax.training.step import make_optimizer
 from advmeta_jax.training.step import make_train_iteration
 from advmeta_jax.training.step import make_train_step

@@ -41,7 +41,7 @@ from advmeta_jax.training.checkpoints import CHECKPOINT_DIR
 from advmeta_jax.training.checkpoints import METRICS_FILE
 from advmeta_jax.training.step import init_state
 from advmeta_jax.training.step import jitted_train_iteration
-from advmeta_jax.training.step import make_optimizer
+from advmeta_jax.training.step import config_optimizer
 from advmeta_jax.training.step import run_keys
 from advmeta_jax.training.step import TrainState
 
@@ -89,8 +89,9 @@ def train(config: Config, workdir: str, *,
     state, resumed = _initial_state(built, manager, mesh)
     if primary:
       checkpoints.truncate_metrics(workdir, int(state.step))
-    logging.info("conv4: %d parameters; meta-training steps %d..%d on %d "
-                 "device(s)", models.num_params(state.params), int(state.step),
+    logging.info("%s: %d parameters; meta-training steps %d..%d on %d "
+                 "device(s)", config.model.backbone,
+                 models.num_params(state.params), int(state.step),
                  config.loop.num_steps, mesh.devices.size)
     source = sharding_lib.replicate(
         episodes.make_source(train_split, jax.local_devices()[0]), mesh)
@@ -151,7 +152,7 @@ def _initial_state(built: Built, manager, mesh) -> Tuple[TrainState, bool]:
   init_key, _ = run_keys(config.meta.seed)
   params = models.init_params(built.model, init_key, built.image_shape)
   state = sharding_lib.replicate(
-      init_state(params, make_optimizer(config.meta.meta_lr)), mesh)
+      init_state(params, config_optimizer(config)), mesh)
   restored = checkpoints.restore(manager, state, fall_back=True)
   if restored is None:
     return state, False

@@ -29,7 +29,7 @@ from advmeta_jax.training import checkpoints
 from advmeta_jax.training.builders import build
 from advmeta_jax.training.checkpoints import CHECKPOINT_DIR
 from advmeta_jax.training.step import init_state
-from advmeta_jax.training.step import make_optimizer
+from advmeta_jax.training.step import config_optimizer
 from advmeta_jax.training.step import TrainState
 
 
@@ -150,7 +150,7 @@ def restore_run(workdir: str, config: Config,
                 step: Optional[int] = None) -> TrainState:
   """The train state of a finished or interrupted run in `workdir`."""
   exp = build(config.validate())
-  optimizer = make_optimizer(config.meta.meta_lr)
+  optimizer = config_optimizer(config)
   target = init_state(models.init_params(exp.model, jax.random.key(0),
                                          exp.image_shape), optimizer)
   manager = checkpoints.manager(workdir)

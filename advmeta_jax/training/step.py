@@ -43,9 +43,26 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def make_optimizer(meta_lr: float) -> optax.GradientTransformation:
-  """The meta-optimizer: Adam with step size β (MAML and ADML use 1e-3)."""
-  return optax.adam(meta_lr)
+def make_optimizer(meta_lr: float, *, halve_every: int = 0,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """The meta-optimizer: Adam with step size β (MAML and ADML use 1e-3),
+  halved every `halve_every` steps when it is > 0, with `weight_decay`·θ
+  added to the gradient before Adam when it is > 0 (PyTorch's
+  `Adam(weight_decay=...)`)."""
+  lr = meta_lr if not halve_every else optax.exponential_decay(
+      meta_lr, transition_steps=halve_every, decay_rate=0.5, staircase=True)
+  adam = optax.adam(lr)
+  if not weight_decay:
+    return adam
+  return optax.chain(optax.add_decayed_weights(weight_decay), adam)
+
+
+def config_optimizer(config: Config) -> optax.GradientTransformation:
+  """`make_optimizer` with a run's `meta_lr`, `meta_lr_halve_every` and
+  `meta_weight_decay`."""
+  m = config.meta
+  return make_optimizer(m.meta_lr, halve_every=m.meta_lr_halve_every,
+                        weight_decay=m.meta_weight_decay)
 
 
 def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
@@ -235,7 +252,7 @@ def jitted_train_iteration(learner: learners.Bound, config: Config, mesh):
   """The jitted, sharded train iteration of `train`; cached, so runs with the
   same config in one process (reproductions, tests) compile it once."""
   return jit_train_iteration(make_train_iteration(
-      make_train_step(learner, make_optimizer(config.meta.meta_lr),
+      make_train_step(learner, config_optimizer(config),
                       parallel_tasks=config.loop.parallel_tasks),
       config, sharding_lib.task_sharding(mesh)), mesh)
 
