@@ -6,7 +6,8 @@ default, its help text and its check (`setting(...)` metadata):
     data    the episodes: dataset, image size, N-way K-shot Q-query
     model   conv4's width and compute dtype
     meta    the learner (--learner, --robust), inner loop, meta-optimizer,
-            seed and the learners' own hyperparameters (ADML, TAFL)
+            seed and the learners' own hyperparameters (ADML, TAFL,
+            R2-D2's head)
     attack  the training attack of the robust learners
     loop    how the steps are run: their number, logging, checkpoints,
             devices, memory/speed options and where the data is read from;
@@ -99,8 +100,8 @@ _CHECKS: Dict[str, Callable[..., Any]] = {}
 def register_choices(kind: str, names: Callable[[], Sequence[str]], *,
                      describe: Optional[Callable[[str], str]] = None) -> None:
   """Registers the values a setting of `kind` allows ("dataset", "learner",
-  "robust", "tafl_reduction", "fce", "conv_impl", "compute_dtype",
-  "train_attack"), read when a config is checked or flags are defined;
+  "robust", "tafl_reduction", "r2d2_head", "fce", "conv_impl",
+  "compute_dtype", "train_attack"), read when a config is checked or flags are defined;
   `describe(name)` gives a line of help per value."""
   _CHOICES[kind] = names
   if describe is not None:
@@ -336,6 +337,13 @@ class MetaConfig(Section):
   trades_lambda: float = setting(
       1.0, "--robust=trades: lambda, weight of KL(f(Q) || f(A(Q))) beside "
       "the clean query loss (0: the clean loss).", check=non_negative_float)
+  r2d2_head: str = setting(
+      "metaoptnet", "r2d2: the ridge-regression head. metaoptnet: "
+      "MetaOptNet's (lambda 50, a learned scale from 1, no bias), as the "
+      "AQ paper trains R2-D2; bertinetto: Bertinetto et al.'s code (a ones "
+      "column, X and Y divided by sqrt(N*K), lambda 50, a learned scale "
+      "from 1e-4 on mini_imagenet and 10 elsewhere, and a learned offset).",
+      choices=_choices_of("r2d2_head"))
 
   def validate(self):
     super().validate()
