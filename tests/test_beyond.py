@@ -385,25 +385,97 @@ def test_trades_at_lambda_zero_is_the_clean_loss(name, apply_index):
     assert float(aux["trades_kl"]) > 0
 
 
-def test_trades_loss_is_clean_ce_plus_lambda_kl_at_the_kl_attack():
+def _log_softmax(z):
+  z = np.asarray(z)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("kl_on", ["support_query", "query"])
+def test_trades_loss_is_clean_ce_plus_lambda_kl_at_the_kl_attack(kl_on):
+  """L(θ', Q) on the clean query alone, plus λ times the mean KL over the
+  images `--trades_kl_on` names (support and query in one batch by
+  default, as R-MAML's code), attacked at the adapted θ'."""
   with jax.enable_x64(True):
     params, _, task = problem()
     key = jax.random.key(5)
-    loss, aux = bound("maml", "trades", trades_lambda=2.5).loss(
-        params, task, key)
+    loss, aux = bound("maml", "trades", trades_lambda=2.5,
+                      trades_kl_on=kl_on).loss(params, task, key)
     adapted, _ = maml.adapt(head_apply, params, task.support_images,
                             task.support_labels, inner_lr=0.3, num_steps=2)
     logits_fn = lambda x: head_apply(adapted, x)
-    x_adv = trades.kl_pgd(logits_fn, task.query_images, eps=0.1,
-                          step_size=0.04, num_steps=3, key=key)
-    clean = np.asarray(logits_fn(task.query_images))
-    adv = np.asarray(logits_fn(x_adv))
-    log_p = clean - np.log(np.exp(clean).sum(-1, keepdims=True))
-    log_q = adv - np.log(np.exp(adv).sum(-1, keepdims=True))
+    images = (jnp.concatenate([task.support_images, task.query_images])
+              if kl_on == "support_query" else task.query_images)
+    x_adv = trades.kl_pgd(logits_fn, images, eps=0.1, step_size=0.04,
+                          num_steps=3, key=key)
+    log_p, log_q = _log_softmax(logits_fn(images)), _log_softmax(
+        logits_fn(x_adv))
     kl = np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1))
-    ce = -np.mean(log_p[np.arange(9), np.asarray(task.query_labels)])
+    assert log_p.shape[0] == (15 if kl_on == "support_query" else 9)
+    ce = -np.mean(_log_softmax(logits_fn(task.query_images))[
+        np.arange(9), np.asarray(task.query_labels)])
     np.testing.assert_allclose(loss, ce + 2.5 * kl, rtol=1e-9)
     np.testing.assert_allclose(aux["trades_kl"], kl, rtol=1e-9)
+
+
+def rmaml_fast_kl_attack(weights, x, noise, eps):
+  """R-MAML's attack (wangren09/MetaAdv, MetaFT.py, Meta.forward at the last
+  inner step) on the linear model logits = x·weights, written out in NumPy:
+  x_adv = clamp(x + noise, 0, 1); the gradient of Σ KL(softmax(clean) ‖
+  softmax(logits(x_adv))) with respect to the noise, through the clamp (0
+  where it clamps); noise ← clamp(noise + 1.25·ε·sign(gradient), −ε, ε);
+  x_adv = clamp(x + noise, 0, 1)."""
+  flat = lambda z: z.reshape(z.shape[0], -1)
+  p = np.exp(_log_softmax(flat(x) @ weights))
+  start = x + noise
+  q = np.exp(_log_softmax(flat(np.clip(start, 0, 1)) @ weights))
+  grad = ((q - p) @ weights.T).reshape(x.shape)   # ∂ΣKL/∂x_adv
+  grad = np.where((start >= 0) & (start <= 1), grad, 0.0)
+  noise = np.clip(noise + 1.25 * eps * np.sign(grad), -eps, eps)
+  return np.clip(x + noise, 0, 1)
+
+
+def test_trades_default_attack_is_rmamls_one_step_of_1_25_eps():
+  """The default --robust=trades attack is R-MAML's: ε 2/255, one signed
+  step of 1.25·ε from a uniform start, the clamp to [0, 1] stopping the
+  gradient; against the NumPy transcription on a linear model, with pixels
+  at 0 and 1 where the clamp acts."""
+  exp = training.build(tiny_config(learner="maml", robust="trades"))
+  attack = exp.learner.pieces.attack
+  eps = 2 / 255
+  assert attack.hparams == {"eps": pytest.approx(eps), "num_steps": 1,
+                            "step_size": pytest.approx(1.25 * eps)}
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(12, N_WAY))
+    x = rng.uniform(size=(8, 2, 2, 3))
+    x[:, 0, 0, :] = 0.0
+    x[:, 1, 1, :] = 1.0
+    key = jax.random.key(4)
+    logits_fn = lambda z: z.reshape(z.shape[0], -1) @ weights
+    attack_fn = trades.kl_attack(attack)
+    ours = attack_fn(logits_fn, jnp.asarray(x), None, key=key)
+    noise = eps * np.asarray(jax.random.uniform(key, x.shape, jnp.float64,
+                                                -1.0, 1.0))
+    np.testing.assert_allclose(ours, rmaml_fast_kl_attack(weights, x, noise,
+                                                          eps), atol=1e-15)
+
+
+def test_trades_defaults_are_rmamls():
+  """λ = 3 (R-MAML's code's MiniImageNet `beta`), the KL over support and
+  query; the other robust losses keep PGD-7 at 8/255 with steps of 2/255."""
+  cfg = Config()
+  assert (cfg.trades_lambda, cfg.trades_kl_on) == (3.0, "support_query")
+  aq = training.build(tiny_config(learner="aq")).learner.pieces.attack
+  assert aq.hparams == {"eps": pytest.approx(8 / 255), "num_steps": 7,
+                        "step_size": pytest.approx(2 / 255)}
+  explicit = training.build(tiny_config(
+      learner="maml", robust="trades", train_eps="8/255",
+      train_attack_steps=7, train_step_size="2/255")).learner.pieces.attack
+  assert explicit.hparams == aq.hparams
+  scaled = training.build(tiny_config(learner="maml", robust="trades",
+                                      train_eps="8/255")).learner.pieces.attack
+  assert scaled.hparams == {"eps": pytest.approx(8 / 255), "num_steps": 1,
+                            "step_size": pytest.approx(10 / 255)}
 
 
 def test_kl_attack_increases_the_kl_and_stays_in_the_ball():
@@ -429,10 +501,6 @@ def test_kl_attack_increases_the_kl_and_stays_in_the_ball():
 
 
 def test_trades_needs_a_pgd_training_attack():
-  exp = training.build(tiny_config(learner="maml", robust="trades"))
-  assert exp.learner.pieces.attack.hparams == {
-      "eps": pytest.approx(8 / 255), "num_steps": 7,
-      "step_size": pytest.approx(2 / 255)}
   with pytest.raises(ConfigError, match="training attack must be pgd"):
     training.build(tiny_config(learner="maml", robust="trades",
                                train_attack="fgsm"))
