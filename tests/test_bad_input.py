@@ -123,6 +123,12 @@ BAD_INPUT = [
      "error: learner 'maml' trains on clean tasks and uses no training attack, so --train_attack and --train_eps would be ignored"),
     ('python -m launch.prepare_data --dataset=mini_imagenet --data_dir=$TMP/notarun --image_size=0',
      'error: image_size must be at least 16 (conv4 pools four times by 2), got 0.'),
+    ('python -m launch.train --workdir=$TMP/r2 --r2d2_head=ridge',
+     'FATAL Flags parsing error: flag --r2d2_head=ridge: value should be one of <metaoptnet|bertinetto>'),
+    ('python -m launch.train --workdir=$TMP/t2 --robust=trades --trades_kl_on=all',
+     'FATAL Flags parsing error: flag --trades_kl_on=all: value should be one of <support_query|query>'),
+    ('python -m launch.train --workdir=$TMP/t3 --robust=trades --train_attack_steps=0',
+     'error: train_attack_steps must be a positive integer, got 0.'),
 ]
 
 

@@ -94,7 +94,7 @@ def kl_pgd(logits_fn: Callable[[Array], Array], x: Array, *, eps, step_size,
 
 
 def kl_attack(attack) -> Callable[..., Array]:
-  """The KL-PGD with the ε, step size and steps of the training `attack`
+  """`kl_pgd` with the ε, step size and steps of the training `attack`
   (built by `attacks.make_attack("pgd", ...)`), as a training attack
   `(logits_fn, x, y, *, key) -> x_adv` (the labels are not used).
 
