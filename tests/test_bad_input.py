@@ -129,6 +129,12 @@ BAD_INPUT = [
      "error: backbone='conv4_strided' is built for the gradient learners, protonet and matchingnet without FCE; r2d2 and FCE use backbone='conv4'."),
     ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r5 --test_q_query=0',
      'error: test_q_query must be a positive integer, got 0.'),
+    ('python -m launch.train --workdir=$TMP/r2 --r2d2_head=ridge',
+     'FATAL Flags parsing error: flag --r2d2_head=ridge: value should be one of <metaoptnet|bertinetto>'),
+    ('python -m launch.train --workdir=$TMP/t2 --robust=trades --trades_kl_on=all',
+     'FATAL Flags parsing error: flag --trades_kl_on=all: value should be one of <support_query|query>'),
+    ('python -m launch.train --workdir=$TMP/t3 --robust=trades --train_attack_steps=0',
+     'error: train_attack_steps must be a positive integer, got 0.'),
 ]
 
 

@@ -336,6 +336,14 @@ def test_tafl_table1_tests_with_the_codes_adversaries():
   assert exp.paper_result("tafl", strong, case) is None
 
 
+def test_apgd_defaults_to_autoattacks_100_iterations():
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  spec = evaluation.default_test_attack("apgd", "8/255")
+  assert dict(spec.hparams)["num_steps"] == 100
+  assert dict(evaluation.default_test_attack(
+      "apgd", "8/255", apgd_steps=10).hparams)["num_steps"] == 10
+
+
 def test_tafl_table1_aq_attacks_keeps_the_adversarial_querying_settings():
   from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
   exp = experiments.get("tafl_table1_aq_attacks")

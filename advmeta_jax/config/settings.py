@@ -6,7 +6,8 @@ default, its help text and its check (`setting(...)` metadata):
     data    the episodes: dataset, image size, N-way K-shot Q-query
     model   conv4's width and compute dtype
     meta    the learner (--learner, --robust), inner loop, meta-optimizer,
-            seed and the learners' own hyperparameters (ADML, TAFL)
+            seed and the learners' own hyperparameters (ADML, TAFL,
+            TRADES, R2-D2's head)
     attack  the training attack of the robust learners
     loop    how the steps are run: their number, logging, checkpoints,
             devices, memory/speed options and where the data is read from;
@@ -99,9 +100,10 @@ _CHECKS: Dict[str, Callable[..., Any]] = {}
 def register_choices(kind: str, names: Callable[[], Sequence[str]], *,
                      describe: Optional[Callable[[str], str]] = None) -> None:
   """Registers the values a setting of `kind` allows ("dataset", "learner",
-  "robust", "tafl_reduction", "fce", "conv_impl", "compute_dtype",
-  "train_attack"), read when a config is checked or flags are defined;
-  `describe(name)` gives a line of help per value."""
+  "robust", "tafl_reduction", "trades_kl_on", "r2d2_head", "fce",
+  "conv_impl", "compute_dtype", "train_attack"), read when a config is
+  checked or flags are defined; `describe(name)` gives a line of help per
+  value."""
   _CHOICES[kind] = names
   if describe is not None:
     _DESCRIPTIONS[kind] = describe
@@ -182,6 +184,14 @@ class AutoBool:
 
 class AutoInt:
   """Flag kind: an integer or auto (`--parallel_tasks=2`, `=auto`)."""
+
+
+def optional(check: Check) -> Check:
+  """`check`, letting None (the learner's default) through."""
+  def check_or_none(value, name: str) -> None:
+    if value is not None:
+      check(value, name)
+  return check_or_none
 
 
 def positive_eps_text(value, name: str) -> None:
@@ -353,8 +363,21 @@ class MetaConfig(Section):
       "mean", "tafl: per-task cross-entropy over the queries, mean or sum "
       "(the paper's).", choices=_choices_of("tafl_reduction"))
   trades_lambda: float = setting(
-      1.0, "--robust=trades: lambda, weight of KL(f(Q) || f(A(Q))) beside "
-      "the clean query loss (0: the clean loss).", check=non_negative_float)
+      3.0, "--robust=trades: lambda, weight of the KL term beside the clean "
+      "query loss (0: the clean loss); 3 is R-MAML's code's MiniImageNet "
+      "value.", check=non_negative_float)
+  trades_kl_on: str = setting(
+      "support_query", "--robust=trades: the images the KL term and its "
+      "attack cover at the adapted classifier: support_query (the support "
+      "and the query in one batch, as R-MAML's code) or query.",
+      choices=_choices_of("trades_kl_on"))
+  r2d2_head: str = setting(
+      "metaoptnet", "r2d2: the ridge-regression head. metaoptnet: "
+      "MetaOptNet's (lambda 50, a learned scale from 1, no bias), as the "
+      "AQ paper trains R2-D2; bertinetto: Bertinetto et al.'s code (a ones "
+      "column, X and Y divided by sqrt(N*K), lambda 50, a learned scale "
+      "from 1e-4 on mini_imagenet and 10 elsewhere, and a learned offset).",
+      choices=_choices_of("r2d2_head"))
 
   def validate(self):
     super().validate()
@@ -375,13 +398,15 @@ class AttackConfig(Section):
       choices=train_attacks, kind=str)
   train_eps: str = setting(
       "", "L-inf budget of the training attack, e.g. 8/255 (default: 2/255 "
-      "for adml/maml_ad, 8/255 for aq/tafl and --robust=aq/tafl).",
-      check=eps_text)
-  train_attack_steps: int = setting(
-      7, "Steps of an iterative training attack (PGD).", check=positive_int)
-  train_step_size: str = setting(
-      "2/255", "Step size of a PGD training attack, e.g. 2/255.",
-      check=positive_eps_text)
+      "for adml/maml_ad and --robust=trades, 8/255 for aq/tafl and "
+      "--robust=aq/tafl).", check=eps_text)
+  train_attack_steps: Optional[int] = setting(
+      None, "Steps of an iterative training attack (PGD) (default: 7; 1 for "
+      "--robust=trades).", check=optional(positive_int), kind=int)
+  train_step_size: Optional[str] = setting(
+      None, "Step size of a PGD training attack, e.g. 2/255 (default: "
+      "2/255; 1.25 x eps for --robust=trades).",
+      check=optional(positive_eps_text), kind=str)
   train_random_start: bool = setting(
       True, "A PGD training attack starts at a uniform point of the "
       "eps-ball (Madry et al.); false: at the clean image (advertorch's "

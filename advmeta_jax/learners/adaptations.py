@@ -15,12 +15,15 @@ run's config (`Kind.build(apply_fn, config)`):
     matching   Matching Networks (conv4's embedding, no head); with --fce=adml
                or vinyals, full context embeddings (fce.py)
     ridge      R2-D2's closed-form ridge regression (conv4's embedding and
-               the solver's scalars α, β, λ; r2d2.py)
+               the head's learned scale (and offset); r2d2.py)
 
 Who is attacked: a query attack targets the adapted classifier
 (`Adaptation.logits` at the adapted state); a support attack targets the
 classifier before adaptation (`Adaptation.initial_logits`, at the
-meta-initialization θ).
+meta-initialization θ). For a metric learner that is the classifier built
+from the clean support: the attack perturbs the support images as inputs to
+it, and does not differentiate through the building of the classifier (for
+R2-D2, through the ridge solve).
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ class MatchingState(NamedTuple):
 
 class RidgeState(NamedTuple):
   """R2-D2 adapted to a support set: the parameters (embedding and the
-  solver's scalars) and the `[D, N]` ridge-regression weights W."""
+  head's scalars) and the ridge-regression weights W (`[D, N]`, or
+  `[D + 1, N]` with the bias row of the bertinetto head)."""
   params: Any
   weights: Array
 
@@ -202,20 +206,24 @@ def matching_adaptation(embed, *, n_way: int) -> Adaptation:
 
 
 @functools.lru_cache(maxsize=None)
-def ridge_adaptation(embed, *, n_way: int) -> Adaptation:
-  """R2-D2 (Bertinetto et al. 2019): W = Xᵀ(XXᵀ + λI)⁻¹Y from the support
-  embeddings X and one-hot labels Y (Woodbury form, an (N·K)×(N·K) solve);
-  logits α·f(x)W + β (r2d2.py). `embed` is the embedding f of an `R2D2`
-  model, whose parameters also hold α, β and λ."""
+def ridge_adaptation(embed, *, n_way: int,
+                     head: str = r2d2.DEFAULT_HEAD) -> Adaptation:
+  """R2-D2 (Bertinetto et al. 2019): ridge regression from the support
+  embeddings X to their one-hot labels Y in closed form (Woodbury form, an
+  (N·K)×(N·K) solve), with the `head` of r2d2.py: "metaoptnet" (λ = 50,
+  logits s·f(x)W) or "bertinetto" (a ones column, X and Y divided by √(N·K),
+  λ = 50, logits s·(f(x)w + b) + c). `embed` is the embedding f of an
+  `R2D2` model, whose parameters also hold s (and c)."""
+  spec = r2d2.get_head(head)
+
   def build(params, images, labels):
-    _, _, lam = r2d2.scalars(params)
-    return RidgeState(params, r2d2.ridge_weights(
-        embed(params, images), jax.nn.one_hot(labels, n_way), lam))
+    return RidgeState(params, r2d2.head_weights(
+        spec, embed(params, images), jax.nn.one_hot(labels, n_way)))
 
   def logits(state, images):
-    alpha, beta, _ = r2d2.scalars(state.params)
-    return r2d2.ridge_logits(embed(state.params, images), state.weights,
-                             alpha, beta)
+    scale, bias = r2d2.scalars(state.params)
+    return r2d2.head_logits(spec, embed(state.params, images), state.weights,
+                            scale, bias)
 
   return _metric_adaptation(build, logits)
 
@@ -281,7 +289,8 @@ def _matching_model(config, image_size: int):
 def _ridge_model(config, image_size: int):
   kwargs = _conv4_kwargs(config, image_size)
   del kwargs["backbone"]   # conv4 only (Config.validate)
-  return r2d2.make_r2d2(**kwargs)
+  return r2d2.make_r2d2(head=config.meta.r2d2_head,
+                        dataset=config.data.dataset, **kwargs)
 
 
 def _gradient(build_fn):
@@ -317,7 +326,8 @@ KINDS: Dict[str, Kind] = {
         embed, n_way=config.data.n_way), _embedding_model, metric=True),
     "matching": Kind("matching", _matching, _matching_model, metric=True),
     "ridge": Kind("ridge", lambda embed, config: ridge_adaptation(
-        embed, n_way=config.data.n_way), _ridge_model, metric=True),
+        embed, n_way=config.data.n_way, head=config.meta.r2d2_head),
+                  _ridge_model, metric=True),
 }
 
 

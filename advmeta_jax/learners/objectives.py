@@ -71,6 +71,22 @@ def one_update(config) -> None:
   return None
 
 
+class AttackDefaults(NamedTuple):
+  """The steps and step size of an objective's iterative training attack,
+  used where --train_attack_steps / --train_step_size are not given.
+
+  Attributes:
+    steps: the number of steps.
+    step_size: the step as a budget's text ("2/255"), or None when
+      `step_of_eps` gives it.
+    step_of_eps: the step as a multiple of the attack's ε (R-MAML's 1.25),
+      or None.
+  """
+  steps: int = 7
+  step_size: Optional[str] = "2/255"
+  step_of_eps: Optional[float] = None
+
+
 class Objective(NamedTuple):
   """A registered objective.
 
@@ -83,6 +99,8 @@ class Objective(NamedTuple):
       `adml_sequential`); None: one update.
     default_attack: `(attack, eps)` used when --train_attack / --train_eps
       are not given; None for an objective without a training attack.
+    attack_defaults: the steps and step size of an iterative training
+      attack when --train_attack_steps / --train_step_size are not given.
     kinds: the adaptation kinds it fits (None: every kind).
     robust: it may be put around another learner's adaptation (--robust).
     check_attack: `attack -> None`, refuses a training attack the objective
@@ -94,6 +112,7 @@ class Objective(NamedTuple):
   update_phases: Callable[[Any], Optional[Tuple[BatchCombine, ...]]] = (
       one_update)
   default_attack: Optional[Tuple[str, str]] = None
+  attack_defaults: AttackDefaults = AttackDefaults()
   kinds: Optional[Tuple[str, ...]] = None
   robust: bool = False
   check_attack: Optional[Callable[[Any], Any]] = None

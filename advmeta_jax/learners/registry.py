@@ -110,6 +110,11 @@ class Learner(NamedTuple):
     """`(attack, eps)` of the training attack when none is configured."""
     return self.objective.default_attack
 
+  def attack_defaults(self) -> objectives.AttackDefaults:
+    """The steps and step size of an iterative training attack when
+    --train_attack_steps / --train_step_size are not configured."""
+    return self.objective.attack_defaults
+
   def bind(self, apply_fn, attack, config) -> Bound:
     """The learner with its pieces, built from a `config.Config`.
 

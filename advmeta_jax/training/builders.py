@@ -26,37 +26,47 @@ from advmeta_jax.errors import DataError
 
 def make_train_attack(config: Config, learner: Optional[learners.Learner] = None):
   """The training attack of `config` (`config.attack`, or the objective's
-  default when --train_attack / --train_eps are not given); None for a clean
-  objective without a configured attack. Equal settings give the same
+  defaults for what is not given: its attack and ε, and the steps and step
+  size of an iterative attack, `objectives.AttackDefaults`); None for a
+  clean objective without a configured attack. Equal settings give the same
   function object, so equal runs share compiled steps."""
   learner = learner or learners.get(config.meta.learner, config.meta.robust)
   default_attack, default_eps = learner.default_attack() or (None, None)
+  defaults = learner.attack_defaults()
   a = config.attack
-  return _train_attack(a.train_attack or default_attack,
-                       a.train_eps or default_eps or "0",
-                       a.train_attack_steps, a.train_step_size,
+  name = a.train_attack or default_attack
+  if name is None:
+    return None
+  eps_text = a.train_eps or default_eps or "0"
+  steps = (a.train_attack_steps if a.train_attack_steps is not None
+           else defaults.steps)
+  if a.train_step_size is not None:
+    step_size = attacks.parse_eps(a.train_step_size, "train_step_size")
+  elif defaults.step_of_eps is not None:
+    step_size = defaults.step_of_eps * attacks.parse_eps(eps_text,
+                                                         "train_eps")
+  else:
+    step_size = attacks.parse_eps(defaults.step_size, "train_step_size")
+  return _train_attack(name, eps_text, int(steps), step_size,
                        a.train_random_start)
 
 
 @functools.lru_cache(maxsize=None)
-def _train_attack(name: Optional[str], eps_text: str, steps: int,
-                  step_size_text: str, random_start: bool = True):
-  """Attack `name` at budget `eps_text` (None for a learner that uses none).
+def _train_attack(name: str, eps_text: str, steps: int, step_size: float,
+                  random_start: bool = True):
+  """Attack `name` at budget `eps_text`.
 
-  Iterative attacks get `steps` steps (`train_attack_steps`); PGD steps of
-  `train_step_size` from a random start or from x (`random_start`), while
-  MI-FGSM keeps its own a = ε/T and APGD needs none. FGSM ignores them.
+  Iterative attacks get `steps` steps; PGD steps of `step_size` from a
+  random start or from x (`random_start`), while MI-FGSM keeps its own
+  a = ε/T and APGD needs none. FGSM ignores them.
   """
-  if name is None:
-    return None
   eps = attacks.parse_eps(eps_text, "train_eps")
   allowed = attacks.hyperparameters(name)
   hparams = {"eps": eps}
   if "num_steps" in allowed:
     hparams["num_steps"] = steps
   if allowed.get("step_size", None) is inspect.Parameter.empty:
-    hparams["step_size"] = attacks.parse_eps(step_size_text,
-                                             "train_step_size")
+    hparams["step_size"] = step_size
   if "random_start" in allowed:
     hparams["random_start"] = random_start
   return attacks.make_attack(name, hparams)
