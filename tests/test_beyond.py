@@ -443,7 +443,8 @@ def test_trades_default_attack_is_rmamls_one_step_of_1_25_eps():
   attack = exp.learner.pieces.attack
   eps = 2 / 255
   assert attack.hparams == {"eps": pytest.approx(eps), "num_steps": 1,
-                            "step_size": pytest.approx(1.25 * eps)}
+                            "step_size": pytest.approx(1.25 * eps),
+                            "random_start": True}
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(12, N_WAY))
@@ -467,7 +468,8 @@ def test_trades_defaults_are_rmamls():
   assert (cfg.trades_lambda, cfg.trades_kl_on) == (3.0, "support_query")
   aq = training.build(tiny_config(learner="aq")).learner.pieces.attack
   assert aq.hparams == {"eps": pytest.approx(8 / 255), "num_steps": 7,
-                        "step_size": pytest.approx(2 / 255)}
+                        "step_size": pytest.approx(2 / 255),
+                            "random_start": True}
   explicit = training.build(tiny_config(
       learner="maml", robust="trades", train_eps="8/255",
       train_attack_steps=7, train_step_size="2/255")).learner.pieces.attack
@@ -475,7 +477,8 @@ def test_trades_defaults_are_rmamls():
   scaled = training.build(tiny_config(learner="maml", robust="trades",
                                       train_eps="8/255")).learner.pieces.attack
   assert scaled.hparams == {"eps": pytest.approx(8 / 255), "num_steps": 1,
-                            "step_size": pytest.approx(10 / 255)}
+                            "step_size": pytest.approx(10 / 255),
+                            "random_start": True}
 
 
 def test_kl_attack_increases_the_kl_and_stays_in_the_ball():

@@ -315,7 +315,8 @@ def test_default_training_attacks_per_learner():
   tafl = training.make_train_attack(tiny_config(learner="tafl"))
   assert tafl.__name__ == "pgd_attack"
   assert tafl.hparams == {"eps": pytest.approx(8 / 255), "num_steps": 7,
-                          "step_size": pytest.approx(2 / 255)}
+                          "step_size": pytest.approx(2 / 255),
+                            "random_start": True}
   assert training.make_train_attack(tiny_config()) is None
 
 
