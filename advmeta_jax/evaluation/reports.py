@@ -143,9 +143,9 @@ def markdown_report(cells: Sequence[Cell],
   if with_paper:
     header += ["paper % (± 95% CI)", "ours − paper"]
   lines = []
-  for row in rows:
-    attack = "—" if row["attack"] == "none" else (
-        f"{row['attack']} ε={row['eps']}" if row["eps"] else row["attack"])
+  for row, cell in zip(rows, cells):
+    # The label names a preset by its tag (cw_l2_strong), as the pivot does.
+    attack = "—" if cell.attack is None else cell.attack.label
     line = [row["learner"], row["case"], attack,
             f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"]
     if with_paper:
