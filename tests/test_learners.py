@@ -137,6 +137,42 @@ def test_tafl_sum_reduction_sums_the_query_losses():
     assert float(aux["clean_query_loss"]) > 0
 
 
+def numpy_code_tafl_weight(adv_logits, labels):
+  """The TAFL authors' code (`--adv-train AdvQ-rew`, maml/metalearner.py)
+  line by line: softmax of the adversarial predictions, one-hot labels,
+  weight = one_hot·(1 − p) + (1 − one_hot)·p, squared (gamma = 2.0), mean."""
+  z = np.asarray(adv_logits, np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  one_hot = np.eye(z.shape[-1])[np.asarray(labels)]
+  weight = one_hot * (1 - p) + (1 - one_hot) * p
+  return np.mean(weight ** 2.0)
+
+
+def test_tafl_code_weighting_is_the_authors_codes_unnormalized_weight():
+  """`--tafl_weighting=code`: each task's adversarial query loss times the
+  code's weight of its attacked queries, not normalized over the batch."""
+  logits = jax.random.normal(jax.random.key(0), (9, 3))
+  labels = jnp.array([0, 1, 2] * 3)
+  np.testing.assert_allclose(
+      learners.objectives.code_tafl_weight(logits, labels),
+      numpy_code_tafl_weight(logits, labels), rtol=1e-6)
+  with jax.enable_x64(True):
+    params, _ = problem()
+    tasks = [problem(seed)[1] for seed in (1, 2, 3)]
+    batch = jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
+    loss_fn = training.batch_outer_loss(bound("tafl", tafl_weighting="code"))
+    loss = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0))[0])(params)
+    expected = []
+    for t in tasks:
+      adapted = adapt(params, t.support_images, t.support_labels)
+      xq_adv = fgsm_against(adapted, t.query_images, t.query_labels)
+      weight = numpy_code_tafl_weight(mlp_apply(adapted, xq_adv),
+                                      t.query_labels)
+      expected.append(weight * float(ce(adapted, xq_adv, t.query_labels)))
+    np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-7)
+
+
 # --- who is attacked, stop_gradient -------------------------------------------
 
 @pytest.mark.parametrize("name", ["aq", "tafl"])

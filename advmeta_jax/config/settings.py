@@ -359,6 +359,12 @@ class MetaConfig(Section):
                           "modulating factor.", check=positive_float)
   tafl_delta: float = setting(1e-3, "tafl: delta > 0, floor of L_AR.",
                               check=positive_float)
+  tafl_weighting: str = setting(
+      "paper", "tafl: the per-task weights. paper: (1 - exp(-k L_AR))^gamma "
+      "normalized within the batch (eqs. 5-6); code: the authors' code's, "
+      "the mean over queries x classes of (1 - p_y)^gamma and p_j^gamma of "
+      "the attacked queries' softmax, not normalized (gamma 2 there).",
+      choices=_choices_of("tafl_weighting"))
   tafl_reduction: str = setting(
       "mean", "tafl: per-task cross-entropy over the queries, mean or sum "
       "(the paper's).", choices=_choices_of("tafl_reduction"))

@@ -29,6 +29,7 @@ from advmeta_jax.learners.registry import robust_learners
 from advmeta_jax.learners.registry import ROBUST_LOSSES
 from advmeta_jax.learners.objectives import ADVERSARIAL_IMAGES
 from advmeta_jax.learners.objectives import TAFL_REDUCTIONS
+from advmeta_jax.learners.objectives import TAFL_WEIGHTINGS
 from advmeta_jax.learners.objectives import tafl_weights
 from advmeta_jax.learners.adaptations import Adaptation
 from advmeta_jax.learners.adaptations import gradient_adaptation
@@ -39,6 +40,7 @@ from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
 _config.register_choices("learner", names)
 _config.register_choices("robust", lambda: ROBUST_LOSSES)
 _config.register_choices("tafl_reduction", lambda: TAFL_REDUCTIONS)
+_config.register_choices("tafl_weighting", lambda: TAFL_WEIGHTINGS)
 _config.register_choices("fce", lambda: fce.FCE_VARIANTS)
 _config.register_choices("trades_kl_on", lambda: trades.KL_SETS)
 _config.register_choices("r2d2_head", lambda: tuple(r2d2.HEADS))

@@ -48,6 +48,9 @@ from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
 TAFL_REDUCTIONS = ("mean", "sum")
+# TAFL's per-task weights: the paper's M̃(τ) (eqs. 5–6), or what the authors'
+# code computes (`--adv-train AdvQ-rew`, `code_tafl_weight`).
+TAFL_WEIGHTINGS = ("paper", "code")
 # The `checkpoint_name` of every training attack's result (a rematerialized
 # train step saves it instead of running the attack again).
 ADVERSARIAL_IMAGES = "adversarial_images"
@@ -294,7 +297,8 @@ def adml_loss(adaptation: Adaptation, params, task: Task, key: Array, *,
 
 def adversarial_query_loss(adaptation: Adaptation, params, task: Task,
                            key: Array, *, attack, config,
-                           reduction: str = "mean"):
+                           reduction: str = "mean",
+                           code_weight_gamma: Optional[float] = None):
   """Adversarial querying over any adaptation (AQ's and TAFL's per-task loss).
 
   The classifier is adapted to the clean support (θ' for MAML; prototypes or
@@ -313,11 +317,13 @@ def adversarial_query_loss(adaptation: Adaptation, params, task: Task,
     config: holds `inner_steps`.
     reduction: the per-task cross-entropy over the queries, "mean" or "sum"
       (TAFL's `tafl_reduction`).
+    code_weight_gamma: also return the TAFL code's task weight
+      (`code_tafl_weight`) with this exponent, as "tafl_code_weight".
 
   Returns:
     `(adversarial query cross-entropy, {"query_accuracy",
     "adv_query_accuracy", "adv_query_loss", "clean_query_loss"
-    (stop_gradient'ed)[, "support_loss"]})`.
+    (stop_gradient'ed)[, "support_loss"][, "tafl_code_weight"]})`.
   """
   require_attack(attack, "adversarial querying")
   state, curve = adaptation.adapt(params, task.support_images,
@@ -330,12 +336,16 @@ def adversarial_query_loss(adaptation: Adaptation, params, task: Task,
   ce = optax.softmax_cross_entropy_with_integer_labels
   adv_loss = _query_losses(ce(adv_logits, task.query_labels), reduction)
   clean_loss = _query_losses(ce(clean_logits, task.query_labels), reduction)
-  return adv_loss, {
+  aux = {
       "query_accuracy": losses.accuracy(clean_logits, task.query_labels),
       "adv_query_accuracy": losses.accuracy(adv_logits, task.query_labels),
       "adv_query_loss": adv_loss,
       "clean_query_loss": jax.lax.stop_gradient(clean_loss),
       **support_metrics(curve)}
+  if code_weight_gamma is not None:
+    aux["tafl_code_weight"] = code_tafl_weight(adv_logits, task.query_labels,
+                                               gamma=code_weight_gamma)
+  return adv_loss, aux
 
 
 def aq_loss(adaptation: Adaptation, params, task: Task, key: Array, *,
@@ -402,15 +412,41 @@ def tafl_weights(adv_losses: Array, clean_losses: Array, *, gamma: float,
   return jax.lax.stop_gradient(log_m.shape[0] * jax.nn.softmax(log_m))
 
 
+def code_tafl_weight(adv_logits: Array, labels: Array, *,
+                     gamma: float = 2.0) -> Array:
+  """The task weight of the TAFL authors' code (evan69/MAML-Def-Repo,
+  `maml/metalearner.py`, `--adv-train AdvQ-rew`): with p the softmax of the
+  adversarial query logits, the mean over queries × classes of
+  (1 − p_y)^γ at the true class and p_j^γ at the others, `stop_gradient`ed
+  (γ = 2 in that code). Not normalized over the batch.
+
+  Args:
+    adv_logits: `[Q, N]` logits of the attacked queries.
+    labels: `[Q]` integer labels.
+    gamma: the exponent.
+
+  Returns:
+    A scalar in [0, 1].
+  """
+  p = jax.nn.softmax(jax.lax.stop_gradient(adv_logits), axis=-1)
+  one_hot = jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
+  w = one_hot * (1 - p) + (1 - one_hot) * p
+  return jnp.mean(w ** gamma)
+
+
 def tafl_batch_combine(losses: Array, aux: Dict[str, Array], config):
-  """TAFL's batch loss: mean over tasks of M̃(τ)·L_CE(θ_τ, A(x_q)).
+  """TAFL's batch loss: mean over tasks of M̃(τ)·L_CE(θ_τ, A(x_q)), or with
+  `tafl_weighting="code"` of the code's weight (`code_tafl_weight`).
 
   Returns:
     `(loss, metrics)`: the batch mean and max of L_AR and of the weights.
   """
-  weights = tafl_weights(aux["adv_query_loss"], aux["clean_query_loss"],
-                         gamma=config.tafl_gamma, k=config.tafl_k,
-                         delta=config.tafl_delta)
+  if config.tafl_weighting == "code":
+    weights = jax.lax.stop_gradient(aux["tafl_code_weight"])
+  else:
+    weights = tafl_weights(aux["adv_query_loss"], aux["clean_query_loss"],
+                           gamma=config.tafl_gamma, k=config.tafl_k,
+                           delta=config.tafl_delta)
   l_ar = jax.lax.stop_gradient(adversarial_robustness_loss(
       aux["adv_query_loss"], aux["clean_query_loss"],
       delta=config.tafl_delta))
@@ -428,9 +464,11 @@ def tafl_loss(adaptation: Adaptation, params, task: Task, key: Array, *,
   writes it) plus the clean one for L_AR; `tafl_batch_combine` weights the
   tasks by M̃(τ).
   """
-  return adversarial_query_loss(adaptation, params, task, key, attack=attack,
-                                config=config,
-                                reduction=config.tafl_reduction)
+  return adversarial_query_loss(
+      adaptation, params, task, key, attack=attack, config=config,
+      reduction=config.tafl_reduction,
+      code_weight_gamma=(config.tafl_gamma if config.tafl_weighting == "code"
+                         else None))
 
 
 # --- registry ---------------------------------------------------------------
