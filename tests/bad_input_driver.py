@@ -1,7 +1,7 @@
 """Runs one launcher on many command lines in one process, as `python -m`
 would run each of them: the flags are parsed by absl's parser
 (`app.parse_flags_with_usage`, which prints the one `FATAL Flags parsing
-error` line), then `main` runs under `launch.common.user_errors_exit`, which
+error` line), then `main` runs under `advmeta_jax.cli.common.user_errors_exit`, which
 prints the one `error:` line of a user error.
 
   python tests/bad_input_driver.py launch.train < rows.json > results.json
@@ -27,7 +27,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 def run_one(module, args):
   """`(exit code, stderr)` of `python -m <module> <args>`, in this process."""
-  from launch import common  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.cli import common  # pylint: disable=g-import-not-at-top
   err = io.StringIO()
   code = 0
   with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

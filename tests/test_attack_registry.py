@@ -71,7 +71,7 @@ def test_a_registered_attack_is_a_test_attack_with_its_defaults(toy):
     evaluation.default_test_attack("quiet", "8/255")
   spec = evaluation.default_test_attack("noise", "4/255")
   assert spec == AttackSpec.of("noise", eps="4/255", scale=0.5)
-  from launch import common  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.cli import common  # pylint: disable=g-import-not-at-top
   flag_values = flags.FlagValues()
   common.define_protocol_flags(flag_values=flag_values)
   assert "noise (random sign noise of size ε, a toy)" in (

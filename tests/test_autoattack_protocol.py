@@ -107,7 +107,7 @@ def test_report_has_the_stage_table(cells, tmp_path):
 
 
 def test_launcher_flags_build_autoattack_with_its_budgets():
-  from launch import common  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.cli import common  # pylint: disable=g-import-not-at-top
   specs = common.attack_specs(
       ["autoattack", "square", "apgd_t", "fab", "cw_l2"], ["4/255", "8/255"],
       attack_steps=3, apgd_steps=7, square_queries=11)

@@ -29,7 +29,7 @@ from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.core.episodes import Task
 from advmeta_jax.errors import ConfigError
-from launch import common
+from advmeta_jax.cli import common
 from tests import test_learners
 from tests.conftest import tiny_config
 
@@ -407,7 +407,7 @@ TINY_FLAGS = ("--filters=8", "--q_query=3", "--task_batch_size=2",
 @pytest.mark.integration
 def test_robust_flag_from_the_command_line_trains_protonet_tafl(
     tmp_path, digits_train):
-  """The flags of launch/common.py (parsed here in-process) to a run."""
+  """The flags of advmeta_jax/cli/common.py (parsed here in-process) to a run."""
   flag_values = flags.FlagValues()
   common.define_config_flags(flag_values=flag_values)
   flag_values(["train", "--learner=protonet", "--robust=tafl", *TINY_FLAGS])

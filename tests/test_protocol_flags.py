@@ -4,7 +4,7 @@ launch.evaluate's test-time flags still work, with one line saying so."""
 from absl import flags
 import pytest
 
-from launch import common
+from advmeta_jax.cli import common
 
 
 def _parse(*argv, **kw):

@@ -543,6 +543,22 @@ class Config:
     """`{flat name: value}` of every field."""
     return {f.name: getattr(getattr(self, s), f.name) for s, f in fields()}
 
+  def changes(self) -> Dict[str, Any]:
+    """`{flat name: value}` of the fields that differ from their default."""
+    default = Config()
+    return {f.name: getattr(getattr(self, s), f.name) for s, f in fields()
+            if getattr(getattr(self, s), f.name) != getattr(
+                getattr(default, s), f.name)}
+
+  def describe(self) -> str:
+    """The settings that differ from the defaults, one `--name=value` line
+    each (the flags that give this config), or a line saying there are
+    none."""
+    changed = self.changes()
+    if not changed:
+      return "  (every setting at its default)"
+    return "\n".join(f"  --{name}={value}" for name, value in changed.items())
+
   def to_dict(self) -> Dict[str, Dict[str, Any]]:
     """`{section: {field: value}}` (the JSON of config.json)."""
     return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}

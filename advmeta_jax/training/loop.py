@@ -84,8 +84,10 @@ def train(config: Config, workdir: str, *,
       lock.release()
     raise
   try:
-    logging.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
+    logging.info("config (all of it in %s/config.json):\n%s", workdir,
+                 config.describe())
     logging.info("speed settings: %s", autotune.describe(config, built.config))
+    logging.info("devices: %s", ", ".join(str(d) for d in mesh.devices.flat))
     state, resumed = _initial_state(built, manager, mesh)
     if primary:
       checkpoints.truncate_metrics(workdir, int(state.step))

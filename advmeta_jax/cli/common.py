@@ -68,14 +68,29 @@ def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
   return config_lib.from_flags(flag_values)
 
 
+# INFO lines of the libraries that say nothing to a user: orbax's per-save
+# chatter, and JAX's probe of backends this machine does not have ("Unable
+# to initialize backend 'tpu'" on every CPU-only start). Warnings stay.
+_QUIET_INFO = (("orbax", ""), ("xla_bridge", "Unable to initialize backend"))
+
+
+def _is_noise(record) -> bool:
+  return record.levelno < py_logging.WARNING and any(
+      where in record.pathname and text in record.getMessage()
+      for where, text in _QUIET_INFO)
+
+
 def quiet_library_logs():
-  """Drops orbax's per-save INFO chatter from the absl log; keeps its warnings."""
+  """Drops the INFO lines of `_QUIET_INFO` from the absl log (where the
+  launchers' INFO lines go); keeps every warning."""
   class _Filter(py_logging.Filter):
 
     def filter(self, record):
-      return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+      return not _is_noise(record)
 
-  logging.get_absl_handler().addFilter(_Filter())
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _Filter) for f in handler.filters):
+    handler.addFilter(_Filter())
 
 
 def user_errors_exit(main):
@@ -96,7 +111,19 @@ def user_errors_exit(main):
   return wrapped
 
 
+def show_usage_of(module_name: str) -> None:
+  """Makes `--help` print the docstring of the program's module: absl prints
+  `__main__`'s, which for a console script is the generated stub's (none)
+  and for `python -m launch.X` the checkout's one-line entry point's."""
+  doc = sys.modules[module_name].__doc__
+  if doc:
+    sys.modules["__main__"].__doc__ = doc
+
+
 def run(main):
+  """Runs a program's `main` with absl's flag parsing, bad input as one
+  line (`user_errors_exit`) and its module's docstring as `--help`."""
+  show_usage_of(main.__module__)
   app.run(user_errors_exit(main))
 
 
