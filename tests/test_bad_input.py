@@ -68,7 +68,7 @@ BAD_INPUT = [
     ('python -m launch.train --workdir=$TMP/r --dataset=mini_imagenet --data_dir=$TMP/notarun',
      'error: mini_imagenet/train'),
     ('python -m launch.train --workdir=$TMP/s --dataset=foo',
-     'FATAL Flags parsing error: flag --dataset=foo: value should be one of <cifar_fs|digits|image_folder|mini_imagenet|omniglot>'),
+     'FATAL Flags parsing error: flag --dataset=foo: value should be one of <cifar_fs|cub|digits|fc100|image_folder|mini_imagenet|omniglot|tiered_imagenet>'),
     ('python -m launch.train --workdir=$TMP/t --inner_lr=-1',
      'error: inner_lr must be a finite number > 0, got -1.0.'),
     ('python -m launch.train --workdir=$TMP/u --dataset=mini_imagenet',
@@ -112,7 +112,7 @@ BAD_INPUT = [
     ('python -m launch.prepare_data --dataset=mini_imagenet --data_dir=$TMP/notarun --image_size=8',
      'error: image_size must be at least 16 (conv4 pools four times by 2), got 8.'),
     ('python -m launch.prepare_data --dataset=digits',
-     'error: --dataset=digits has no files to prepare; choose one of: cifar_fs, mini_imagenet, omniglot.'),
+     'error: --dataset=digits has no files to prepare; choose one of: cifar_fs, cub, fc100, mini_imagenet, omniglot, tiered_imagenet.'),
     ('python -m launch.reproduce --experiment=digits_robust --shrink --workdir=$TMP/r3 --data_dir=$TMP/afile',
      "error: --data_dir=' … afile' is a file: give the directory that holds the dataset's files."),
     ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r4 --test_episodes=0',
@@ -135,6 +135,14 @@ BAD_INPUT = [
      'FATAL Flags parsing error: flag --trades_kl_on=all: value should be one of <support_query|query>'),
     ('python -m launch.train --workdir=$TMP/t3 --robust=trades --train_attack_steps=0',
      'error: train_attack_steps must be a positive integer, got 0.'),
+    ('python -m launch.train --workdir=$TMP/d1 --dataset=fc100',
+     "error: dataset 'fc100' is read from a local directory: pass --data_dir."),
+    ('python -m launch.prepare_data --dataset=tiered_imagenet --data_dir=$TMP/notarun',
+     'error: tiered_imagenet/train: no known layout in … notarun … Looked for (1) npz: train_images.npz with train_labels.pkl; (2) png_pkl: train_images_png.pkl with train_labels.pkl; (3) torchmeta: tieredimagenet/train_data.hdf5 with train_labels.json.'),
+    ('python -m launch.prepare_data --dataset=tiered_imagenet --data_dir=$TMP/badtiered',
+     'error: tiered_imagenet/train: cannot unpickle … train_labels.pkl … the file is truncated, corrupt or not a pickle: download it again.'),
+    ('python -m launch.prepare_data --dataset=cub --data_dir=$TMP/badcub',
+     'error: cub: 1 of the 1 image files listed in … images.txt … do not exist, e.g. … 001.Black_footed_Albatross/a.jpg'),
 ]
 
 
@@ -164,6 +172,13 @@ def _prepare(tmp):
   (tmp / "badjson").mkdir()
   (tmp / "badjson" / "config.json").write_text("{")
   (tmp / "afile").write_text("")
+  (tmp / "badtiered").mkdir()   # tieredImageNet's file names, not pickles
+  (tmp / "badtiered" / "train_labels.pkl").write_text("not a pickle")
+  (tmp / "badtiered" / "train_images_png.pkl").write_text("not a pickle")
+  cub = tmp / "badcub" / "CUB_200_2011"   # images.txt names a missing file
+  (cub / "images").mkdir(parents=True)
+  (cub / "classes.txt").write_text("1 001.Black_footed_Albatross\n")
+  (cub / "images.txt").write_text("1 001.Black_footed_Albatross/a.jpg\n")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ load-time and peak-memory figures of docs/datasets.md:
     python tests/test_dataset_layouts.py --out=/tmp/synth --full
 
 The writers follow the formats' own descriptions (the CIFAR-100 page, the
-loaders of torchmeta, learn2learn, MetaOptNet and the Omniglot archives), not
-advmeta's readers. This file holds no tests of its own beyond the writers'
+loaders of torchmeta, learn2learn, MetaOptNet, TADAM, few-shot-ssl, the
+Omniglot and CUB-200-2011 archives), not advmeta's readers. This file holds no tests of its own beyond the writers'
 self-checks below.
 """
 
@@ -357,6 +357,228 @@ def write_omniglot(root, data, zipped=True):
           f.write(png)
 
 
+# --- FC100 (the CIFAR-100 archives above, split by superclass) ------------------
+
+
+def fc100_expected(parts, split):
+  """The images of an FC100 split, class by class (table order)."""
+  out = []
+  for name in splits.FC100_SPLITS[split]:
+    fid = splits.CIFAR100_FINE_LABELS.index(name)
+    out.extend(images[fine == fid] for images, fine, _ in
+               (parts["train"], parts["test"]))
+  return np.concatenate(out)
+
+
+def write_torchmeta_fc100(root, parts):
+  """torchmeta's `cifar100/data.hdf5` + `cifar100/fc100/{split}_labels.json`:
+  [coarse, fine] pairs, superclass by superclass (torchmeta's FC100
+  `download`: `for coarse_name in data for fine_name in fine_names[...]`)."""
+  base = write_torchmeta_cifar(root, parts)
+  with open(os.path.join(base, "fine_names.json")) as f:
+    fine_names = json.load(f)
+  os.makedirs(os.path.join(base, "fc100"), exist_ok=True)
+  for split, coarses in splits.FC100_SUPERCLASSES.items():
+    with open(os.path.join(base, "fc100", f"{split}_labels.json"), "w") as f:
+      json.dump([[c, fine] for c in coarses for fine in fine_names[c]], f)
+  return base
+
+
+# TADAM's `class_split` of coarse label ids (datasets/create_dataset_cifar100.py).
+TADAM_CLASS_SPLIT = {"train": {1, 2, 3, 4, 5, 6, 9, 10, 15, 17, 18, 19},
+                     "val": {8, 11, 13, 16}, "test": {0, 7, 12, 14}}
+
+
+def write_tadam_npz(root, parts, seed=2017 + 5 + 17):
+  """TADAM's `few-shot-{split}.npz`: `features` [N,32,32,3], `targets` fine
+  ids, the split's images shuffled (as its script writes them)."""
+  rng = np.random.RandomState(seed)
+  images = np.concatenate([parts["train"][0], parts["test"][0]])
+  fine = np.concatenate([parts["train"][1], parts["test"][1]])
+  coarse = np.concatenate([parts["train"][2], parts["test"][2]])
+  for split, ids in TADAM_CLASS_SPLIT.items():
+    keep = np.flatnonzero(np.isin(coarse, sorted(ids)))
+    keep = keep[rng.permutation(len(keep))]
+    np.savez(os.path.join(root, f"few-shot-{split}.npz"),
+             features=images[keep], targets=fine[keep])
+
+
+# --- tieredImageNet ------------------------------------------------------------------
+
+
+def fake_tiered(per_class=1, size=84, seed=3):
+  """{split: (images RGB [N,size,size,3], class ids [N], category ids [N],
+  class names, category names)}: the published 351/97/160 classes in
+  20/6/8 categories, low-entropy pixels (small PNGs)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for split in ("train", "val", "test"):
+    n_cls = splits.TIERED_IMAGENET_NUM_CLASSES[split]
+    n_cat = splits.TIERED_IMAGENET_NUM_CATEGORIES[split]
+    ids = np.repeat(np.arange(n_cls, dtype=np.int32), per_class)
+    general = (ids * n_cat // n_cls).astype(np.int32)
+    images = (rng.integers(0, 4, (len(ids), size, size, 3)) * 80).astype(
+        np.uint8)
+    names = [f"{split} class {c:03d}" for c in range(n_cls)]
+    categories = {g: f"{split} category {g}" for g in range(n_cat)}
+    out[split] = (images, ids, general, names, categories)
+  return out
+
+
+def _png(image) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _tiered_labels(path, ids, general, names, categories):
+  """few-shot-ssl's `{split}_labels.pkl` (a Python 2 pickle)."""
+  py2_pickle({"label_specific": ids, "label_general": general,
+              "label_specific_str": list(names),
+              "label_general_str": dict(categories)}, path)
+
+
+def write_tiered_png_pkl(root, data):
+  """Ren et al.'s `tiered-imagenet/{split}_images_png.pkl`: a list of
+  `cv2.imencode('.png', ...)[1]` arrays (uint8 [n, 1]), + `_labels.pkl`."""
+  base = os.path.join(root, "tiered-imagenet")
+  os.makedirs(base, exist_ok=True)
+  for split, (images, ids, general, names, categories) in data.items():
+    pngs = [np.frombuffer(_png(im), np.uint8).reshape(-1, 1) for im in images]
+    py2_pickle(pngs, os.path.join(base, f"{split}_images_png.pkl"))
+    _tiered_labels(os.path.join(base, f"{split}_labels.pkl"), ids, general,
+                   names, categories)
+  return base
+
+
+def write_tiered_npz(root, data):
+  """The decompressed form MetaOptNet reads: `{split}_images.npz`
+  (`images`, BGR as OpenCV decodes) + `{split}_labels.pkl`."""
+  for split, (images, ids, general, names, categories) in data.items():
+    np.savez(os.path.join(root, f"{split}_images.npz"),
+             images=np.ascontiguousarray(images[..., ::-1]))
+    _tiered_labels(os.path.join(root, f"{split}_labels.pkl"), ids, general,
+                   names, categories)
+
+
+def write_tiered_torchmeta(root, data):
+  """torchmeta's `tieredimagenet/{split}_data.hdf5` (vlen PNG bytes per
+  class) + `{split}_labels.json`."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  base = os.path.join(root, "tieredimagenet")
+  os.makedirs(base, exist_ok=True)
+  for split, (images, ids, general, names, categories) in data.items():
+    with open(os.path.join(base, f"{split}_labels.json"), "w") as f:
+      json.dump(list(names), f)
+    with h5py.File(os.path.join(base, f"{split}_data.hdf5"), "w") as f:
+      group = f.create_group("datasets")
+      dtype = h5py.special_dtype(vlen=np.uint8)
+      for i, label in enumerate(names):
+        index = np.flatnonzero(ids == i)
+        ds = group.create_dataset(label, (len(index),), dtype=dtype)
+        ds.attrs["label_general"] = categories[int(general[index[0]])]
+        for j, k in enumerate(index):
+          ds[j] = np.frombuffer(_png(images[k]), np.uint8)
+  return base
+
+
+# --- CUB-200-2011 ------------------------------------------------------------------------
+
+
+def fake_cub(per_class=1, seed=4):
+  """{class folder: [(file name, JPEG bytes)]} for CUB's 200 classes, images of
+  varied small sizes, a greyscale one among them."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for c, name in enumerate(splits.CUB_CLASSES):
+    files = []
+    for k in range(per_class):
+      h, w = 20 + (c + k) % 7, 24 + (c * 3 + k) % 5
+      image = (rng.integers(0, 4, (h, w, 3)) * 80).astype(np.uint8)
+      pil = Image.fromarray(image)
+      if c == 5 and k == 0:
+        pil = pil.convert("L")
+      buffer = io.BytesIO()
+      pil.save(buffer, format="JPEG", quality=90)
+      files.append((f"{name.split('.', 1)[1]}_{1000 + k}.jpg",
+                    buffer.getvalue()))
+    out[name] = files
+  return out
+
+
+def cub_files(data):
+  """{member path inside CUB_200_2011/: bytes}, as the archive holds them."""
+  files, classes, images = {}, [], []
+  image_id = 1
+  for c, name in enumerate(sorted(data), start=1):
+    classes.append(f"{c} {name}")
+    for file, jpeg in data[name]:
+      files[f"images/{name}/{file}"] = jpeg
+      images.append(f"{image_id} {name}/{file}")
+      image_id += 1
+  files["classes.txt"] = ("\n".join(classes) + "\n").encode()
+  files["images.txt"] = ("\n".join(images) + "\n").encode()
+  files["README"] = b"CUB-200-2011 (fake)\n"
+  return files
+
+
+def write_cub_folder(root, data):
+  base = os.path.join(root, "CUB_200_2011")
+  for name, content in cub_files(data).items():
+    path = os.path.join(base, *name.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(content)
+  return base
+
+
+def write_cub_tgz(root, data):
+  path = os.path.join(root, "CUB_200_2011.tgz")
+  with tarfile.open(path, "w:gz") as tar:
+    _add_bytes(tar, "attributes.txt", b"1 has_bill_shape::curved\n")
+    for name, content in cub_files(data).items():
+      _add_bytes(tar, f"CUB_200_2011/{name}", content)
+  return path
+
+
+def write_cub_torchmeta(root, data):
+  """torchmeta's `cub/{split}_data.hdf5` (vlen JPEG bytes, files sorted) +
+  `cub/{split}_labels.json`."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  base = os.path.join(root, "cub")
+  os.makedirs(base, exist_ok=True)
+  for split, classes in splits.CUB_SPLITS.items():
+    with open(os.path.join(base, f"{split}_labels.json"), "w") as f:
+      json.dump(list(classes), f)
+    with h5py.File(os.path.join(base, f"{split}_data.hdf5"), "w") as f:
+      group = f.create_group("datasets")
+      dtype = h5py.special_dtype(vlen=np.uint8)
+      for label in classes:
+        files = sorted(data[label])
+        ds = group.create_dataset(label, (len(files),), dtype=dtype)
+        for j, (_, jpeg) in enumerate(files):
+          ds[j] = np.frombuffer(jpeg, np.uint8)
+  return base
+
+
+def fake_cub_full(seed=5):
+  """CUB-200-2011's sizes: 11,788 JPEGs (59 or 58 per class), 500x375,
+  smooth random pictures (JPEGs of about a photograph's size)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for c, name in enumerate(splits.CUB_CLASSES):
+    n = 59 if c < 188 else 58
+    files = []
+    for k in range(n):
+      small = rng.integers(0, 256, (38, 50, 3), dtype=np.uint8)
+      image = Image.fromarray(small).resize((500, 375), Image.BILINEAR)
+      buffer = io.BytesIO()
+      image.save(buffer, format="JPEG", quality=75)
+      files.append((f"{name.split('.', 1)[1]}_{k:04d}.jpg", buffer.getvalue()))
+    out[name] = files
+  return out
+
+
 # --- self-checks of the writers ------------------------------------------------------
 
 
@@ -393,6 +615,8 @@ FULL_WRITERS = {
     "mini_torchmeta": write_mini_torchmeta,
     "mini_csv": lambda root, d: write_mini_csv(root, d, ext="jpg"),
     "omniglot_zip": lambda root, d: write_omniglot(root, d, zipped=True),
+    "tadam_npz": write_tadam_npz,
+    "cub_tgz": write_cub_tgz,
 }
 
 
@@ -412,6 +636,8 @@ def main():
       data = fake_mini(per_class=n)
     elif layout.startswith("omniglot"):
       data = (fake_omniglot(964, 659, 20) if args.full else fake_omniglot())
+    elif layout.startswith("cub"):
+      data = fake_cub_full() if args.full else fake_cub()
     else:
       data = fake_cifar100(n_train=500 if args.full else 2,
                            n_test=100 if args.full else 1)

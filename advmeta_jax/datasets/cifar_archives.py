@@ -18,7 +18,8 @@ Python archive, `cifar-100-python/` (or `cifar-100-python.tar.gz`):
   Read with `safe_pickle` (a warning says that pickles can run code).
 
 Each reader returns `Part`s: the images as a lazy uint8 `[N, 32, 32, 3]` view
-and their fine label names, in file order.
+and their fine label names, in file order. `dataset` (the registered name
+reading the archive: `cifar_fs` or `fc100`) starts every message.
 """
 
 from __future__ import annotations
@@ -95,12 +96,12 @@ def _names_file(text: str, what: str) -> Tuple[str, ...]:
   return _label_names(text.splitlines(), what)
 
 
-def read_binary_folder(folder: str) -> List[Part]:
+def read_binary_folder(folder: str, dataset: str = "cifar_fs") -> List[Part]:
   """The `train` and `test` parts of an extracted binary archive."""
   names_path = os.path.join(folder, "fine_label_names.txt")
   if os.path.isfile(names_path):
     with open(names_path, encoding="latin1") as f:
-      names = _names_file(f.read(), f"cifar_fs: {names_path!r}")
+      names = _names_file(f.read(), f"{dataset}: {names_path!r}")
   else:
     logging.warning("%s: no fine_label_names.txt; using CIFAR-100's label "
                     "order (the names sorted).", folder)
@@ -112,17 +113,17 @@ def read_binary_folder(folder: str) -> List[Part]:
       buffer = np.memmap(path, np.uint8, mode="r") if os.path.getsize(
           path) else np.zeros(0, np.uint8)
     except OSError as e:
-      raise DataError(f"cifar_fs: cannot read {path!r} ({e}).") from e
-    parts.append(parse_bin(buffer, names, part, f"cifar_fs: {path!r}"))
+      raise DataError(f"{dataset}: cannot read {path!r} ({e}).") from e
+    parts.append(parse_bin(buffer, names, part, f"{dataset}: {path!r}"))
   return parts
 
 
-def _tar_members(path: str, wanted: Tuple[str, ...]):
+def _tar_members(path: str, wanted: Tuple[str, ...], dataset: str):
   """Yields `(basename, fileobj)` of the members named `wanted` of a tar.gz."""
   try:
     tar = tarfile.open(path, "r:*")
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-    raise DataError(f"cifar_fs: cannot open {path!r} as a tar archive "
+    raise DataError(f"{dataset}: cannot open {path!r} as a tar archive "
                     f"({base_lib.reason(e)}); download it again.") from e
   with tar:
     seen = set()
@@ -134,87 +135,90 @@ def _tar_members(path: str, wanted: Tuple[str, ...]):
           yield base, tar.extractfile(member), f"{path}::{member.name}"
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
       raise DataError(
-          f"cifar_fs: {path!r} is truncated or corrupt ({base_lib.reason(e)}); "
+          f"{dataset}: {path!r} is truncated or corrupt ({base_lib.reason(e)}); "
           f"download it again.") from e
   missing = [w for w in wanted if w not in seen]
   if missing:
-    raise DataError(f"cifar_fs: {path!r} has no member {missing[0]!r} (it "
+    raise DataError(f"{dataset}: {path!r} has no member {missing[0]!r} (it "
                     f"must hold {', '.join(wanted)}).")
 
 
-def _read_member(fileobj, label: str) -> bytes:
+def _read_member(fileobj, label: str, dataset: str) -> bytes:
   try:
     return fileobj.read()
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-    raise DataError(f"cifar_fs: {label!r} cannot be read: the archive is "
+    raise DataError(f"{dataset}: {label!r} cannot be read: the archive is "
                     f"truncated or corrupt ({base_lib.reason(e)}).") from e
 
 
-def read_binary_tar(path: str) -> List[Part]:
+def read_binary_tar(path: str, dataset: str = "cifar_fs") -> List[Part]:
   """The `train` and `test` parts of `cifar-100-binary.tar.gz`."""
   raw, names = {}, None
   wanted = ("fine_label_names.txt", "train.bin", "test.bin")
-  for base, fileobj, label in _tar_members(path, wanted):
-    data = _read_member(fileobj, label)
+  for base, fileobj, label in _tar_members(path, wanted, dataset):
+    data = _read_member(fileobj, label, dataset)
     if base == "fine_label_names.txt":
-      names = _names_file(data.decode("latin1"), f"cifar_fs: {label!r}")
+      names = _names_file(data.decode("latin1"), f"{dataset}: {label!r}")
     else:
-      raw[base[:-4]] = (np.frombuffer(data, np.uint8), f"cifar_fs: {label!r}")
+      raw[base[:-4]] = (np.frombuffer(data, np.uint8), f"{dataset}: {label!r}")
   return [parse_bin(raw[p][0], names, p, raw[p][1]) for p in ("train", "test")]
 
 
-def parse_python(data, names: Tuple[str, ...], part: str, label: str) -> Part:
+def parse_python(data, names: Tuple[str, ...], part: str, label: str,
+                 dataset: str = "cifar_fs") -> Part:
   """One unpickled `train`/`test` dict -> `(images view, fine names)`."""
-  pixels = safe_pickle.get(data, "data", label, "cifar_fs",
+  pixels = safe_pickle.get(data, "data", label, dataset,
                            "uint8 [N, 3072]")
-  fine = safe_pickle.get(data, "fine_labels", label, "cifar_fs",
+  fine = safe_pickle.get(data, "fine_labels", label, dataset,
                          "a list of N fine labels")
   if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or
       pixels.ndim != 2 or pixels.shape[1] != PIXELS):
     raise DataError(
-        f"cifar_fs: {label!r}: 'data' must be a uint8 array [N, {PIXELS}], "
+        f"{dataset}: {label!r}: 'data' must be a uint8 array [N, {PIXELS}], "
         f"got {getattr(pixels, 'dtype', type(pixels).__name__)} "
         f"{getattr(pixels, 'shape', '')}.")
   try:
     fine = np.asarray(fine, np.int64).reshape(-1)
   except (TypeError, ValueError) as e:
-    raise DataError(f"cifar_fs: {label!r}: 'fine_labels' must be a list of "
+    raise DataError(f"{dataset}: {label!r}: 'fine_labels' must be a list of "
                     f"integers ({e}).") from e
   if (fine.shape != (pixels.shape[0],) or not fine.size or fine.min() < 0 or
       fine.max() > 99):
-    raise DataError(f"cifar_fs: {label!r}: 'fine_labels' must hold "
+    raise DataError(f"{dataset}: {label!r}: 'fine_labels' must hold "
                     f"{pixels.shape[0]} labels in 0-99.")
-  _check_count(len(fine), part, f"cifar_fs: {label!r}")
+  _check_count(len(fine), part, f"{dataset}: {label!r}")
   return planes_to_images(pixels), np.asarray(names)[fine]
 
 
-def _meta_names(meta, label: str) -> Tuple[str, ...]:
+def _meta_names(meta, label: str, dataset: str) -> Tuple[str, ...]:
   return _label_names(safe_pickle.get(meta, "fine_label_names", label,
-                                      "cifar_fs", "the 100 label names"),
-                      f"cifar_fs: {label!r}")
+                                      dataset, "the 100 label names"),
+                      f"{dataset}: {label!r}")
 
 
-def read_python_folder(folder: str) -> List[Part]:
+def read_python_folder(folder: str, dataset: str = "cifar_fs") -> List[Part]:
   """The `train` and `test` parts of an extracted python archive."""
   meta_path = os.path.join(folder, "meta")
-  names = _meta_names(safe_pickle.load(meta_path, "cifar_fs"), meta_path)
+  names = _meta_names(safe_pickle.load(meta_path, dataset), meta_path,
+                      dataset)
   parts = []
   for part in ("train", "test"):
     path = os.path.join(folder, part)
-    data = safe_pickle.load(path, "cifar_fs", warned=True)
-    parts.append(parse_python(data, names, part, path))
+    data = safe_pickle.load(path, dataset, warned=True)
+    parts.append(parse_python(data, names, part, path, dataset))
   return parts
 
 
-def read_python_tar(path: str) -> List[Part]:
+def read_python_tar(path: str, dataset: str = "cifar_fs") -> List[Part]:
   """The `train` and `test` parts of `cifar-100-python.tar.gz`."""
   loaded, whats = {}, {}
-  for base, fileobj, label in _tar_members(path, ("meta", "train", "test")):
-    loaded[base] = safe_pickle.load(label, "cifar_fs", fileobj=fileobj,
+  for base, fileobj, label in _tar_members(path, ("meta", "train", "test"),
+                                           dataset):
+    loaded[base] = safe_pickle.load(label, dataset, fileobj=fileobj,
                                     warned=bool(loaded))
     whats[base] = label
-  names = _meta_names(loaded["meta"], whats["meta"])
-  return [parse_python(loaded[p], names, p, whats[p]) for p in ("train",
+  names = _meta_names(loaded["meta"], whats["meta"], dataset)
+  return [parse_python(loaded[p], names, p, whats[p], dataset) for p in ("train",
                                                                  "test")]
 
 

@@ -4,7 +4,11 @@ torchmeta (Deleu et al., "Torchmeta: A meta-learning library for PyTorch",
 2019) converts CIFAR-100 and MiniImageNet once into HDF5 files with one
 dataset of shape `[n, H, W, 3]` per class, and lists each split's classes in a
 JSON file beside them. Each dataset is read straight into its place in one
-preallocated array, so a split costs one copy of its pixels.
+preallocated array, so a split costs one copy of its pixels
+(`read_datasets`). For tieredImageNet and CUB it keeps the encoded files
+instead: one dataset of shape `[n]` per class whose elements are
+variable-length uint8 arrays, the bytes of a PNG or JPEG file
+(`read_encoded_datasets` decodes them).
 """
 
 from __future__ import annotations
@@ -90,4 +94,52 @@ def read_datasets(path: str, keys: Sequence[str], image_size: int,
                         f"({base.reason(e)}); the "
                         f"file is truncated or corrupt.") from e
       pos += shape[0]
+  return out, counts
+
+
+def read_encoded_datasets(path: str, keys: Sequence[str], image_size: int,
+                          what: str) -> Tuple[np.ndarray, List[int]]:
+  """Decodes the datasets `keys` of encoded images into one uint8 array.
+
+  Args:
+    path: the HDF5 file.
+    keys: datasets of shape `[n]` whose elements are the bytes of one image
+      file each (h5py's variable-length uint8), in class order.
+    image_size: side of the returned images.
+    what: the split, for messages.
+
+  Returns:
+    `(images, counts)`: uint8 `[sum(counts), image_size, image_size, 3]` and
+    the number of images of each dataset.
+
+  Raises:
+    DataError: the file cannot be opened, a key is missing or is not a 1-D
+      dataset of variable-length bytes, or an image cannot be decoded.
+  """
+  from advmeta_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  with _open(path, what) as f:
+    shapes = []
+    for key in keys:
+      ds = f.get(key)
+      if ds is None or not hasattr(ds, "shape"):
+        raise DataError(f"{what}: {path!r} has no dataset {key!r} (it holds "
+                        f"{sorted(f.keys())[:8]} at the top).")
+      if len(ds.shape) != 1 or ds.dtype.kind != "O":
+        raise DataError(f"{what}: {path!r}[{key!r}] must hold one encoded "
+                        f"image (variable-length uint8) per element, [n], got "
+                        f"{ds.dtype} {ds.shape}.")
+      shapes.append(ds.shape)
+    counts = [s[0] for s in shapes]
+    out = np.empty((sum(counts), image_size, image_size, 3), np.uint8)
+    pos = 0
+    for key, count in zip(keys, counts):
+      try:
+        items = list(f[key][()]) if count else []
+      except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{what}: cannot read {path!r}[{key!r}] "
+                        f"({base.reason(e)}); the file is truncated or "
+                        f"corrupt.") from e
+      out[pos:pos + count] = image_folder.read_image_bytes(
+          items, image_size, f"{path!r}[{key!r}]")
+      pos += count
   return out, counts

@@ -40,6 +40,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLITS_FILE = "splits.json"
 
 
+def _to_rgb_array(image, image_size: int) -> np.ndarray:
+  """An open Pillow image as uint8 RGB `[image_size, image_size, 3]`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image.load()
+  if image.mode in ("RGBA", "LA", "PA") or (
+      image.mode == "P" and "transparency" in image.info):
+    image = image.convert("RGBA")
+  image = image.convert("RGB")
+  if image.size != (image_size, image_size):
+    image = image.resize((image_size, image_size), Image.BILINEAR)
+  return np.asarray(image, dtype=np.uint8)
+
+
 def decode_image_file(path: str, image_size: int) -> np.ndarray:
   """Decodes one image file to uint8 RGB `[image_size, image_size, 3]`.
 
@@ -57,14 +70,7 @@ def decode_image_file(path: str, image_size: int) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
-      image.load()
-      if image.mode in ("RGBA", "LA", "PA") or (
-          image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-      image = image.convert("RGB")
-      if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.BILINEAR)
-      array = np.asarray(image, dtype=np.uint8)
+      array = _to_rgb_array(image, image_size)
   except FileNotFoundError as e:
     raise DataError(f"image file {path!r} does not exist.") from e
   except Exception as e:  # Pillow raises several types for a corrupt file
@@ -72,6 +78,46 @@ def decode_image_file(path: str, image_size: int) -> np.ndarray:
         f"cannot decode image file {path!r} ({type(e).__name__}: {e}); "
         f"replace or remove it.") from e
   return array
+
+
+def decode_image_bytes(data, image_size: int, what: str) -> np.ndarray:
+  """Decodes one encoded image (PNG, JPEG, ... bytes) like `decode_image_file`.
+
+  Args:
+    data: the encoded file's bytes (`bytes`, or a uint8 array of them).
+    image_size: side of the returned square image.
+    what: where the bytes came from (file and index), for messages.
+
+  Raises:
+    DataError: the bytes cannot be decoded as an image.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    if isinstance(data, np.ndarray):
+      data = data.tobytes()
+    with Image.open(io.BytesIO(data)) as image:
+      return _to_rgb_array(image, image_size)
+  except Exception as e:  # Pillow raises several types for corrupt bytes
+    raise DataError(
+        f"cannot decode {what} as an image ({type(e).__name__}: "
+        f"{' '.join(str(e).split())}); the file is truncated or corrupt."
+    ) from e
+
+
+def _parallel_decode(decode, items: Sequence, image_size: int) -> np.ndarray:
+  """`decode(item)` of every item in threads (Pillow releases the GIL)."""
+  out = np.empty((len(items), image_size, image_size, 3), np.uint8)
+  if not len(items):
+    return out
+  workers = min(32, (os.cpu_count() or 1) + 4)
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  try:
+    for i, image in enumerate(pool.map(decode, items)):
+      out[i] = image
+  finally:  # on an error, do not decode the rest before reporting it
+    pool.shutdown(wait=True, cancel_futures=True)
+  return out
 
 
 def read_image_files(paths: Sequence[str], image_size: int) -> np.ndarray:
@@ -87,18 +133,28 @@ def read_image_files(paths: Sequence[str], image_size: int) -> np.ndarray:
   Raises:
     DataError: naming the first file that is missing or cannot be decoded.
   """
-  out = np.empty((len(paths), image_size, image_size, 3), np.uint8)
-  if not paths:
-    return out
-  workers = min(32, (os.cpu_count() or 1) + 4)
-  pool = concurrent.futures.ThreadPoolExecutor(workers)
-  try:
-    for i, image in enumerate(
-        pool.map(lambda p: decode_image_file(p, image_size), paths)):
-      out[i] = image
-  finally:  # on an error, do not decode the rest before reporting it
-    pool.shutdown(wait=True, cancel_futures=True)
-  return out
+  return _parallel_decode(lambda p: decode_image_file(p, image_size), paths,
+                          image_size)
+
+
+def read_image_bytes(items: Sequence, image_size: int,
+                     what: str) -> np.ndarray:
+  """Decodes encoded images held in memory, in parallel threads.
+
+  Args:
+    items: encoded images (`bytes` or uint8 arrays of the bytes).
+    image_size: side of the returned square images.
+    what: their source (a file), for messages; the item's index is added.
+
+  Returns:
+    uint8 `[len(items), image_size, image_size, 3]`.
+
+  Raises:
+    DataError: naming the first item that cannot be decoded.
+  """
+  return _parallel_decode(
+      lambda iv: decode_image_bytes(iv[1], image_size, f"{what} item {iv[0]}"),
+      list(enumerate(items)), image_size)
 
 
 def _list_images(folder: str) -> List[str]:

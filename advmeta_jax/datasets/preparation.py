@@ -21,13 +21,17 @@ import numpy as np
 from advmeta_jax.datasets import base
 from advmeta_jax.datasets import cache
 from advmeta_jax.datasets import cifar_fs
+from advmeta_jax.datasets import cub
+from advmeta_jax.datasets import fc100
 from advmeta_jax.datasets import mini_imagenet
 from advmeta_jax.datasets import omniglot
 from advmeta_jax.datasets import sources
+from advmeta_jax.datasets import tiered_imagenet
 from advmeta_jax.errors import DataError
 
 LAYOUTS = {"cifar_fs": cifar_fs.LAYOUTS, "mini_imagenet": mini_imagenet.LAYOUTS,
-           "omniglot": omniglot.LAYOUTS}
+           "omniglot": omniglot.LAYOUTS, "fc100": fc100.LAYOUTS,
+           "tiered_imagenet": tiered_imagenet.LAYOUTS, "cub": cub.LAYOUTS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +69,7 @@ def prepare(name: str, *, data_dir: str, cache_dir: Optional[str] = None,
   """Reads every split of `name` once, building the cache where it is slow.
 
   Args:
-    name: "cifar_fs", "mini_imagenet" or "omniglot".
+    name: a key of `LAYOUTS` (a dataset read from local files).
     data_dir: the folder holding one of the dataset's layouts.
     cache_dir: where caches are kept; `None`: next to the data.
     image_size: side of the images (default: the dataset's).
