@@ -22,3 +22,9 @@ def test_public_names_import(module):
   mod = importlib.import_module(module)
   for name in PUBLIC[module]:
     assert callable(getattr(mod, name)), f"{module}.{name}"
+
+
+def test_the_version_is_declared_once():
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import advmeta_jax  # pylint: disable=g-import-not-at-top
+  assert advmeta_jax.__version__ == importlib.metadata.version("advmeta_jax")

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from advmeta_jax import training
 from advmeta_jax.config import autotune
 
 pytestmark = pytest.mark.integration
@@ -125,6 +126,15 @@ def test_train_prints_the_table_and_writes_the_run(tiny_run):
   assert summary["episodes"] == 10
   assert f"{100 * summary['accuracy']:.2f}" == row[1]
   assert f"{100 * summary['accuracy_ci95']:.2f}" == row[2]
+
+  # TensorBoard (WORKDIR/tb), read back with TensorBoard's own reader: the
+  # logged steps of metrics.jsonl and the meta-test.
+  scalars = training.read_scalars(str(workdir / "tb"))
+  assert scalars["train/loss"] == {
+      m["step"]: pytest.approx(m["loss"]) for m in metrics}
+  assert set(scalars["train/step_time_s"]) == {1, 2, 3}
+  assert scalars["test/accuracy"] == {3: pytest.approx(float(row[1]),
+                                                       abs=0.01)}
 
 
 def test_evaluate_reproduces_the_table_of_the_run(tiny_run, tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from advmeta_jax.errors import ConfigError, DataError
+from advmeta_jax import training
 from advmeta_jax.training import loop
 from advmeta_jax.training import rundir
 
@@ -162,3 +163,34 @@ def test_metric_lines_past_the_checkpoint_are_dropped_with_a_line_saying_which(
   assert "dropping the truncated last line" in text
   assert ("dropping 2 line(s) of step(s) 6, 8, logged after the checkpoint "
           "of step 4") in text
+
+
+def test_tensorboard_summaries_are_read_back_and_a_resume_drops_orphans(
+    tmp_path):
+  """`SummaryWriter` through TensorBoard's own reader: the points as
+  written; a session resumed at step 2 drops the first session's steps past
+  2, as TensorBoard shows them."""
+  logdir = str(tmp_path / "tb")
+  first = training.SummaryWriter(logdir)
+  for step in (1, 2, 3):
+    first.scalars(step, {"loss": 1.0 / step, "skip": float("nan"),
+                         "name": "not a number"}, prefix="train/")
+  first.close()
+  assert training.read_scalars(logdir) == {
+      "train/loss": {1: 1.0, 2: 0.5, 3: pytest.approx(1 / 3)}}
+  second = training.SummaryWriter(logdir, resumed_at=2)
+  second.scalars(3, {"loss": 0.25}, prefix="train/")
+  second.close()
+  assert training.read_scalars(logdir)["train/loss"] == {1: 1.0, 2: 0.5,
+                                                          3: 0.25}
+
+
+def test_a_summary_writer_that_cannot_write_warns_once_and_goes_on(
+    tmp_path, caplog):
+  target = tmp_path / "afile"
+  target.write_text("")
+  writer = training.SummaryWriter(str(target / "tb"))   # under a file
+  writer.scalars(1, {"loss": 1.0})
+  writer.close()
+  assert sum("TensorBoard summaries" in r.getMessage()
+             for r in caplog.records) == 1

@@ -427,6 +427,9 @@ class LoopConfig(Section):
                            check=positive_int)
   log_every: int = setting(50, "Write metrics every this many steps.",
                            check=positive_int)
+  tensorboard: bool = setting(
+      True, "Also write the metrics as TensorBoard summaries to WORKDIR/tb "
+      "(metrics.jsonl is written either way).")
   checkpoint_every: int = setting(100, "Save a checkpoint every this many "
                                   "steps.", check=positive_int)
   keep_checkpoints: int = setting(3, "Checkpoints kept (the newest).",

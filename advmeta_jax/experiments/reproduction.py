@@ -85,6 +85,13 @@ def train_and_test(config: Config, workdir: str, *,
     return TrainTestResult(state)
   result = evaluation.meta_test_config(config, state.params, "test",
                                        data=test_split)
+  if config.loop.tensorboard:
+    writer = training.SummaryWriter(os.path.join(workdir, "tb"))
+    writer.scalars(int(state.step), {"accuracy": 100 * result.mean,
+                                     "ci95": 100 * result.ci95,
+                                     "loss": float(result.loss.mean())},
+                   prefix="test/")
+    writer.close()
   report = reports.write_meta_test({config.learner_label: result}, config,
                                    workdir)
   return TrainTestResult(state, result, report)

@@ -7,6 +7,7 @@ run directory.
     rundir.py       opening a run's directory, SIGTERM, `restore_run`
     checkpoints.py  config.json, metrics.jsonl, orbax checkpoints
     sharding.py     the device mesh over the task batch
+    summaries.py    TensorBoard summaries (WORKDIR/tb) beside metrics.jsonl
 """
 
 from advmeta_jax.training import builders
@@ -15,6 +16,7 @@ from advmeta_jax.training import loop
 from advmeta_jax.training import rundir
 from advmeta_jax.training import sharding
 from advmeta_jax.training import step
+from advmeta_jax.training import summaries
 from advmeta_jax.training.loop import train
 from advmeta_jax.training.step import batch_outer_loss
 from advmeta_jax.training.step import batch_value_and_grad
@@ -38,6 +40,8 @@ from advmeta_jax.training.builders import make_train_attack
 from advmeta_jax.training.rundir import open_run
 from advmeta_jax.training.rundir import restore_run
 from advmeta_jax.training.rundir import StopSignal
+from advmeta_jax.training.summaries import read_scalars
+from advmeta_jax.training.summaries import SummaryWriter
 from advmeta_jax.training.checkpoints import CHECKPOINT_DIR
 from advmeta_jax.training.checkpoints import CONFIG_FILE
 from advmeta_jax.training.checkpoints import METRICS_FILE

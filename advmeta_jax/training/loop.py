@@ -44,6 +44,8 @@ from advmeta_jax.training.step import jitted_train_iteration
 from advmeta_jax.training.step import config_optimizer
 from advmeta_jax.training.step import run_keys
 from advmeta_jax.training.step import TrainState
+from advmeta_jax.training.summaries import SummaryWriter
+from advmeta_jax.training.summaries import TB_DIR
 
 StepCallback = Callable[[int, Dict[str, float]], None]
 
@@ -217,11 +219,14 @@ class _LossCheck:
 
 
 class _MetricsLog:
-  """metrics.jsonl (first process only), the progress bar and the step rate."""
+  """metrics.jsonl and the TensorBoard summaries (first process only), the
+  progress bar and the step rate."""
 
-  def __init__(self, path: Optional[str], bar: Optional[tqdm.tqdm]):
+  def __init__(self, path: Optional[str], bar: Optional[tqdm.tqdm],
+               summaries: Optional[SummaryWriter] = None):
     self.file = open(path, "a") if path else None   # pylint: disable=consider-using-with
     self.bar = bar
+    self.summaries = summaries
     self.t_last, self.n_since = time.perf_counter(), 0
 
   def step(self) -> None:
@@ -238,6 +243,12 @@ class _MetricsLog:
       return
     self.file.write(json.dumps(metrics) + "\n")
     self.file.flush()
+    if self.summaries is not None:
+      self.summaries.scalars(done, {
+          **{k: v for k, v in metrics.items() if k != "step"},
+          "step_time_s": 1.0 / max(metrics["steps_per_sec"], 1e-12)},
+                             prefix="train/")
+      self.summaries.flush()
     if self.bar is not None:
       self.bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                            acc=f"{metrics['query_accuracy']:.3f}",
@@ -250,6 +261,8 @@ class _MetricsLog:
       self.bar.close()
     if self.file is not None:
       self.file.close()
+    if self.summaries is not None:
+      self.summaries.close()
 
 
 def _run_steps(config: Config, workdir: str, manager, state: TrainState,
@@ -264,8 +277,11 @@ def _run_steps(config: Config, workdir: str, manager, state: TrainState,
     bar = tqdm.tqdm(total=loop.num_steps, initial=start, unit="step",
                     dynamic_ncols=True,
                     mininterval=0.5 if sys.stderr.isatty() else 30.0)
+  summaries = (SummaryWriter(os.path.join(workdir, TB_DIR),
+                             resumed_at=start if resumed else None)
+               if primary and loop.tensorboard else None)
   log = _MetricsLog(os.path.join(workdir, METRICS_FILE) if primary else None,
-                    bar)
+                    bar, summaries)
   losses = _LossCheck(config, workdir, manager, start if resumed else None)
   stop = rundir.StopSignal()
   try:
