@@ -12,6 +12,7 @@ import math
 import os
 import logging as py_logging
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -20,6 +21,47 @@ from absl import logging
 from advmeta_jax import config as config_lib
 from advmeta_jax.errors import AdvMetaError
 from advmeta_jax.errors import ConfigError
+
+
+def default_compilation_cache_dir() -> str:
+  """`$XDG_CACHE_HOME/advmeta_jax/xla` (`~/.cache/advmeta_jax/xla`)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "advmeta_jax", "xla")
+
+
+flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "XLA's persistent compilation cache: a later launch of the same programs "
+    "loads them instead of compiling (default: $JAX_COMPILATION_CACHE_DIR, "
+    "else ~/.cache/advmeta_jax/xla; '' turns it off).")
+
+
+def enable_compilation_cache(path=None) -> Optional[str]:
+  """Points JAX's persistent compilation cache at `path` (default: the
+  --compilation_cache_dir flag, else $JAX_COMPILATION_CACHE_DIR, else
+  `default_compilation_cache_dir()`); '' leaves it off. A directory that
+  cannot be created or written is a warning, not an error: the run compiles
+  as without a cache. Returns the directory in use, or None."""
+  if path is None:
+    path = flags.FLAGS.compilation_cache_dir if flags.FLAGS.is_parsed() and (
+        "compilation_cache_dir" in flags.FLAGS) else None
+  if path is None:
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
+        default_compilation_cache_dir())
+  if not path:
+    return None
+  path = os.path.expanduser(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK):
+      raise PermissionError(f"{path} is not writable")
+  except OSError as e:
+    logging.warning("no compilation cache (%s); every program compiles.", e)
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
 
 
 def define_config_flags(only=None, flag_values=flags.FLAGS):
@@ -98,6 +140,7 @@ def user_errors_exit(main):
   @functools.wraps(main)
   def wrapped(argv):
     quiet_library_logs()
+    enable_compilation_cache()
     try:
       return main(argv)
     except AdvMetaError as e:
