@@ -41,7 +41,6 @@ warning.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional
 
@@ -59,8 +58,6 @@ from advmeta_jax.errors import DataError
 NAME = "cifar_fs"
 BERTINETTO_SPLITS = ("splits", "bertinetto")
 METAOPTNET_FILE = "CIFAR_FS_{split}.pickle"
-TORCHMETA_DATA = "data.hdf5"
-TORCHMETA_LABELS = ("cifar-fs", "{split}_labels.json")
 
 
 def _split_name(split: str) -> str:
@@ -159,12 +156,8 @@ def _read_bertinetto(source: str, split: str, image_size: int,
 
 
 def _torchmeta_root(root: str, split: str) -> Optional[str]:
-  for folder in (root, os.path.join(root, "cifar100")):
-    labels = os.path.join(folder, *TORCHMETA_LABELS).format(split=split)
-    if os.path.isfile(os.path.join(folder, TORCHMETA_DATA)) and os.path.isfile(
-        labels):
-      return folder
-  return None
+  from advmeta_jax.datasets import hdf5  # pylint: disable=g-import-not-at-top
+  return hdf5.torchmeta_cifar_root(root, split, "cifar-fs")
 
 
 def _read_torchmeta(source: str, split: str, image_size: int,
@@ -172,26 +165,9 @@ def _read_torchmeta(source: str, split: str, image_size: int,
   """torchmeta's `data.hdf5` + `cifar-fs/<split>_labels.json`."""
   del dataset
   from advmeta_jax.datasets import hdf5  # pylint: disable=g-import-not-at-top
-  name = _split_name(split)
-  labels_path = os.path.join(source, *TORCHMETA_LABELS).format(split=split)
-  pairs = hdf5.read_json_list(labels_path, name, "[coarse, fine] pairs")
-  if not all(isinstance(p, list) and len(p) == 2 and
-             all(isinstance(x, str) for x in p) for p in pairs):
-    raise DataError(f"{name}: {labels_path!r} must be a JSON list of "
-                    f"[coarse name, fine name] pairs.")
-  coarse_of = {fine: coarse for coarse, fine in pairs}
-  classes = splits.ordered_classes(list(coarse_of), splits.CIFAR_FS_SPLITS[split],
-                                   f"{name} ({labels_path})")
-  keys = [f"{coarse_of[c]}/{c}" for c in classes]
-  images, counts = hdf5.read_datasets(os.path.join(source, TORCHMETA_DATA),
-                                      keys, image_size, name)
-  return {split: _labelled(images, counts, classes, name)}
-
-
-def _labelled(images, counts, classes, name) -> base.ClassSplit:
-  labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
-  return base.ClassSplit(images=images, labels=labels,
-                         class_names=tuple(classes), name=name)
+  return hdf5.read_torchmeta_cifar(
+      source, split, image_size, subfolder="cifar-fs", name=_split_name(split),
+      split_classes=splits.CIFAR_FS_SPLITS[split])
 
 
 # --- MetaOptNet's pickles ------------------------------------------------------

@@ -45,7 +45,6 @@ that pickles can run code.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from typing import Dict, List, Optional
 
@@ -58,8 +57,6 @@ from advmeta_jax.datasets import splits
 from advmeta_jax.errors import DataError
 
 NAME = "fc100"
-TORCHMETA_DATA = "data.hdf5"
-TORCHMETA_LABELS = ("fc100", "{split}_labels.json")
 TADAM_FILE = "few-shot-{split}.npz"
 
 
@@ -101,12 +98,8 @@ def _archive_reader(read_parts, all_splits: bool):
 
 
 def _torchmeta_root(root: str, split: str) -> Optional[str]:
-  for folder in (root, os.path.join(root, "cifar100")):
-    labels = os.path.join(folder, *TORCHMETA_LABELS).format(split=split)
-    if os.path.isfile(os.path.join(folder, TORCHMETA_DATA)) and os.path.isfile(
-        labels):
-      return folder
-  return None
+  from advmeta_jax.datasets import hdf5  # pylint: disable=g-import-not-at-top
+  return hdf5.torchmeta_cifar_root(root, split, "fc100")
 
 
 def _read_torchmeta(source: str, split: str, image_size: int,
@@ -114,22 +107,9 @@ def _read_torchmeta(source: str, split: str, image_size: int,
   """torchmeta's `data.hdf5` + `fc100/<split>_labels.json`."""
   del dataset
   from advmeta_jax.datasets import hdf5  # pylint: disable=g-import-not-at-top
-  name = _split_name(split)
-  labels_path = os.path.join(source, *TORCHMETA_LABELS).format(split=split)
-  pairs = hdf5.read_json_list(labels_path, name, "[coarse, fine] pairs")
-  if not all(isinstance(p, list) and len(p) == 2 and
-             all(isinstance(x, str) for x in p) for p in pairs):
-    raise DataError(f"{name}: {labels_path!r} must be a JSON list of "
-                    f"[coarse name, fine name] pairs.")
-  coarse_of = {fine: coarse for coarse, fine in pairs}
-  classes = splits.ordered_classes(list(coarse_of), splits.FC100_SPLITS[split],
-                                   f"{name} ({labels_path})")
-  keys = [f"{coarse_of[c]}/{c}" for c in classes]
-  images, counts = hdf5.read_datasets(os.path.join(source, TORCHMETA_DATA),
-                                      keys, image_size, name)
-  labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
-  return {split: base.ClassSplit(images=images, labels=labels,
-                                 class_names=tuple(classes), name=name)}
+  return hdf5.read_torchmeta_cifar(
+      source, split, image_size, subfolder="fc100", name=_split_name(split),
+      split_classes=splits.FC100_SPLITS[split])
 
 
 # --- TADAM's npz -----------------------------------------------------------------

@@ -14,11 +14,13 @@ variable-length uint8 arrays, the bytes of a PNG or JPEG file
 from __future__ import annotations
 
 import json
-from typing import List, Sequence, Tuple
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from advmeta_jax.datasets import base
+from advmeta_jax.datasets import splits
 from advmeta_jax.errors import DataError
 
 
@@ -143,3 +145,57 @@ def read_encoded_datasets(path: str, keys: Sequence[str], image_size: int,
           items, image_size, f"{path!r}[{key!r}]")
       pos += count
   return out, counts
+
+
+# torchmeta's CIFAR-100 layout, shared by CIFAR-FS and FC100: `data.hdf5`
+# (one dataset per "<coarse>/<fine>" class) and `<subfolder>/<split>_labels
+# .json` ([coarse, fine] pairs), in the data directory or its `cifar100/`.
+TORCHMETA_CIFAR_DATA = "data.hdf5"
+
+
+def torchmeta_cifar_root(root: str, split: str,
+                         subfolder: str) -> Optional[str]:
+  """The folder of torchmeta's CIFAR-100 files for `split` of the dataset in
+  `subfolder` ("cifar-fs", "fc100"), or None."""
+  for folder in (root, os.path.join(root, "cifar100")):
+    labels = os.path.join(folder, subfolder, f"{split}_labels.json")
+    if os.path.isfile(os.path.join(folder, TORCHMETA_CIFAR_DATA)) and (
+        os.path.isfile(labels)):
+      return folder
+  return None
+
+
+def read_torchmeta_cifar(source: str, split: str, image_size: int, *,
+                         subfolder: str, name: str,
+                         split_classes: Sequence[str]
+                         ) -> Dict[str, base.ClassSplit]:
+  """`{split: ClassSplit}` from torchmeta's CIFAR-100 files in `source`:
+  the classes of `<subfolder>/<split>_labels.json`, checked against
+  `split_classes` and put in their order (`splits.ordered_classes`)."""
+  labels_path = os.path.join(source, subfolder, f"{split}_labels.json")
+  pairs = read_json_list(labels_path, name, "[coarse, fine] pairs")
+  if not all(isinstance(p, list) and len(p) == 2 and
+             all(isinstance(x, str) for x in p) for p in pairs):
+    raise DataError(f"{name}: {labels_path!r} must be a JSON list of "
+                    f"[coarse name, fine name] pairs.")
+  coarse_of = {fine: coarse for coarse, fine in pairs}
+  classes = splits.ordered_classes(list(coarse_of), split_classes,
+                                   f"{name} ({labels_path})")
+  keys = [f"{coarse_of[c]}/{c}" for c in classes]
+  images, counts = read_datasets(os.path.join(source, TORCHMETA_CIFAR_DATA),
+                                 keys, image_size, name)
+  labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
+  return {split: base.ClassSplit(images=images, labels=labels,
+                                 class_names=tuple(classes), name=name)}
+
+
+def torchmeta_split_folder(root: str, split: str,
+                           subfolder: str) -> Optional[str]:
+  """The folder (`root` or `root/<subfolder>`) that holds torchmeta's
+  `<split>_data.hdf5` and `<split>_labels.json` (tieredImageNet, CUB), or
+  None."""
+  for folder in (root, os.path.join(root, subfolder)):
+    if all(os.path.isfile(os.path.join(folder, f"{split}_{suffix}"))
+           for suffix in ("data.hdf5", "labels.json")):
+      return folder
+  return None

@@ -215,12 +215,8 @@ def _read_png_pkl(source: str, split: str, image_size: int,
 
 
 def _torchmeta_probe(root: str, split: str) -> Optional[str]:
-  for folder in (root, os.path.join(root, TORCHMETA_FOLDER)):
-    if (os.path.isfile(os.path.join(folder, TORCHMETA_DATA.format(split=split)))
-        and os.path.isfile(os.path.join(
-            folder, TORCHMETA_LABELS.format(split=split)))):
-      return folder
-  return None
+  from advmeta_jax.datasets import hdf5  # pylint: disable=g-import-not-at-top
+  return hdf5.torchmeta_split_folder(root, split, TORCHMETA_FOLDER)
 
 
 def _read_torchmeta(source: str, split: str, image_size: int,
