@@ -14,6 +14,8 @@ from advmeta_jax.core import models
 
 from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
 _config.register_choices("conv_impl", lambda: models.CONV_IMPLS)
-_config.register_choices("backbone", lambda: models.BACKBONES)
+_config.register_choices("backbone", models.backbone_names,
+                         describe=lambda n: models.get_backbone(n).description)
+_config.register_check("backbone_width", models.check_backbone_width)
 _config.register_choices("compute_dtype", lambda: models.COMPUTE_DTYPES)
 _config.register_check("image_size", models.feature_map_size)
