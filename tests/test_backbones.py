@@ -9,6 +9,7 @@ where torch is not installed.
 """
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ def test_the_registry_is_the_flags_choices_and_documents_each_backbone():
   for name in models.backbone_names():
     spec = models.get_backbone(name)
     assert spec.name == name and len(spec.description) > 20 and spec.reference
-    assert f"{name}: {spec.description}" in help_
+    assert f"{name}: {spec.description.rstrip('.')}" in help_
   with pytest.raises(ConfigError, match="unknown backbone 'resnet50'; choose "
                      "one of conv4, conv4_strided, conv4_64, conv4_wide, "
                      "resnet12"):
@@ -448,3 +449,48 @@ def test_fce_matching_networks_run_on_a_fixed_width_backbone():
   fn = training.batch_value_and_grad(exp.learner, parallel_tasks=0)
   (loss, _), _ = jax.jit(fn)(params, _tasks(2), jax.random.key(2))
   assert np.isfinite(float(loss))
+
+
+# --- the docs' table ------------------------------------------------------------
+
+def _channels(name):
+  spec = models.get_backbone(name)
+  model = spec.build(None, 32, 1.0, "xla", "float32")
+  if isinstance(model, models.StridedConv4):
+    return "-".join(str(32 * 2 ** i) for i in range(4))
+  if isinstance(model, models.Conv4):
+    return "-".join([str(model.filters)] * 4)
+  return "-".join(map(str, model.channels))
+
+
+def markdown_table() -> str:
+  """docs/conventions.md's backbone table, measured from the models
+  (parameters counted from their initialized shapes): every backbone at
+  --filters 32 and --backbone_width 1, on RGB images."""
+  rows = ["| backbone | channels | D, 84×84 | D, 32×32 | parameters "
+          "(embedding) | with a 5-way head, 84×84 | reference code |",
+          "|---|---|---|---|---|---|---|"]
+  for name in models.backbone_names():
+    emb, _ = _shapes(models.make_conv4_embedding(image_size=84,
+                                                 backbone=name), 84)
+    full, _ = _shapes(models.make_conv4(num_classes=5, image_size=84,
+                                        backbone=name), 84)
+    dims = [models.embedding_dim(32, s, name) for s in PAPER_SIZES]
+    rows.append(f"| `{name}` | {_channels(name)} | {dims[0]:,} | {dims[1]:,} "
+                f"| {models.num_params(emb):,} | {models.num_params(full):,} "
+                f"| {models.get_backbone(name).reference} |")
+  return "\n".join(rows)
+
+
+def test_the_docs_backbone_table_is_measured():
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" /
+          "conventions.md").read_text()
+  table = text.split("<!-- backbone table -->")[1].split(
+      "<!-- /backbone table -->")[0].strip()
+  assert table == markdown_table(), (
+      "docs/conventions.md's backbone table is stale: paste the output of "
+      "`python -m tests.test_backbones` between its markers.")
+
+
+if __name__ == "__main__":
+  print(markdown_table())

@@ -223,7 +223,8 @@ def setting(default, help, *, check: Optional[Check] = None,  # pylint: disable=
 
 def _described_choices(kind: str, intro: str) -> str:
   return intro + ": " + "; ".join(
-      f"{n}: {description(kind, n)}" for n in choices(kind)) + "."
+      f"{n}: {(description(kind, n) or '').rstrip('.')}"
+      for n in choices(kind)) + "."
 
 
 def _dataset_help() -> str:
@@ -275,8 +276,8 @@ class ModelConfig(Section):
   """The network (`--backbone`, conv4 by default) and its head's extras."""
   backbone: str = setting(
       "conv4", lambda: _described_choices(
-          "backbone", "The network every learner runs (its embedding, plus a "
-          "linear head for maml/anil)"),
+          "backbone", "The network every learner runs (its embedding; the "
+          "gradient learners add a linear head)"),
       choices=_choices_of("backbone"))
   filters: int = setting(32, "F: filters per conv4 convolution (32 "
                          "MiniImageNet/CIFAR-FS, 64 Omniglot); the first "

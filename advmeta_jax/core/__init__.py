@@ -1,7 +1,8 @@
-"""The model and the data it sees: conv4 (and its convolution formulations),
-the losses every learner uses, and N-way K-shot episodes.
+"""The model and the data it sees: the backbones (conv4 and its convolution
+formulations, ResNet-12, ...), the losses every learner uses, and N-way
+K-shot episodes.
 
-    models.py       conv4, its embedding, `make_apply_fn`, parameter init
+    models.py       the backbones and their registry, `make_apply_fn`, init
     hybrid_conv.py  the convolution whose derivatives stay fast on a CPU
     losses.py       cross-entropy and accuracy
     episodes.py     tasks sampled on the device from an explicit key

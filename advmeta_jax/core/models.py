@@ -1,4 +1,16 @@
-"""The MAML conv4 model in Flax Linen, with transductive BatchNorm.
+"""The backbones in Flax Linen, with transductive BatchNorm: MAML's conv4,
+and the others `--backbone` names (the registry `BACKBONE_REGISTRY`, at the
+end of this module; docs/conventions.md, "Backbones"):
+
+    conv4          below (F = --filters)
+    conv4_strided  the TAFL authors' strided conv net (`StridedConv4`)
+    conv4_64       conv4 with ProtoNet's 64 filters
+    conv4_wide     R2-D2's 96-192-384-512 conv4 (`WideConv4`)
+    resnet12       MetaOptNet's ResNet-12 (`ResNet12`), 12.4 M parameters
+
+Each is built with a linear head "head" over the N classes or without it
+(the embedding, D = `embedding_dim(...)`), and every learner sees it only as
+`apply(params, x)` (`make_apply_fn`).
 
 conv4 (Finn et al. 2017; Vinyals et al. 2016): four blocks of
 3×3 convolution (F filters, SAME padding) → BatchNorm → ReLU → 2×2 max-pool,
