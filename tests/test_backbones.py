@@ -310,6 +310,30 @@ def test_conv4_wide_matches_r2d2s_code_in_torch():
   np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("backbone", ["conv4_wide", "resnet12"])
+def test_the_convolution_formulations_compute_the_same_backbone(backbone):
+  """matmul, hybrid (the CPU's `auto`) and xla: the same logits and
+  parameter gradients (tests/test_models.py checks the three on conv4 in the
+  unit tier; these backbones reuse its `Conv3x3`)."""
+  x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3))
+  build = lambda impl: models.make_conv4(
+      num_classes=3, image_size=16, backbone=backbone, width=1 / 16,
+      conv_impl=impl)
+  params = models.init_params(build("xla"), jax.random.key(0), (16, 16, 3))
+  results = {}
+  for impl in models.CONV_IMPLS:
+    apply_fn = models.make_apply_fn(build(impl))
+    loss = lambda p, f=apply_fn: jnp.sum(jnp.sin(f(p, x)))
+    results[impl] = jax.jit(jax.value_and_grad(loss))(params)
+  for impl in ("matmul", "hybrid"):
+    np.testing.assert_allclose(results[impl][0], results["xla"][0],
+                               rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(results[impl][1]),
+                    jax.tree.leaves(results["xla"][1])):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
 # --- DropBlock ------------------------------------------------------------------
 
 def _metaoptnet_block_mask(mask, block_size):
