@@ -221,6 +221,12 @@ def setting(default, help, *, check: Optional[Check] = None,  # pylint: disable=
       help=help, check=check, choices=choices, kind=kind, what=what))
 
 
+def _described_choices(kind: str, intro: str) -> str:
+  return intro + ": " + "; ".join(
+      f"{n}: {(description(kind, n) or '').rstrip('.')}"
+      for n in choices(kind)) + "."
+
+
 def _dataset_help() -> str:
   describe = _DESCRIPTIONS.get("dataset", lambda n: "")
   return "Few-shot dataset: " + "; ".join(
@@ -267,18 +273,24 @@ class DataConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Section):
-  """conv4: 4 x (3x3 conv, BatchNorm, ReLU, 2x2 max-pool) + linear head."""
+  """The network (`--backbone`, conv4 by default) and its head's extras."""
   backbone: str = setting(
-      "conv4", "The network: conv4 (4 x (3x3 conv, BatchNorm, ReLU, 2x2 "
-      "max-pool), flattened, linear head; the MAML model) or conv4_strided "
-      "(4 x (3x3 conv of stride 2 with bias, BatchNorm without scale or "
-      "offset, ReLU) with F, 2F, 4F, 8F filters, averaged over positions, "
-      "linear head; the TAFL authors' code).",
+      "conv4", lambda: _described_choices(
+          "backbone", "The network every learner runs (its embedding; the "
+          "gradient learners add a linear head)"),
       choices=_choices_of("backbone"))
   filters: int = setting(32, "F: filters per conv4 convolution (32 "
                          "MiniImageNet/CIFAR-FS, 64 Omniglot); the first "
-                         "block's with conv4_strided.",
+                         "block's with conv4_strided; unused by the "
+                         "fixed-width backbones (conv4_64, conv4_wide, "
+                         "resnet12).",
                          check=positive_int)
+  backbone_width: float = setting(
+      1.0, "Multiplies the reference channels of the fixed-width backbones "
+      "(conv4_64's 64, conv4_wide's 96-192-384-512, resnet12's "
+      "64-160-320-640; rounded): 1 is the papers' network, less a thinner "
+      "one for quick runs. conv4 and conv4_strided refuse it (--filters "
+      "sets theirs).", check=positive_float, kind=float)
   compute_dtype: str = setting(
       "float32", "Convolution input dtype (float32 accumulation and "
       "parameters either way): bfloat16 halves activation memory and is "
@@ -587,12 +599,8 @@ class Config:
     """Checks every field; raises `ConfigError` naming the field and value."""
     for s in SECTIONS:
       getattr(self, s).validate()
-    if self.model.backbone != "conv4" and (
-        self.meta.learner == "r2d2" or self.model.fce != "none"):
-      raise ConfigError(
-          f"backbone={self.model.backbone!r} is built for the gradient "
-          "learners, protonet and matchingnet without FCE; r2d2 and FCE use "
-          "backbone='conv4'.")
+    _registered("backbone_width")(self.model.backbone,
+                                  self.model.backbone_width)
     if self.model.fce != "none" and self.meta.learner != "matchingnet":
       raise ConfigError(f"fce={self.model.fce!r} applies to learner "
                         f"'matchingnet' only, not {self.meta.learner!r}; use "

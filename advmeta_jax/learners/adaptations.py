@@ -9,13 +9,18 @@ in one function, with no inner loop).
 Five kinds are registered (`KINDS`), each built from a model function and a
 run's config (`Kind.build(apply_fn, config)`):
 
-    gradient   MAML's SGD steps on the support loss (conv4 with its head)
-    head       ANIL's SGD steps on the head only (conv4 with its head)
-    prototype  Prototypical Networks (conv4's embedding, no head)
-    matching   Matching Networks (conv4's embedding, no head); with --fce=adml
-               or vinyals, full context embeddings (fce.py)
-    ridge      R2-D2's closed-form ridge regression (conv4's embedding and
-               the head's learned scale (and offset); r2d2.py)
+    gradient   MAML's SGD steps on the support loss (the backbone with its
+               head)
+    head       ANIL's SGD steps on the head only (the backbone with its head)
+    prototype  Prototypical Networks (the backbone's embedding, no head)
+    matching   Matching Networks (the backbone's embedding, no head); with
+               --fce=adml or vinyals, full context embeddings (fce.py)
+    ridge      R2-D2's closed-form ridge regression (the backbone's embedding
+               and the head's learned scale (and offset); r2d2.py)
+
+Every kind runs on every backbone (`--backbone`, models.BACKBONE_REGISTRY):
+the model is built by `models.make_conv4` / `make_conv4_embedding` with the
+run's backbone and seen only through `apply(params, x)`.
 
 Who is attacked: a query attack targets the adapted classifier
 (`Adaptation.logits` at the adapted state); a support attack targets the
@@ -92,8 +97,8 @@ def gradient_adaptation(apply_fn, *, inner_lr: float, first_order: bool = False,
   return Adaptation(adapt, apply_fn, initial_logits)
 
 
-# The parameters ANIL adapts (conv4's linear head, models.py); the rest is
-# the body, fixed in the inner loop.
+# The parameters ANIL adapts (every backbone's linear head "head",
+# models.py); the rest is the body, fixed in the inner loop.
 HEAD = "head"
 
 
@@ -265,17 +270,18 @@ def _conv4_kwargs(config, image_size: int) -> Dict[str, Any]:
   return dict(filters=config.model.filters,
               conv_impl=config.loop.conv_impl, image_size=image_size,
               compute_dtype=config.model.compute_dtype,
-              backbone=config.model.backbone)
+              backbone=config.model.backbone,
+              width=config.model.backbone_width)
 
 
 def _classifier_model(config, image_size: int):
-  """conv4 with its linear head over the N classes."""
+  """The backbone with its linear head "head" over the N classes."""
   return models.make_conv4(num_classes=config.data.n_way,
                            **_conv4_kwargs(config, image_size))
 
 
 def _embedding_model(config, image_size: int):
-  """conv4 without its head: the embedding of a metric learner."""
+  """The backbone without its head: the embedding of a metric learner."""
   return models.make_conv4_embedding(**_conv4_kwargs(config, image_size))
 
 
@@ -287,10 +293,9 @@ def _matching_model(config, image_size: int):
 
 
 def _ridge_model(config, image_size: int):
-  kwargs = _conv4_kwargs(config, image_size)
-  del kwargs["backbone"]   # conv4 only (Config.validate)
   return r2d2.make_r2d2(head=config.meta.r2d2_head,
-                        dataset=config.data.dataset, **kwargs)
+                        dataset=config.data.dataset,
+                        **_conv4_kwargs(config, image_size))
 
 
 def _gradient(build_fn):

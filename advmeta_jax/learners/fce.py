@@ -26,8 +26,8 @@ Its LSTM starts from a random state drawn at every call; here it starts from
 zeros (a deterministic function of the images, so attacks and the
 meta-gradient see one function).
 
-`FCEMatching` is conv4's embedding plus the context module: `__call__`
-returns the conv4 embeddings (the `apply_fn` of the learner), and
+`FCEMatching` is the backbone's embedding (`--backbone`, conv4 by default)
+plus the context module: `__call__` returns the embeddings (the `apply_fn` of the learner), and
 `make_context_fn` gives `(params, support_emb [S, D], query_emb [Q, D]) ->
 (support_ctx [Q, S, D'], query_ctx [Q, D'])`.
 """
@@ -88,25 +88,28 @@ class VinyalsContext(nn.Module):
 
 
 class FCEMatching(nn.Module):
-  """conv4's embedding with Matching Networks' full context embeddings."""
+  """A backbone's embedding (conv4 by default) with Matching Networks' full
+  context embeddings; the context module sizes itself from the embedding
+  (`models.embedding_dim`), so every backbone fits."""
   variant: str = "adml"
   filters: int = 32
   conv_impl: str = "matmul"
   compute_dtype: str = "float32"
   hidden: int = 32
   steps: int = 5
+  backbone: str = "conv4"
+  width: float = 1.0
 
   def setup(self):
-    self.embedding = models.Conv4(num_classes=None, filters=self.filters,
-                                  conv_impl=self.conv_impl,
-                                  compute_dtype=self.compute_dtype)
+    self.embedding = models.get_backbone(self.backbone).build(
+        None, self.filters, self.width, self.conv_impl, self.compute_dtype)
     if self.variant == "adml":
       self.context = ADMLContext(self.hidden)
     else:
       self.context = VinyalsContext(self.steps)
 
   def __call__(self, x: Array) -> Array:
-    """`[N, H, W, C]` images to `[N, D]` conv4 embeddings."""
+    """`[N, H, W, C]` images to `[N, D]` embeddings."""
     embeddings = self.embedding(x)
     if self.is_initializing():   # create the context module's parameters
       self.context(embeddings[:1], embeddings[:1])
@@ -117,15 +120,19 @@ class FCEMatching(nn.Module):
 
 
 def make_model(*, variant: str, filters: int, conv_impl: str, image_size: int,
-               compute_dtype: str, hidden: int, steps: int) -> FCEMatching:
-  """The FCE Matching Networks model, after checking its hyperparameters."""
+               compute_dtype: str, hidden: int, steps: int,
+               backbone: str = "conv4", width: float = 1.0) -> FCEMatching:
+  """The FCE Matching Networks model on `backbone`'s embedding, after
+  checking its hyperparameters."""
   if variant not in FCE_VARIANTS[1:]:
     raise ConfigError(f"unknown fce variant {variant!r}; choose one of: "
                       f"{', '.join(FCE_VARIANTS[1:])}.")
   models.make_conv4_embedding(filters=filters, conv_impl=conv_impl,
                               image_size=image_size,
-                              compute_dtype=compute_dtype)   # checks the trunk
-  return FCEMatching(variant, filters, conv_impl, compute_dtype, hidden, steps)
+                              compute_dtype=compute_dtype, backbone=backbone,
+                              width=width)   # checks the trunk
+  return FCEMatching(variant, filters, conv_impl, compute_dtype, hidden, steps,
+                     backbone, width)
 
 
 def model_for_config(config, image_size: int) -> FCEMatching:
@@ -136,7 +143,8 @@ def model_for_config(config, image_size: int) -> FCEMatching:
                     conv_impl=config.loop.conv_impl,
                     image_size=image_size,
                     compute_dtype=m.compute_dtype, hidden=m.fce_hidden,
-                    steps=m.fce_steps)
+                    steps=m.fce_steps, backbone=m.backbone,
+                    width=m.backbone_width)
 
 
 def default_image_size(dataset: str) -> int:

@@ -39,9 +39,11 @@ f(x) with W fixed by the support; a support attack (adaptations.py,
 `initial_logits`) scores the perturbed support under the W built from the
 clean support, so it differentiates through f(x') only, not through the solve.
 
-The model (`R2D2`) is conv4's embedding plus the head's learned scalars:
+The model (`R2D2`) is the backbone's embedding (`--backbone`, conv4 by
+default; R2-D2's own network is `conv4_wide`) plus the head's learned
+scalars:
 
-    params = {"embedding": {conv0, bn0, ..., bn3},
+    params = {"embedding": {conv0, bn0, ..., bn3} (conv4's),
               "ridge": {"scale"} (metaoptnet) or {"scale", "bias"} (bertinetto)}
 
 Its `__call__` returns the embeddings (as conv4's embedding does for the
@@ -190,12 +192,12 @@ class RidgeScalars(nn.Module):
 
 
 class R2D2(nn.Module):
-  """conv4's embedding and the head's learned scalars.
+  """A backbone's embedding and the head's learned scalars.
 
   `__call__` maps `[N, H, W, C]` images to `[N, D]` embeddings; the scalars
   are created with the parameters and read by `scalars(params)`.
   """
-  embedding: models.Conv4
+  embedding: nn.Module   # a backbone without its head (models.py)
   init_scale: float = 1.0
   bias: bool = False
 
@@ -207,9 +209,11 @@ class R2D2(nn.Module):
 
 def make_r2d2(*, head: str = DEFAULT_HEAD, dataset: str = "digits",
               filters: int = 32, conv_impl: str = "matmul",
-              image_size: int = 84, compute_dtype: str = "float32") -> R2D2:
-  """R2-D2's model on conv4's embedding (checked as `make_conv4_embedding`)
-  with the scalars of `head` (`HEADS`), its scale started for `dataset`.
+              image_size: int = 84, compute_dtype: str = "float32",
+              backbone: str = "conv4", width: float = 1.0) -> R2D2:
+  """R2-D2's model on `backbone`'s embedding (checked as
+  `make_conv4_embedding`) with the scalars of `head` (`HEADS`), its scale
+  started for `dataset`.
 
   Raises:
     ConfigError: a value that is not allowed, with what is allowed.
@@ -217,5 +221,6 @@ def make_r2d2(*, head: str = DEFAULT_HEAD, dataset: str = "digits",
   spec = get_head(head)
   return R2D2(embedding=models.make_conv4_embedding(
       filters=filters, conv_impl=conv_impl, image_size=image_size,
-      compute_dtype=compute_dtype), init_scale=spec.init_scale_for(dataset),
+      compute_dtype=compute_dtype, backbone=backbone, width=width),
+      init_scale=spec.init_scale_for(dataset),
       bias=spec.bias)
