@@ -9,6 +9,8 @@ numbers beside ours:
       --workdir=/ckpt/adml_table3
   python -m launch.reproduce --experiment=tafl_table1 --shrink \
       --workdir=/tmp/tafl_shrunk     # the whole pipeline in seconds, offline
+  python -m launch.reproduce --experiment=digits_robust --seeds=3 \
+      --workdir=/tmp/digits3         # each row 3 times: <row>/seed<k>/
 
 Experiments: see `advmeta_jax.experiments.EXPERIMENTS` (--helpfull lists them).
 """
@@ -17,6 +19,7 @@ from absl import flags
 
 from advmeta_jax import config
 from advmeta_jax import experiments
+from advmeta_jax.errors import ConfigError
 from advmeta_jax.experiments import reproduction
 from launch import common
 
@@ -39,7 +42,27 @@ for _old in ("episodes", "seed"):
   flags.DEFINE_integer(_old, None, f"Deprecated: use --test_{_old}.")
 flags.DEFINE_float("kde_threshold", 1.0, "Share of tasks with L_AR above this "
                    "in the KDE section.")
+flags.DEFINE_integer("seeds", 1, "Training seeds per row (config seed + "
+                     "0, 1, ...), each in <workdir>/<row>/seed<k>; the report "
+                     "adds the mean ± s.d. over seeds and the paired "
+                     "comparisons over seeds. 1: <workdir>/<row>.")
+flags.DEFINE_list("pairs", None, "Paired comparisons a:b (a − b on the same "
+                  "episodes), by row name, e.g. tafl:aq,aq:maml (default: "
+                  "each robust row against the first row, and TAFL against "
+                  "AQ).")
 FLAGS = flags.FLAGS
+
+
+def _pairs(values):
+  """`["a:b", ...]` as `[(a, b), ...]` (None: the default pairs)."""
+  if values is None:
+    return None
+  pairs = [tuple(v.split(":")) for v in values]
+  bad = [v for v, p in zip(values, pairs) if len(p) != 2 or not all(p)]
+  if bad:
+    raise ConfigError(f"--pairs takes row pairs written a:b (e.g. tafl:aq), "
+                      f"got {bad}.")
+  return pairs
 
 
 def main(argv):
@@ -51,7 +74,8 @@ def main(argv):
       experiments.get(FLAGS.experiment), FLAGS.workdir, shrink=FLAGS.shrink,
       rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=protocol.test_episodes,
       seed=protocol.test_seed, kde_threshold=FLAGS.kde_threshold,
-      extra_attacks=FLAGS.extra_attacks)
+      extra_attacks=FLAGS.extra_attacks, seeds=FLAGS.seeds,
+      pairs=_pairs(FLAGS.pairs))
   print(out.report.markdown)
   print("\nwritten: " + ", ".join(sorted(out.report.files.values())))
   print(f"total wall time: {out.seconds / 60:.1f} min")

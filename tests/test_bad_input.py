@@ -123,6 +123,10 @@ BAD_INPUT = [
      "error: learner 'maml' trains on clean tasks and uses no training attack, so --train_attack and --train_eps would be ignored"),
     ('python -m launch.prepare_data --dataset=mini_imagenet --data_dir=$TMP/notarun --image_size=0',
      'error: image_size must be at least 16 (conv4 pools four times by 2), got 0.'),
+    ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r5 --seeds=0',
+     'error: --seeds must be a positive integer (training seeds per row; 1 trains each row once), got 0.'),
+    ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r6 --pairs=tafl:nope',
+     "error: --pairs names rows ['nope'] that this run does not have; rows: maml, maml_ad, adml, aq, tafl, protonet, protonet+tafl, matchingnet."),
 ]
 
 
