@@ -160,7 +160,7 @@ def plot_ecdf(samples: Mapping[str, Sequence[float]], path: str, *,
     ax.axvline(100 * chance, color="gray", linewidth=0.8)
   ax.set_xlabel("query accuracy of a task (%)")
   ax.set_ylabel("share of tasks at or below")
-  ax.legend(fontsize="small")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
   if title:
     ax.set_title(title)
   return _save(fig, path)
