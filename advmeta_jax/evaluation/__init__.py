@@ -4,6 +4,7 @@
     protocol.py   trained runs × test cases × attacks on shared episodes
     stats.py      paired CIs and tests, CVaR, sample sizes (NumPy)
     comparisons.py  paired differences, worst tasks and seeds of a report
+    tables.py     Markdown tables
     reports.py    tables (Markdown, CSV, JSON)
     plots.py      figures (matplotlib)
 """

@@ -14,20 +14,24 @@ reports.py formats.
     [Cell] ──seed_summary────────▶ per-seed accuracy ± CI, mean ± s.d. over
                                    seeds, per row × case/attack
 
-Every learner of a report meets the same episodes (protocol.evaluate_runs),
+The Markdown of these rows (`paired_table`, `power_table`,
+`seed_paired_table`, `resolution_sentence`) is here too; reports.py puts it
+in report.md. Every learner of a report meets the same episodes (protocol.evaluate_runs),
 so episode i of one cell and of another are the same task: their
 per-episode accuracies pair. The statistics are stats.py's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import stats
 from advmeta_jax.evaluation.protocol import Cell
+from advmeta_jax.evaluation.tables import case_label
+from advmeta_jax.evaluation.tables import markdown_table
 
 POWER = 0.8
 DETECT_POINTS = 1.0   # the difference the "how many" columns also size for
@@ -149,3 +153,93 @@ def seed_summary(cells: Sequence[Cell]) -> List[Dict[str, Any]]:
                 "mean": _points(means.mean()),
                 "sd": _points(means.std(ddof=1)) if means.size > 1 else None})
   return out
+
+
+# --- as Markdown ---------------------------------------------------------------
+
+PAIRED_NOTE = (
+    "Every learner met the same episodes, so each comparison a − b is "
+    "over per-episode differences of query accuracy (points): the mean, "
+    "its paired Student-t 95% CI and percentile-bootstrap 95% CI (10,000 "
+    "resamples), and the two-sided p-value of the paired sign-flip "
+    "permutation test (exact up to 16 non-zero differences, else 10,000 "
+    "random sign patterns). Resolved: both CIs exclude 0. The p-values are "
+    "not corrected for the number of comparisons.")
+SEEDS_NOTE = (
+    "Each seed's mean per-episode difference (above), their mean and its "
+    "Student-t 95% CI over seeds (seeds − 1 degrees of freedom): this "
+    "counts the variation between training runs, which the CIs over "
+    "episodes of one seed do not. Resolved: that CI excludes 0.")
+
+
+def _ci(low, high) -> str:
+  return "—" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _count(n) -> str:
+  return "—" if n is None else f"{n:,}"
+
+
+def paired_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """`comparisons.paired_rows` as Markdown: difference in points, paired t
+  and bootstrap 95% CIs, sign-flip p, resolved."""
+  with_seed = any("seed" in r for r in rows)
+  header = (["a − b"] + (["seed"] if with_seed else [])
+            + ["case", "mean difference (points)", "paired t 95% CI",
+               "bootstrap 95% CI", "p (sign-flip)", "resolved"])
+  return markdown_table(header, [
+      [f"{r['a']} − {r['b']}"] + ([r.get("seed", "—")] if with_seed else [])
+      + [case_label(r["case"], r["attack"]), f"{r['difference']:+.2f}",
+         _ci(r["t_low"], r["t_high"]),
+         _ci(r["bootstrap_low"], r["bootstrap_high"]), f"{r['p_value']:.4f}",
+         "yes" if r["resolved"] else "no"] for r in rows])
+
+
+def power_table(rows: Sequence[Mapping[str, Any]], unit: str = "episodes"
+                ) -> str:
+  """How many episodes (or seeds) each comparison needs: the two-sided
+  paired t-test at 5% with 80% power, from the s.d. of its differences."""
+  with_seed = any("seed" in r for r in rows)
+  return markdown_table(
+      ["a − b"] + (["seed"] if with_seed else []) + [
+          "case", "s.d. of the difference (points)",
+          f"{unit} for the observed difference",
+          f"{unit} for {DETECT_POINTS:g} point"],
+      [[f"{r['a']} − {r['b']}"] + ([r.get("seed", "—")] if with_seed else [])
+       + [case_label(r["case"], r["attack"]),
+          "—" if r["sd"] is None else f"{r['sd']:.2f}",
+          _count(r[f"{unit}_needed_observed"]),
+          _count(r[f"{unit}_needed_1pt"])] for r in rows])
+
+
+def seed_paired_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """`comparisons.seed_rows` as Markdown."""
+  return markdown_table(
+      ["a − b", "case", "per-seed differences (points)",
+       "mean over seeds", "t 95% CI over seeds", "resolved"],
+      [[f"{r['a']} − {r['b']}", case_label(r["case"], r["attack"]),
+        ", ".join(f"{d:+.2f}" for d in r["seed_differences"]),
+        f"{r['difference']:+.2f}", _ci(r["t_low"], r["t_high"]),
+        "yes" if r["resolved"] else "no"] for r in rows])
+
+
+def resolution_sentence(row: Mapping[str, Any], over_seeds: bool = False
+                        ) -> str:
+  """One sentence: the difference, its CI(s), and whether it is resolved
+  (per episode: both 95% CIs exclude 0; over seeds: the t CI over seeds
+  does)."""
+  what = (f"{row['a']} − {row['b']}, {case_label(row['case'], row['attack'])}"
+          + (f", seed {row['seed']}" if "seed" in row else ""))
+  if over_seeds:
+    detail = (f"mean over {row['seeds']} seeds {row['difference']:+.2f} "
+              f"points, t 95% CI over seeds {_ci(row['t_low'], row['t_high'])}")
+  else:
+    detail = (f"{row['difference']:+.2f} points, paired t 95% CI "
+              f"{_ci(row['t_low'], row['t_high'])}, bootstrap "
+              f"{_ci(row['bootstrap_low'], row['bootstrap_high'])}, p = "
+              f"{row['p_value']:.4f}")
+  if row["resolved"]:
+    side = "above" if row["difference"] > 0 else "below"
+    return (f"- {what}: {detail}. Resolved: {row['a']} is {side} "
+            f"{row['b']} (the CI excludes 0).")
+  return f"- {what}: {detail}. Not resolved: the CI contains 0."

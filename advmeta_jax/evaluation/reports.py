@@ -45,12 +45,13 @@ from advmeta_jax.evaluation.metatest import format_accuracy
 from advmeta_jax.evaluation.metatest import MetaTestResult
 from advmeta_jax.evaluation.metatest import TestCase
 from advmeta_jax.evaluation.protocol import Cell
+from advmeta_jax.evaluation.tables import case_label
+from advmeta_jax.evaluation.tables import markdown_table
 
 __all__ = ["Report", "TAFL_DELTA", "cell_rows", "curve_data",
            "episode_rows", "format_accuracy", "l_ar_samples",
-           "markdown_report", "markdown_table", "paired_table", "pivot_table",
-           "power_table", "resolution_sentence", "results_table",
-           "seed_paired_table", "seed_table", "write_csv",
+           "markdown_report", "markdown_table", "pivot_table",
+           "results_table", "seed_table", "write_csv",
            "write_json", "write_meta_test", "write_reports", "write_sweep",
            "write_text"]
 
@@ -72,14 +73,6 @@ class Report:
 
 
 # --- tables -----------------------------------------------------------------
-
-def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
-  """A GitHub-flavoured Markdown table."""
-  lines = ["| " + " | ".join(map(str, header)) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-  return "\n".join(lines)
-
 
 def write_json(path: str, payload: Dict) -> None:
   with open(path, "w") as f:
@@ -355,90 +348,13 @@ def seed_table(cells: Sequence[Cell]) -> str:
   lines = []
   for r in summary:
     by_seed = dict(zip(r["seeds"], zip(r["accuracy"], r["ci95"])))
-    lines.append([r["learner"], _case_label(r["case"], r["attack"])] + [
+    lines.append([r["learner"], case_label(r["case"], r["attack"])] + [
         f"{by_seed[s][0]:.2f} ± {by_seed[s][1]:.2f}" if s in by_seed else "—"
         for s in seeds] + [
             f"{r['mean']:.2f} ± {r['sd']:.2f}" if r["sd"] is not None
             else f"{r['mean']:.2f}"])
   return markdown_table(["learner", "case"] + [f"seed {s}" for s in seeds]
                         + ["mean ± s.d. over seeds"], lines)
-
-
-def _case_label(case: str, attack: str) -> str:
-  return case if attack == "none" else f"{case} ({attack})"
-
-
-def _ci(low, high) -> str:
-  return "—" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
-
-
-def _count(n) -> str:
-  return "—" if n is None else f"{n:,}"
-
-
-def paired_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """`comparisons.paired_rows` as Markdown: difference in points, paired t
-  and bootstrap 95% CIs, sign-flip p, resolved."""
-  with_seed = any("seed" in r for r in rows)
-  header = (["a − b"] + (["seed"] if with_seed else [])
-            + ["case", "mean difference (points)", "paired t 95% CI",
-               "bootstrap 95% CI", "p (sign-flip)", "resolved"])
-  return markdown_table(header, [
-      [f"{r['a']} − {r['b']}"] + ([r.get("seed", "—")] if with_seed else [])
-      + [_case_label(r["case"], r["attack"]), f"{r['difference']:+.2f}",
-         _ci(r["t_low"], r["t_high"]),
-         _ci(r["bootstrap_low"], r["bootstrap_high"]), f"{r['p_value']:.4f}",
-         "yes" if r["resolved"] else "no"] for r in rows])
-
-
-def power_table(rows: Sequence[Mapping[str, Any]], unit: str = "episodes"
-                ) -> str:
-  """How many episodes (or seeds) each comparison needs: the two-sided
-  paired t-test at 5% with 80% power, from the s.d. of its differences."""
-  with_seed = any("seed" in r for r in rows)
-  return markdown_table(
-      ["a − b"] + (["seed"] if with_seed else []) + [
-          "case", "s.d. of the difference (points)",
-          f"{unit} for the observed difference",
-          f"{unit} for {comparisons.DETECT_POINTS:g} point"],
-      [[f"{r['a']} − {r['b']}"] + ([r.get("seed", "—")] if with_seed else [])
-       + [_case_label(r["case"], r["attack"]),
-          "—" if r["sd"] is None else f"{r['sd']:.2f}",
-          _count(r[f"{unit}_needed_observed"]),
-          _count(r[f"{unit}_needed_1pt"])] for r in rows])
-
-
-def seed_paired_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """`comparisons.seed_rows` as Markdown."""
-  return markdown_table(
-      ["a − b", "case", "per-seed differences (points)",
-       "mean over seeds", "t 95% CI over seeds", "resolved"],
-      [[f"{r['a']} − {r['b']}", _case_label(r["case"], r["attack"]),
-        ", ".join(f"{d:+.2f}" for d in r["seed_differences"]),
-        f"{r['difference']:+.2f}", _ci(r["t_low"], r["t_high"]),
-        "yes" if r["resolved"] else "no"] for r in rows])
-
-
-def resolution_sentence(row: Mapping[str, Any], over_seeds: bool = False
-                        ) -> str:
-  """One sentence: the difference, its CI(s), and whether it is resolved
-  (per episode: both 95% CIs exclude 0; over seeds: the t CI over seeds
-  does)."""
-  what = (f"{row['a']} − {row['b']}, {_case_label(row['case'], row['attack'])}"
-          + (f", seed {row['seed']}" if "seed" in row else ""))
-  if over_seeds:
-    detail = (f"mean over {row['seeds']} seeds {row['difference']:+.2f} "
-              f"points, t 95% CI over seeds {_ci(row['t_low'], row['t_high'])}")
-  else:
-    detail = (f"{row['difference']:+.2f} points, paired t 95% CI "
-              f"{_ci(row['t_low'], row['t_high'])}, bootstrap "
-              f"{_ci(row['bootstrap_low'], row['bootstrap_high'])}, p = "
-              f"{row['p_value']:.4f}")
-  if row["resolved"]:
-    side = "above" if row["difference"] > 0 else "below"
-    return (f"- {what}: {detail}. Resolved: {row['a']} is {side} "
-            f"{row['b']} (the CI excludes 0).")
-  return f"- {what}: {detail}. Not resolved: the CI contains 0."
 
 
 def _paired_section(cells: Sequence[Cell], pairs, outdir: str,
@@ -453,37 +369,22 @@ def _paired_section(cells: Sequence[Cell], pairs, outdir: str,
   payload["paired"] = rows
   written["paired csv"] = write_csv(os.path.join(outdir, "paired.csv"), rows)
   over = comparisons.seed_rows(rows)
-  parts = ["", "## Paired comparisons", "", PAIRED_NOTE, "",
-           paired_table(rows), "",
+  parts = ["", "## Paired comparisons", "", comparisons.PAIRED_NOTE, "",
+           comparisons.paired_table(rows), "",
            "How many episodes each difference needs (two-sided paired "
            "t-test at 5%, 80% power, from the per-episode s.d. of the "
-           "difference):", "", power_table(rows)]
+           "difference):", "", comparisons.power_table(rows)]
   if over:
     payload["paired_over_seeds"] = over
     written["paired seeds csv"] = write_csv(
         os.path.join(outdir, "paired_seeds.csv"), over)
-    parts += ["", "### Over training seeds", "", SEEDS_NOTE, "",
-              seed_paired_table(over), "",
+    parts += ["", "### Over training seeds", "", comparisons.SEEDS_NOTE, "",
+              comparisons.seed_paired_table(over), "",
               "How many seeds each difference needs (the same test over "
               "per-seed differences, from their s.d. over seeds):", "",
-              power_table(over, "seeds")]
-  parts += [""] + [resolution_sentence(r, bool(over)) for r in over or rows]
+              comparisons.power_table(over, "seeds")]
+  parts += [""] + [comparisons.resolution_sentence(r, bool(over)) for r in over or rows]
   return parts
-
-
-PAIRED_NOTE = (
-    "Every learner met the same episodes, so each comparison a − b is "
-    "over per-episode differences of query accuracy (points): the mean, "
-    "its paired Student-t 95% CI and percentile-bootstrap 95% CI (10,000 "
-    "resamples), and the two-sided p-value of the paired sign-flip "
-    "permutation test (exact up to 16 non-zero differences, else 10,000 "
-    "random sign patterns). Resolved: both CIs exclude 0. The p-values are "
-    "not corrected for the number of comparisons.")
-SEEDS_NOTE = (
-    "Each seed's mean per-episode difference (above), their mean and its "
-    "Student-t 95% CI over seeds (seeds − 1 degrees of freedom): this "
-    "counts the variation between training runs, which the CIs over "
-    "episodes of one seed do not. Resolved: that CI excludes 0.")
 
 
 def _worst_task_section(cells: Sequence[Cell], first: Sequence[Cell],
@@ -509,7 +410,7 @@ def _worst_task_section(cells: Sequence[Cell], first: Sequence[Cell],
                ["learner"] + (["seed"] if with_seed else []) + [
                    "case", "accuracy %", "CVaR 10% %", "below chance %"],
                [[w["learner"]] + ([w.get("seed")] if with_seed else []) + [
-                   _case_label(w["case"], w["attack"]), f"{w['accuracy']:.2f}",
+                   case_label(w["case"], w["attack"]), f"{w['accuracy']:.2f}",
                    f"{w['cvar10']:.2f}", "—" if w["below_chance"] is None
                    else f"{w['below_chance']:.1f}"] for w in worst])]
   spec = _kde_attack(attack_specs)
