@@ -143,6 +143,10 @@ BAD_INPUT = [
      'error: tiered_imagenet/train: cannot unpickle … train_labels.pkl … the file is truncated, corrupt or not a pickle: download it again.'),
     ('python -m launch.prepare_data --dataset=cub --data_dir=$TMP/badcub',
      'error: cub: 1 of the 1 image files listed in … images.txt … do not exist, e.g. … 001.Black_footed_Albatross/a.jpg'),
+    ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r5 --seeds=0',
+     'error: --seeds must be a positive integer (training seeds per row; 1 trains each row once), got 0.'),
+    ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r6 --pairs=tafl:nope',
+     "error: --pairs names rows ['nope'] that this run does not have; rows: maml, maml_ad, adml, aq, tafl, protonet, protonet+tafl, matchingnet."),
 ]
 
 

@@ -156,11 +156,11 @@ def test_reports_are_written(six_case_cells, tmp_path):
                                  kde=True, kde_threshold=0.1)
   assert isinstance(report, reports.Report)
   written = report.files
-  for key in ("report", "csv", "json", "kde"):
+  for key in ("report", "csv", "json", "kde", "ecdf", "paired csv"):
     assert (tmp_path / written[key].split("/")[-1]).stat().st_size > 0
   assert any(k.startswith("curves") for k in written)
-  pngs = sorted(tmp_path.glob("*.png"))
-  assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+  pngs = sorted(tmp_path.glob("*.png"))   # curves, KDE, ECDF
+  assert len(pngs) == 3 and all(p.stat().st_size > 5000 for p in pngs)
   rows = json.loads((tmp_path / "results.json").read_text())["cells"]
   assert len(rows) == 12
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
@@ -169,6 +169,8 @@ def test_reports_are_written(six_case_cells, tmp_path):
   assert text == report.markdown + "\n"
   assert "| maml |" in text and "mixed/adv (fgsm ε=8/255)" in text
   assert "share of tasks > 0.1" in text
+  assert "| aq − maml | clean/clean |" in text   # every row against the first
+  assert "## Worst tasks" in text
 
 
 def test_runs_with_different_episode_shapes_are_refused(two_runs):

@@ -8,7 +8,9 @@ numbers beside ours:
   advmeta-reproduce --experiment=adml_table3 --data_dir=~/tfds \
       --workdir=/ckpt/adml_table3
   advmeta-reproduce --experiment=tafl_table1 --shrink \
-      --workdir=/tmp/tafl_shrunk     # the whole pipeline in seconds, offline
+      --workdir=/tmp/tafl_shrunk     # the whole pipeline in minutes, offline
+  advmeta-reproduce --experiment=digits_robust --seeds=3 \
+      --workdir=/tmp/digits3         # each row 3 times: <row>/seed<k>/
 
 Experiments: see `advmeta_jax.experiments.EXPERIMENTS` (--helpfull lists them).
 """
@@ -17,6 +19,7 @@ from absl import flags
 
 from advmeta_jax import config
 from advmeta_jax import experiments
+from advmeta_jax.errors import ConfigError
 from advmeta_jax.experiments import reproduction
 from advmeta_jax.cli import common
 
@@ -40,7 +43,27 @@ for _old in ("episodes", "seed"):
   flags.DEFINE_integer(_old, None, f"Deprecated: use --test_{_old}.")
 flags.DEFINE_float("kde_threshold", 1.0, "Share of tasks with L_AR above this "
                    "in the KDE section.")
+flags.DEFINE_integer("seeds", 1, "Training seeds per row (config seed + "
+                     "0, 1, ...), each in <workdir>/<row>/seed<k>; the report "
+                     "adds the mean ± s.d. over seeds and the paired "
+                     "comparisons over seeds. 1: <workdir>/<row>.")
+flags.DEFINE_list("pairs", None, "Paired comparisons a:b (a − b on the same "
+                  "episodes), by row name, e.g. tafl:aq,aq:maml (default: "
+                  "each robust row against the first row, and TAFL against "
+                  "AQ).")
 FLAGS = flags.FLAGS
+
+
+def _pairs(values):
+  """`["a:b", ...]` as `[(a, b), ...]` (None: the default pairs)."""
+  if values is None:
+    return None
+  pairs = [tuple(v.split(":")) for v in values]
+  bad = [v for v, p in zip(values, pairs) if len(p) != 2 or not all(p)]
+  if bad:
+    raise ConfigError(f"--pairs takes row pairs written a:b (e.g. tafl:aq), "
+                      f"got {bad}.")
+  return pairs
 
 
 def main(argv):
@@ -53,7 +76,8 @@ def main(argv):
       rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=protocol.test_episodes,
       seed=protocol.test_seed, q_query=protocol.test_q_query,
       kde_threshold=FLAGS.kde_threshold,
-      extra_attacks=FLAGS.extra_attacks)
+      extra_attacks=FLAGS.extra_attacks, seeds=FLAGS.seeds,
+      pairs=_pairs(FLAGS.pairs))
   print(out.report.markdown)
   print("\nwritten: " + ", ".join(sorted(out.report.files.values())))
   print(f"total wall time: {out.seconds / 60:.1f} min")

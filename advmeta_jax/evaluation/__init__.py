@@ -2,14 +2,19 @@
 
     metatest.py   adapt to unseen tasks, attack, score: mean ± 95% CI
     protocol.py   trained runs × test cases × attacks on shared episodes
+    stats.py      paired CIs and tests, CVaR, sample sizes (NumPy)
+    comparisons.py  paired differences, worst tasks and seeds of a report
+    tables.py     Markdown tables
     reports.py    tables (Markdown, CSV, JSON)
     plots.py      figures (matplotlib)
 """
 
+from advmeta_jax.evaluation import comparisons
 from advmeta_jax.evaluation import metatest
 from advmeta_jax.evaluation import plots
 from advmeta_jax.evaluation import protocol
 from advmeta_jax.evaluation import reports
+from advmeta_jax.evaluation import stats
 from advmeta_jax.evaluation.metatest import adaptation_for
 from advmeta_jax.evaluation.metatest import ALL_CASES
 from advmeta_jax.evaluation.metatest import Attack

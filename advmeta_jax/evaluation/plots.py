@@ -6,6 +6,8 @@
                   line per learner, one column per test case (ADML Figs. 2-5)
     plot_kde      kernel density of TAFL's L_AR(τ) over tasks, one curve per
                   learner (the TAFL figure), with the share above a threshold
+    plot_ecdf     the empirical distribution of per-task accuracy, one step
+                  curve per learner, with chance and each learner's CVaR
     plot_heatmap  robust accuracy over TAFL's γ × k grid (sensitivity study)
 
 Every function takes plain NumPy data and a path, draws with the
@@ -15,9 +17,11 @@ non-interactive Agg backend and returns the path.
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
+
+from advmeta_jax.evaluation import stats
 
 
 def _pyplot():
@@ -130,6 +134,33 @@ def plot_kde(samples: Mapping[str, Sequence[float]], path: str, *,
   ax.set_xlabel("L_AR(τ) = max(CE_adv − CE_clean, δ)")
   ax.set_ylabel("density over tasks")
   ax.legend(fontsize="small")
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def plot_ecdf(samples: Mapping[str, Sequence[float]], path: str, *,
+              chance: Optional[float] = None, alpha: float = 0.1,
+              title: str = "") -> str:
+  """The empirical CDF of per-task accuracy (in %) of each learner, the
+  worst tasks at the bottom left: a horizontal line at `alpha` (the CVaR's
+  share of tasks) and a vertical one at `chance`; the legend gives each
+  learner's CVaR at `alpha` and share of tasks below chance."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for learner, values in samples.items():
+    x, f = stats.ecdf(100 * np.asarray(values, np.float64))
+    label = f"{learner} (CVaR {100 * alpha:g}% {100 * stats.cvar(values, alpha):.1f}"
+    if chance is not None:
+      label += f", {100 * stats.share_below(values, chance):.1f}% < chance"
+    ax.step(np.concatenate([[x[0]], x]), np.concatenate([[0.0], f]),
+            where="post", label=label + ")")
+  ax.axhline(alpha, color="gray", linewidth=0.8, linestyle=":")
+  if chance is not None:
+    ax.axvline(100 * chance, color="gray", linewidth=0.8)
+  ax.set_xlabel("query accuracy of a task (%)")
+  ax.set_ylabel("share of tasks at or below")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
   if title:
     ax.set_title(title)
   return _save(fig, path)

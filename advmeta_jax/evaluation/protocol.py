@@ -3,6 +3,7 @@
     workdir ──load_run──▶ Run(name, config, params)
     runs ──evaluate_runs──▶ [Cell(run, learner, case, attack, MetaTestResult)]
     runs ──masking_checks──▶ {(run, attack): attacks.StrengthReport}
+    runs ──default_pairs──▶ [(row a, row b)] the paired comparisons of a report
 
 `evaluate_runs` gives every run the same episodes and the same attack keys (one
 seed), so the rows of a table are comparable. One learner's meta-test is
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 
 from advmeta_jax import attacks
+from advmeta_jax import learners
 from advmeta_jax.training import builders
 from advmeta_jax.core import episodes
 from advmeta_jax.evaluation import metatest as evaluation
@@ -59,12 +61,18 @@ def load_run(workdir: str, *, name: Optional[str] = None,
 
 @dataclasses.dataclass
 class Cell:
-  """One learner under one test case and attack (None for clean/clean)."""
+  """One learner under one test case and attack (None for clean/clean).
+
+  `n_way` gives chance accuracy (1/N) to the worst-task statistics;
+  `train_seed` is the run's training seed when a report holds several seeds
+  of each row (None: one)."""
   run: str
   learner: str
   case: TestCase
   attack: Optional[AttackSpec]
   result: evaluation.MetaTestResult
+  n_way: Optional[int] = None
+  train_seed: Optional[int] = None
 
   @property
   def attack_label(self) -> str:
@@ -132,7 +140,8 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
             inner_steps=inner_steps, num_episodes=num_episodes,
             batch_size=batch_size, seed=seed,
             curves=curves and (case.query == "clean" or adversarial_curves))
-        cell = Cell(run.name, run.config.learner, case, spec, result)
+        cell = Cell(run.name, run.config.learner, case, spec, result,
+                    n_way=first.n_way)
         log(f"{run.name:>12} {case.name:>12} {cell.attack_label:>16}: "
             f"{evaluation.format_accuracy(result.mean, result.ci95)} "
             f"({time.perf_counter() - t0:.1f} s)")
@@ -163,6 +172,26 @@ def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
                                     first.k_shot)   # raises the clear error
   if any(c.needs_attack for c in cases) and not attack_specs:
     raise ConfigError("adversarial test cases need at least one attack.")
+
+
+def default_pairs(runs: Sequence[Run]) -> List[Tuple[str, str]]:
+  """The paired comparisons `(a, b)` (a − b) a report makes by default: each
+  robust row (one trained with an attack) against the first row, and each
+  row trained with TAFL's loss against the row trained with AQ's on the
+  same adaptation (`tafl` − `aq`, `r2d2+tafl` − `r2d2+aq`)."""
+  kinds = {}
+  for run in runs:
+    entry = learners.get(run.config.learner, run.config.robust)
+    kinds[run.name] = (entry.objective.name, entry.adaptation.name)
+  names = [r.name for r in runs]
+  pairs = [(n, names[0]) for n in names[1:]
+           if kinds[n][0] != "clean"]
+  for a in names:
+    for b in names:
+      if (kinds[a][0], kinds[b][0]) == ("tafl", "aq") and (
+          kinds[a][1] == kinds[b][1]) and (a, b) not in pairs:
+        pairs.append((a, b))
+  return pairs
 
 
 # --- gradient-masking checks ------------------------------------------------

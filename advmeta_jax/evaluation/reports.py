@@ -1,19 +1,28 @@
 """Reports of the meta-test: tables (Markdown, CSV, JSON) and figures.
 
     [Cell] ──write_reports──▶ Report(markdown, files)
-        report.md      the pivot table (learners × case/attack), then one line
-                       per cell with the paper's number beside ours when the
-                       experiment has one, the L_AR summary, the masking checks
+        report.md      the pivot table (learners × case/attack; with several
+                       training seeds each seed's accuracy ± CI and the mean
+                       ± s.d. over seeds), then one line per cell with the
+                       paper's number beside ours when the experiment has
+                       one, the paired comparisons (and how many episodes
+                       they need), the worst tasks (CVaR, below chance), the
+                       L_AR summary, the masking checks
         results.csv    one row per cell (accuracies in percent)
-        results.json   the cells, the per-step curves, the L_AR summary and
-                       the masking checks
-        curves_<attack>.png, kde_l_ar_<attack>.png   (plots.py)
+        paired.csv     one row per paired comparison (paired_seeds.csv: over
+                       training seeds)
+        results.json   the cells, every cell's per-episode accuracy, the
+                       paired comparisons, the worst tasks, the per-step
+                       curves, the L_AR summary and the masking checks
+        curves_<attack>.png, kde_l_ar_<attack>.png,
+        ecdf_accuracy_<attack>.png                   (plots.py)
     {name: MetaTestResult} ──write_meta_test──▶ eval_test.md, eval_test.json
     TAFL's γ × k grid ──write_sweep──▶ sensitivity_heatmap.png, sweep.json,
                                         sweep.md
 
 Formatting and writing only: the functions here read what protocol.py
-(`Cell`s) and metatest.py (`MetaTestResult`s) computed and run no model.
+(`Cell`s), metatest.py (`MetaTestResult`s) and comparisons.py (paired
+differences, worst tasks, seeds) computed and run no model.
 The imports go one way: evaluation ← protocol ← reports ← reproduction.
 """
 
@@ -28,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from advmeta_jax import attacks
+from advmeta_jax.evaluation import comparisons
 from advmeta_jax.evaluation import plots
 from advmeta_jax.evaluation.metatest import AttackSpec
 from advmeta_jax.evaluation.metatest import confidence_interval_95
@@ -35,10 +45,13 @@ from advmeta_jax.evaluation.metatest import format_accuracy
 from advmeta_jax.evaluation.metatest import MetaTestResult
 from advmeta_jax.evaluation.metatest import TestCase
 from advmeta_jax.evaluation.protocol import Cell
+from advmeta_jax.evaluation.tables import case_label
+from advmeta_jax.evaluation.tables import markdown_table
 
 __all__ = ["Report", "TAFL_DELTA", "cell_rows", "curve_data",
-           "format_accuracy", "l_ar_samples", "markdown_report",
-           "markdown_table", "pivot_table", "results_table", "write_csv",
+           "episode_rows", "format_accuracy", "l_ar_samples",
+           "markdown_report", "markdown_table", "pivot_table",
+           "results_table", "seed_table", "write_csv",
            "write_json", "write_meta_test", "write_reports", "write_sweep",
            "write_text"]
 
@@ -60,14 +73,6 @@ class Report:
 
 
 # --- tables -----------------------------------------------------------------
-
-def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
-  """A GitHub-flavoured Markdown table."""
-  lines = ["| " + " | ".join(map(str, header)) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-  return "\n".join(lines)
-
 
 def write_json(path: str, payload: Dict) -> None:
   with open(path, "w") as f:
@@ -121,7 +126,9 @@ def cell_rows(cells: Sequence[Cell],
            "accuracy": round(100 * r.mean, 2),
            "ci95": round(100 * r.ci95, 2),
            "loss": round(float(r.loss.mean()), 4),
-           "episodes": r.num_episodes}
+           "episodes": r.num_episodes, **comparisons.worst_task_row(c)}
+    if c.train_seed is not None:
+      row["seed"] = c.train_seed
     paper = experiment.paper_result(c.run, c.attack, c.case) if experiment \
         else None
     if experiment is not None and experiment.paper:
@@ -139,15 +146,17 @@ def markdown_report(cells: Sequence[Cell],
   """A Markdown table, one line per cell; paper vs ours when known."""
   rows = cell_rows(cells, experiment)
   with_paper = bool(rows) and "paper_accuracy" in rows[0]
-  header = ["learner", "support/query", "attack", "accuracy % (± 95% CI)"]
+  with_seed = any("seed" in row for row in rows)
+  header = ["learner"] + (["seed"] if with_seed else []) + [
+      "support/query", "attack", "accuracy % (± 95% CI)"]
   if with_paper:
     header += ["paper % (± 95% CI)", "ours − paper"]
   lines = []
   for row, cell in zip(rows, cells):
     # The label names a preset by its tag (cw_l2_strong), as the pivot does.
     attack = "—" if cell.attack is None else cell.attack.label
-    line = [row["learner"], row["case"], attack,
-            f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"]
+    line = [row["learner"]] + ([row.get("seed", "—")] if with_seed else []) + [
+        row["case"], attack, f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"]
     if with_paper:
       if row["paper_accuracy"] is None:
         line += ["—", "—"]
@@ -174,7 +183,7 @@ def stage_table(cells: Sequence[Cell]) -> str:
   rows = []
   for c in staged:
     r = c.result
-    rows.append([c.run, c.case.name, c.attack.label] + [
+    rows.append([_label(c), c.case.name, c.attack.label] + [
         format_accuracy(r.stages[n].mean(),
                         confidence_interval_95(r.stages[n]))
         if n in r.stages else "—" for n in names] + [
@@ -229,6 +238,12 @@ def curve_data(cells: Sequence[Cell], attack: Optional[AttackSpec]
   return out
 
 
+def _label(cell: Cell) -> str:
+  """The row's name, with its training seed when the report has several."""
+  return cell.run if cell.train_seed is None else (
+      f"{cell.run} (seed {cell.train_seed})")
+
+
 def _slug(text: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
 
@@ -239,20 +254,28 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
                   kde_threshold: float = 1.0,
                   masking: Optional[Mapping[Tuple[str, str],
                                             attacks.StrengthReport]] = None,
-                  header: str = "") -> Report:
-  """Writes report.md, results.csv, results.json and the figures to `outdir`.
+                  header: str = "",
+                  pairs: Optional[Sequence[Tuple[str, str]]] = None
+                  ) -> Report:
+  """Writes report.md, results.csv, results.json, paired.csv and the figures
+  to `outdir`.
 
   Args:
-    cells: the protocol's cells (`protocol.evaluate_runs`).
+    cells: the protocol's cells (`protocol.evaluate_runs`), of one training
+      seed per row or of several (`Cell.train_seed`).
     outdir: the report directory (created).
     experiment: puts the paper's cells beside ours, when it has them.
     curves: draw the per-step curves (one figure per attack) and add them to
       results.json.
     kde: draw the KDE of L_AR over tasks for the strongest PGD (else the
-      last ε attack) and add its summary table.
+      last ε attack) and add its summary table, and the ECDF of the
+      per-task robust accuracy under the same attack.
     kde_threshold: the L_AR threshold of the share of tasks above it.
     masking: the gradient-masking checks (`protocol.masking_checks`).
     header: Markdown put before the tables.
+    pairs: the paired comparisons `(a, b)`, a − b, by row name (None: every
+      row against the first; `protocol.default_pairs` gives the default of
+      the drivers); `()` for none.
 
   Returns:
     The `Report`: the text of report.md and every file written.
@@ -261,15 +284,24 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
   rows = cell_rows(cells, experiment)
   attack_specs = list(dict.fromkeys(c.attack for c in cells
                                     if c.attack is not None))
+  seeds = list(dict.fromkeys(c.train_seed for c in cells))
+  # The figures and L_AR show the first training seed.
+  first = [c for c in cells if c.train_seed == seeds[0]] if cells else []
   parts = [header, ""] if header else []
-  parts += ["## Results", "", pivot_table(cells), "",
-            "## All cells", "", markdown_report(cells, experiment)]
-  payload: Dict[str, Any] = {"cells": rows}
+  parts += _results_section(cells, len(seeds) > 1)
+  parts += ["", "## All cells", "", markdown_report(cells, experiment)]
+  payload: Dict[str, Any] = {"cells": rows, "per_episode": episode_rows(cells)}
   written: Dict[str, str] = {}
+  if pairs is None:
+    names = list(dict.fromkeys(c.run for c in cells))
+    pairs = [(n, names[0]) for n in names[1:]]
+  parts += _paired_section(cells, pairs, outdir, payload, written)
+  parts += _worst_task_section(cells, first, attack_specs, outdir, kde,
+                               payload, written)
   if curves:
-    payload["curves"] = _curve_figures(cells, attack_specs, outdir, written)
+    payload["curves"] = _curve_figures(first, attack_specs, outdir, written)
   if kde:
-    parts += _kde_section(cells, attack_specs, outdir, kde_threshold,
+    parts += _kde_section(first, attack_specs, outdir, kde_threshold,
                           payload, written)
   parts += _stages_section(cells, payload)
   if masking:
@@ -281,6 +313,124 @@ def write_reports(cells: Sequence[Cell], outdir: str, *,
   written["json"] = os.path.join(outdir, "results.json")
   write_json(written["json"], payload)
   return Report(markdown, written)
+
+
+def episode_rows(cells: Sequence[Cell]) -> List[Dict[str, Any]]:
+  """Every cell's per-episode query accuracy (a fraction, episode i of every
+  cell the same task): the raw material of the paired comparisons and the
+  worst-task statistics."""
+  out = []
+  for c in cells:
+    row = {"learner": c.run, "case": c.case.name, "attack": c.attack_label,
+           "accuracy": [round(float(a), 6) for a in c.result.accuracy]}
+    if c.train_seed is not None:
+      row["seed"] = c.train_seed
+    out.append(row)
+  return out
+
+
+def _results_section(cells: Sequence[Cell], several_seeds: bool) -> List[str]:
+  """The pivot table (one training seed), or each seed's accuracy ± CI
+  beside the mean ± s.d. over seeds."""
+  if not several_seeds:
+    return ["## Results", "", pivot_table(cells)]
+  return ["## Results over training seeds", "",
+          "Each seed's accuracy % ± 95% CI over episodes, and the mean ± "
+          "standard deviation of the per-seed accuracies over seeds.", "",
+          seed_table(cells)]
+
+
+def seed_table(cells: Sequence[Cell]) -> str:
+  """One line per row × case/attack: accuracy ± CI of each training seed,
+  then mean ± s.d. over seeds."""
+  summary = comparisons.seed_summary(cells)
+  seeds = list(dict.fromkeys(s for r in summary for s in r["seeds"]))
+  lines = []
+  for r in summary:
+    by_seed = dict(zip(r["seeds"], zip(r["accuracy"], r["ci95"])))
+    lines.append([r["learner"], case_label(r["case"], r["attack"])] + [
+        f"{by_seed[s][0]:.2f} ± {by_seed[s][1]:.2f}" if s in by_seed else "—"
+        for s in seeds] + [
+            f"{r['mean']:.2f} ± {r['sd']:.2f}" if r["sd"] is not None
+            else f"{r['mean']:.2f}"])
+  return markdown_table(["learner", "case"] + [f"seed {s}" for s in seeds]
+                        + ["mean ± s.d. over seeds"], lines)
+
+
+def _paired_section(cells: Sequence[Cell], pairs, outdir: str,
+                    payload: Dict[str, Any],
+                    written: Dict[str, str]) -> List[str]:
+  """The paired comparisons on shared episodes, their sample sizes and, with
+  several training seeds, the comparison over seeds (paired.csv,
+  paired_seeds.csv)."""
+  rows = comparisons.paired_rows(cells, pairs)
+  if not rows:
+    return []
+  payload["paired"] = rows
+  written["paired csv"] = write_csv(os.path.join(outdir, "paired.csv"), rows)
+  over = comparisons.seed_rows(rows)
+  parts = ["", "## Paired comparisons", "", comparisons.PAIRED_NOTE, "",
+           comparisons.paired_table(rows), "",
+           "How many episodes each difference needs (two-sided paired "
+           "t-test at 5%, 80% power, from the per-episode s.d. of the "
+           "difference):", "", comparisons.power_table(rows)]
+  if over:
+    payload["paired_over_seeds"] = over
+    written["paired seeds csv"] = write_csv(
+        os.path.join(outdir, "paired_seeds.csv"), over)
+    parts += ["", "### Over training seeds", "", comparisons.SEEDS_NOTE, "",
+              comparisons.seed_paired_table(over), "",
+              "How many seeds each difference needs (the same test over "
+              "per-seed differences, from their s.d. over seeds):", "",
+              comparisons.power_table(over, "seeds")]
+  parts += [""] + [comparisons.resolution_sentence(r, bool(over)) for r in over or rows]
+  return parts
+
+
+def _worst_task_section(cells: Sequence[Cell], first: Sequence[Cell],
+                        attack_specs, outdir: str, figure: bool,
+                        payload: Dict[str, Any],
+                        written: Dict[str, str]) -> List[str]:
+  """CVaR at 10% and the share of tasks below chance of every cell with an
+  attacked query; with `figure`, the ECDF of per-task accuracy under the
+  attack of the KDE, first training seed."""
+  attacked = [c for c in cells if c.case.query == "adv"]
+  if not attacked:
+    return []
+  worst = [{"learner": c.run, "case": c.case.name, "attack": c.attack_label,
+            **({"seed": c.train_seed} if c.train_seed is not None else {}),
+            "accuracy": round(100 * c.result.mean, 2),
+            **comparisons.worst_task_row(c)} for c in attacked]
+  payload["worst_tasks"] = worst
+  with_seed = any("seed" in w for w in worst)
+  parts = ["", "## Worst tasks", "",
+           "Per-task robust accuracy: the mean, CVaR at 10% (the mean of "
+           "the worst tenth of tasks) and the share of tasks below chance "
+           "(1/N).", "", markdown_table(
+               ["learner"] + (["seed"] if with_seed else []) + [
+                   "case", "accuracy %", "CVaR 10% %", "below chance %"],
+               [[w["learner"]] + ([w.get("seed")] if with_seed else []) + [
+                   case_label(w["case"], w["attack"]), f"{w['accuracy']:.2f}",
+                   f"{w['cvar10']:.2f}", "—" if w["below_chance"] is None
+                   else f"{w['below_chance']:.1f}"] for w in worst])]
+  spec = _kde_attack(attack_specs)
+  chosen = [c for c in first if c.case == TestCase("clean", "adv")
+            and c.attack == spec]
+  if figure and chosen:
+    path = os.path.join(outdir, f"ecdf_accuracy_{_slug(spec.label)}.png")
+    written["ecdf"] = plots.plot_ecdf(
+        {c.run: c.result.accuracy for c in chosen}, path,
+        chance=1 / chosen[0].n_way if chosen[0].n_way else None,
+        title=f"per-task robust accuracy, {spec.label}")
+  return parts
+
+
+def _kde_attack(attack_specs) -> Optional[AttackSpec]:
+  """The attack of the per-task figures: the strongest PGD of the report,
+  else the last attack with a budget (None: no ε attack)."""
+  eps_specs = sorted((s for s in attack_specs if s.eps is not None),
+                     key=lambda s: (s.name == "pgd", attacks.parse_eps(s.eps)))
+  return eps_specs[-1] if eps_specs else None
 
 
 def _curve_figures(cells: Sequence[Cell], attack_specs, outdir: str,
@@ -302,11 +452,9 @@ def _kde_section(cells: Sequence[Cell], attack_specs, outdir: str,
                  written: Dict[str, str]) -> List[str]:
   """TAFL's figure, the KDE of L_AR over tasks, under the strongest PGD of
   the report (else the last attack with a budget), and its summary table."""
-  eps_specs = sorted((s for s in attack_specs if s.eps is not None),
-                     key=lambda s: (s.name == "pgd", attacks.parse_eps(s.eps)))
-  if not eps_specs:
+  spec = _kde_attack(attack_specs)
+  if spec is None:
     return []
-  spec = eps_specs[-1]
   samples = l_ar_samples(cells, spec)
   if not samples:
     return []

@@ -5,7 +5,9 @@
     evaluate_workdirs(workdirs, ...)   trained runs × cases × attacks, the
                                        masking checks: <workdir>/eval/
     reproduce(experiment, workdir)     a paper's table end to end:
-                                       <workdir>/<row>/, <workdir>/report/
+                                       <workdir>/<row>/ (with several
+                                       seeds <workdir>/<row>/seed<k>/),
+                                       <workdir>/report/
     sensitivity_sweep(base, workdir)   TAFL's γ × k study: one run per grid
                                        point, the heatmap, sweep.md/json
 
@@ -180,7 +182,8 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
             f"{seed}; accuracy in % ± 95% CI.")
   report = reports.write_reports(
       cells, out, curves=curves,
-      kde=kde, kde_threshold=kde_threshold, masking=masking, header=header)
+      kde=kde, kde_threshold=kde_threshold, masking=masking, header=header,
+      pairs=protocol.default_pairs(runs))
   return Evaluation(tuple(runs), tuple(cells), masking, report)
 
 
@@ -222,13 +225,51 @@ def _available_rows(experiment: experiments.ExperimentConfig,
   return kept
 
 
+def check_seeds(seeds) -> int:
+  """The number of training seeds per row: a positive integer."""
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    raise ConfigError(f"--seeds must be a positive integer (training seeds "
+                      f"per row; 1 trains each row once), got {seeds!r}.")
+  return seeds
+
+
+def seed_rundir(workdir: str, row: str, k: int, seeds: int) -> str:
+  """`workdir/row` with one seed (the layout of earlier runs), else
+  `workdir/row/seed<k>`."""
+  return os.path.join(workdir, row) if seeds == 1 else os.path.join(
+      workdir, row, f"seed{k}")
+
+
+def _train_rows(configs, workdir: str, seeds: int, train_data, *,
+                progress: bool, log: Log) -> List[List[Run]]:
+  """Trains (or resumes) every row at every seed; the runs, seed-major. Seed
+  k of a row is its config with `seed + k`."""
+  by_seed = []
+  for k in range(seeds):
+    runs = []
+    for row, config in configs.items():
+      if seeds > 1:
+        config = config.replace(seed=config.seed + k)
+      rundir = seed_rundir(workdir, row, k, seeds)
+      log(f"== {row}: meta-training {config.learner} for {config.num_steps} "
+          f"steps in {rundir}" + (f" (seed {config.seed})" if seeds > 1
+                                  else ""))
+      state = training.train(config, rundir, train_split=train_data,
+                             progress=progress)
+      runs.append(Run(row, config, state.params))
+    by_seed.append(runs)
+  return by_seed
+
+
 def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
               shrink: bool = False, rows: Optional[Sequence[str]] = None,
               data_dir: Optional[str] = None, episodes_: Optional[int] = None,
               seed: int = 0, q_query: Optional[int] = None,
               progress: bool = True,
               kde_threshold: float = 1.0, log: Log = print,
-              extra_attacks: Sequence = ()) -> Reproduction:
+              extra_attacks: Sequence = (), seeds: int = 1,
+              pairs: Optional[Sequence[Tuple[str, str]]] = None
+              ) -> Reproduction:
   """Trains every row of `experiment` in `workdir/<row>`, then evaluates them.
 
   A row whose run is complete is not retrained; an interrupted one resumes
@@ -237,11 +278,23 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   paper's (`ExperimentConfig.test_attacks`), e.g. `("autoattack",)`.
   The test episodes have `q_query` queries per class (default: the
   experiment's `test_q_query`, else the rows' training q_query).
+
+  With `seeds` > 1 each row is trained `seeds` times, with training seeds
+  config.seed + 0, 1, ..., each in `workdir/<row>/seed<k>` (resumed per
+  seed), and every seed's runs meet the same test episodes (`seed`); the
+  report gives each seed's accuracy ± CI beside the mean ± s.d. over seeds
+  and the paired comparisons per seed and over seeds. `pairs` are the paired
+  comparisons `(a, b)` by row name (default `protocol.default_pairs`).
   """
   t0 = time.perf_counter()
+  check_seeds(seeds)
   chosen = _available_rows(experiment, rows)
   configs = {row: Config.make(**experiment.train_fields(
       row, shrink=shrink, data_dir=data_dir)).validate() for row in chosen}
+  unknown = sorted({r for p in pairs or () for r in p} - set(chosen))
+  if unknown:
+    raise ConfigError(f"--pairs names rows {unknown} that this run does not "
+                      f"have; rows: {', '.join(chosen)}.")
   first = configs[chosen[0]]
   cases = experiment.test_cases()
   if evaluation.mixed_adv_count(first.k_shot) is None:
@@ -253,45 +306,49 @@ def reproduce(experiment: experiments.ExperimentConfig, workdir: str, *,
   # Check the data before any training.
   train_data = builders.load_split(first, "train")
   test_data = builders.load_split(first, "test")
-  runs = []
-  for row in chosen:
-    config = configs[row]
-    rundir = os.path.join(workdir, row)
-    log(f"== {row}: meta-training {config.learner} for {config.num_steps} "
-        f"steps in {rundir}")
-    state = training.train(config, rundir, train_split=train_data,
-                           progress=progress)
-    runs.append(Run(row, config, state.params))
-  log(f"== meta-testing {len(runs)} learners on {num_episodes} episodes "
-      f"({', '.join(c.name for c in cases)}; "
-      f"{', '.join(s.label for s in attack_specs) or 'no attack'})")
-  cells = protocol.evaluate_runs(
-      runs, cases=cases, attack_specs=attack_specs, num_episodes=num_episodes,
-      inner_steps=settings.test_inner_steps, seed=seed,
-      curves=experiment.curves,
-      adversarial_curves=experiment.adversarial_curves, data=test_data,
-      log=log, q_query=q_query)
+  by_seed = _train_rows(configs, workdir, seeds, train_data,
+                        progress=progress, log=log)
+  cells = []
+  for runs in by_seed:
+    log(f"== meta-testing {len(runs)} learners on {num_episodes} episodes "
+        f"({', '.join(c.name for c in cases)}; "
+        f"{', '.join(s.label for s in attack_specs) or 'no attack'})"
+        + (f", training seed {runs[0].config.seed}" if seeds > 1 else ""))
+    cells += [dataclasses.replace(
+        c, train_seed=runs[0].config.seed if seeds > 1 else None)
+              for c in protocol.evaluate_runs(
+                  runs, cases=cases, attack_specs=attack_specs,
+                  num_episodes=num_episodes,
+                  inner_steps=settings.test_inner_steps, seed=seed,
+                  curves=experiment.curves,
+                  adversarial_curves=experiment.adversarial_curves,
+                  data=test_data, log=log, q_query=q_query)]
+  runs = by_seed[0]
   masking = None
   if experiment.masking_check:
     # Shrunk: one run and one attack, a smoke test of the check itself (the
-    # toy models are untrained and fail it, as they should).
+    # toy models are untrained and fail it, as they should). With several
+    # seeds: the first seed's runs.
     masking = protocol.masking_checks(
         runs[:1] if shrink else runs,
         [s for s in attack_specs[:len(experiment.attacks)]
          if s.eps is not None][:1 if shrink else None],
         data=test_data, seed=seed, inner_steps=settings.test_inner_steps)
   seconds = time.perf_counter() - t0
+  trained = (f"{seeds} training seeds per row "
+             f"({', '.join(str(r[0].config.seed) for r in by_seed)}; figures, "
+             "L_AR and masking checks of the first), " if seeds > 1 else "")
   header = (f"# {experiment.name}{' (shrunk)' if shrink else ''}\n\n"
             f"{experiment.description}\n\n"
-            f"{num_episodes} episodes per cell, {q_query} queries per class, "
-            f"{settings.test_inner_steps} test-time inner steps, seed {seed}; "
-            "accuracy in % ± 95% CI "
-            f"(1.96·s/√n). Wall time {seconds / 60:.1f} min (training "
-            "included).")
+            f"{trained}{num_episodes} episodes per cell, {q_query} queries "
+            f"per class, {settings.test_inner_steps} test-time inner steps, "
+            f"seed {seed}; accuracy in % ± 95% CI (1.96·s/√n). Wall time "
+            f"{seconds / 60:.1f} min (training included).")
   report = reports.write_reports(
       cells, os.path.join(workdir, "report"), experiment=experiment,
       curves=experiment.curves, kde=experiment.kde,
-      kde_threshold=kde_threshold, masking=masking, header=header)
+      kde_threshold=kde_threshold, masking=masking, header=header,
+      pairs=protocol.default_pairs(runs) if pairs is None else pairs)
   return Reproduction(tuple(cells), report, seconds, masking)
 
 
