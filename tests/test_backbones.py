@@ -23,6 +23,7 @@ from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.core import episodes
 from advmeta_jax.core import models
+from advmeta_jax.core import wide
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import metatest
 from tests.conftest import tiny_config
@@ -87,7 +88,7 @@ def test_resnet12_has_metaoptnets_parameter_count():
   by_hand = 0
   for c_in, c in [(3, 64), (64, 160), (160, 320), (320, 640)]:
     by_hand += 9 * c_in * c + 2 * 9 * c * c + 6 * c + c_in * c + 2 * c
-  assert by_hand == 12_424_320 == models.resnet12_num_params()
+  assert by_hand == 12_424_320 == wide.resnet12_num_params()
   for size in PAPER_SIZES:
     params, _ = _shapes(models.make_conv4_embedding(image_size=size,
                                                     backbone="resnet12"), size)
@@ -99,8 +100,8 @@ def test_resnet12_has_metaoptnets_parameter_count():
   # At a reduced width the same formula holds.
   params, _ = _shapes(models.make_conv4_embedding(
       image_size=16, backbone="resnet12", width=0.125), 16)
-  assert models.num_params(params) == models.resnet12_num_params(
-      channels=models.scaled_channels(models.RESNET12_CHANNELS, 0.125))
+  assert models.num_params(params) == wide.resnet12_num_params(
+      channels=models.scaled_channels(wide.RESNET12_CHANNELS, 0.125))
 
 
 def test_conv4_64_and_conv4_wide_parameter_counts_by_hand():
@@ -240,13 +241,13 @@ def test_resnet12_matches_metaoptnets_code_in_torch():
   """Parameter count and output shape at MetaOptNet's sizes, and the same
   function (batch statistics, as its `train()` mode) at a reduced width."""
   torch = _torch()
-  full = _torch_resnet12(torch, models.RESNET12_CHANNELS)
+  full = _torch_resnet12(torch, wide.RESNET12_CHANNELS)
   assert sum(p.numel() for p in full.parameters()) == 12_424_320
   with torch.no_grad():
     assert tuple(full(torch.zeros(1, 3, 84, 84)).shape) == (1, 16000)
 
   channels = (3, 5, 6, 8)
-  model = models.ResNet12(None, channels, conv_impl="xla")
+  model = wide.ResNet12(None, channels, conv_impl="xla")
   x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
   params = models.init_params(model, jax.random.key(0), (32, 32, 3))
   params = jax.tree.map(   # non-trivial BatchNorm scales and offsets
@@ -281,7 +282,7 @@ def test_conv4_wide_matches_r2d2s_code_in_torch():
   ours without biases (BatchNorm with the batch's statistics removes them);
   their parameter counts differ by exactly those biases."""
   torch = _torch()
-  full = _torch_rrfeatures(torch, models.WIDE_CONV4_CHANNELS)
+  full = _torch_rrfeatures(torch, wide.WIDE_CONV4_CHANNELS)
   assert sum(p.numel() for p in full.parameters()) == 2_603_872 + (
       96 + 192 + 384 + 512)
   with torch.no_grad():
@@ -289,7 +290,7 @@ def test_conv4_wide_matches_r2d2s_code_in_torch():
     assert tuple(full(torch.zeros(1, 3, 32, 32)).shape) == (1, 8064)
 
   channels = (4, 5, 6, 7)
-  model = models.WideConv4(None, channels, conv_impl="xla")
+  model = wide.WideConv4(None, channels, conv_impl="xla")
   x = jax.random.uniform(jax.random.key(1), (4, 20, 20, 3))
   params = models.init_params(model, jax.random.key(0), (20, 20, 3))
   params = jax.tree.map(
@@ -306,7 +307,7 @@ def test_conv4_wide_matches_r2d2s_code_in_torch():
     ref.train()
     out = ref(torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy()))
   got = jax.jit(model.apply)({"params": params}, x)
-  assert got.shape == (4, models._wide_conv4_dim(20, channels))  # pylint: disable=protected-access
+  assert got.shape == (4, wide._wide_conv4_dim(20, channels))  # pylint: disable=protected-access
   np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -354,25 +355,25 @@ def test_dropblock_mask_is_metaoptnets(block_size, side):
   rng = np.random.default_rng(block_size * side)
   seeds = (rng.random((2, side - block_size + 1, side - block_size + 1, 3))
            < 0.15).astype(np.float32)
-  got = models.dropblock_keep_mask(jnp.asarray(seeds), block_size)
+  got = wide.dropblock_keep_mask(jnp.asarray(seeds), block_size)
   ref = _metaoptnet_block_mask(seeds.transpose(0, 3, 1, 2), block_size)
   np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), ref)
 
 
 def test_dropblock_schedule_and_resnet12_regularization_need_a_key():
   # The drop rate rises linearly over 40,000 forward calls, then stays.
-  g = lambda step: float(models.dropblock_gamma(0.1, 5, 10, step))
+  g = lambda step: float(wide.dropblock_gamma(0.1, 5, 10, step))
   np.testing.assert_allclose(g(20_000), 0.05 / 25 * 100 / 36, rtol=1e-6)
   np.testing.assert_allclose(g(40_000), 0.1 / 25 * 100 / 36, rtol=1e-6)
   assert g(80_000) == g(40_000)
-  model = models.ResNet12(None, (2, 3, 4, 5), conv_impl="xla", drop_rate=0.1,
+  model = wide.ResNet12(None, (2, 3, 4, 5), conv_impl="xla", drop_rate=0.1,
                           dropblock_size=2)
   x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
   params = models.init_params(model, jax.random.key(0), (32, 32, 3))
   plain = model.apply({"params": params}, x)
   # Without a key (the learners' apply(params, x)): no dropout, no DropBlock.
   np.testing.assert_array_equal(
-      plain, models.ResNet12(None, (2, 3, 4, 5), conv_impl="xla").apply(
+      plain, wide.ResNet12(None, (2, 3, 4, 5), conv_impl="xla").apply(
           {"params": params}, x))
   dropped = model.apply({"params": params}, x, key=jax.random.key(5),
                         step=40_000)

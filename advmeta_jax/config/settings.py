@@ -31,58 +31,24 @@ that reads it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from advmeta_jax.config.checks import Check
+from advmeta_jax.config.checks import AUTO
+from advmeta_jax.config.checks import auto_or_bool
+from advmeta_jax.config.checks import auto_or_non_negative_int
+from advmeta_jax.config.checks import AutoBool
+from advmeta_jax.config.checks import AutoInt
+from advmeta_jax.config.checks import fraction
+from advmeta_jax.config.checks import integer
+from advmeta_jax.config.checks import is_int
+from advmeta_jax.config.checks import n_way_check
+from advmeta_jax.config.checks import non_negative_float
+from advmeta_jax.config.checks import non_negative_int
+from advmeta_jax.config.checks import optional
+from advmeta_jax.config.checks import positive_float
+from advmeta_jax.config.checks import positive_int
 from advmeta_jax.errors import ConfigError
-
-Check = Callable[[Any, str], None]
-
-
-# --- checks -----------------------------------------------------------------
-
-def is_int(value) -> bool:
-  return (not isinstance(value, bool) and isinstance(value, (int, float))
-          and float(value).is_integer())
-
-
-def positive_int(value, name: str) -> None:
-  if not is_int(value) or value < 1:
-    raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def non_negative_int(value, name: str) -> None:
-  if not is_int(value) or value < 0:
-    raise ConfigError(f"{name} must be >= 0 (an integer), got {value!r}.")
-
-
-def integer(value, name: str) -> None:
-  if not is_int(value):
-    raise ConfigError(f"{name} must be an integer, got {value!r}.")
-
-
-def positive_float(value, name: str) -> None:
-  if isinstance(value, bool) or not (
-      isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-    raise ConfigError(f"{name} must be a finite number > 0, got {value}.")
-
-
-def non_negative_float(value, name: str) -> None:
-  if isinstance(value, bool) or not (
-      isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-    raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
-
-
-def fraction(value, name: str) -> None:
-  if isinstance(value, bool) or not (isinstance(value, (int, float))
-                                     and 0 < value <= 1):
-    raise ConfigError(f"{name} must be in (0, 1], got {value}.")
-
-
-def n_way_check(value, name: str) -> None:
-  positive_int(value, name)
-  if value < 2:
-    raise ConfigError(f"{name} must be at least 2, got {value}.")
 
 
 # --- what the registries above register ------------------------------------
@@ -160,38 +126,6 @@ def image_size_check(value, name: str) -> None:
 def eps_text(value, name: str) -> None:
   """An L-inf budget as text ("8/255", "0.03"); "" means the default."""
   _registered("eps")(value or "0", name)
-
-
-# The value of a speed/memory setting resolved per backend from the table of
-# autotune.py (`autotune.resolve`).
-AUTO = "auto"
-
-
-def auto_or_bool(value, name: str) -> None:
-  if value != AUTO and not isinstance(value, bool):
-    raise ConfigError(f"{name} must be auto, true or false, got {value!r}.")
-
-
-def auto_or_non_negative_int(value, name: str) -> None:
-  if value != AUTO and (not is_int(value) or value < 0):
-    raise ConfigError(f"{name} must be auto or an integer >= 0, got "
-                      f"{value!r}.")
-
-
-class AutoBool:
-  """Flag kind: true, false or auto (`--remat`, `--noremat`, `--remat=auto`)."""
-
-
-class AutoInt:
-  """Flag kind: an integer or auto (`--parallel_tasks=2`, `=auto`)."""
-
-
-def optional(check: Check) -> Check:
-  """`check`, letting None (the learner's default) through."""
-  def check_or_none(value, name: str) -> None:
-    if value is not None:
-      check(value, name)
-  return check_or_none
 
 
 def positive_eps_text(value, name: str) -> None:

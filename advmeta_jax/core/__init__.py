@@ -12,6 +12,7 @@ from advmeta_jax.core import episodes
 from advmeta_jax.core import hybrid_conv
 from advmeta_jax.core import losses
 from advmeta_jax.core import models
+from advmeta_jax.core import wide  # registers conv4_wide and resnet12
 
 from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
 _config.register_choices("conv_impl", lambda: models.CONV_IMPLS)
