@@ -176,7 +176,7 @@ def test_a_checkpoint_of_non_finite_parameters_is_never_saved(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(dataset="cifar10"), "unknown dataset 'cifar10'; choose one of: "
-                              "cifar_fs, digits"),
+                              "cifar_fs, cub, digits"),
     (dict(learner="reptile"), "unknown learner 'reptile'; choose one of: "
                               "adml, anil, aq, maml, maml_ad, "
                               "matchingnet, protonet, r2d2, tafl"),
