@@ -311,7 +311,7 @@ def test_conv4_wide_matches_r2d2s_code_in_torch():
   np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.integration
+@pytest.mark.slow   # compile-bound: ~80 s on 2 cores
 @pytest.mark.parametrize("backbone", ["conv4_wide", "resnet12"])
 def test_the_convolution_formulations_compute_the_same_backbone(backbone):
   """matmul, hybrid (the CPU's `auto`) and xla: the same logits and
@@ -436,8 +436,8 @@ def _train_step_and_pgd_episode(learner, robust, backbone):
 
 
 # The unit tier runs one pair per backbone, together covering every learner
-# (~1.5 minutes on a loaded 2-core CPU, compile-bound); the integration tier
-# runs the rest of the matrix (every learner × every backbone, AQ and TAFL
+# (~1.5 minutes on a loaded 2-core CPU, compile-bound); the slow tier runs
+# the rest of the matrix (every learner × every backbone, AQ and TAFL
 # on top; MAML on ResNet-12 with remat, second order).
 FAST = [("maml", "none", "conv4"), ("matchingnet", "none", "conv4_strided"),
         ("anil", "none", "conv4_64"), ("r2d2", "none", "conv4_wide"),
@@ -458,7 +458,7 @@ def test_learner_trains_and_meta_tests_on_backbone(learner, robust, backbone):
 SLOW = [c for c in MATRIX if c not in FAST]
 
 
-@pytest.mark.integration
+@pytest.mark.slow   # 30 pairs, 5-90 s of compiling each on 2 cores
 @pytest.mark.parametrize("learner,robust,backbone", SLOW, ids=_ids(SLOW))
 def test_every_learner_trains_and_meta_tests_on_every_backbone(
     learner, robust, backbone):
