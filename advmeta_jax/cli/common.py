@@ -155,12 +155,17 @@ def user_errors_exit(main):
 
 
 def show_usage_of(module_name: str) -> None:
-  """Makes `--help` print the docstring of the program's module: absl prints
-  `__main__`'s, which for a console script is the generated stub's (none)
-  and for `python -m launch.X` the checkout's one-line entry point's."""
+  """Makes `--help` print the program's docstring and flags: absl prints
+  `__main__`'s docstring and the flags key to the program file (`argv[0]`),
+  which for a console script is the generated stub and for `python -m
+  launch.X` the checkout's one-line entry point, so both are taken from the
+  program's module (and the shared flags of this one)."""
   doc = sys.modules[module_name].__doc__
   if doc:
     sys.modules["__main__"].__doc__ = doc
+  for source in (module_name, __name__):
+    for flag in flags.FLAGS.get_key_flags_for_module(source):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def run(main):

@@ -500,13 +500,12 @@ class Config:
                 getattr(default, s), f.name)}
 
   def describe(self) -> str:
-    """The settings that differ from the defaults, one `--name=value` line
-    each (the flags that give this config), or a line saying there are
-    none."""
+    """The settings that differ from the defaults as the flags that give
+    them (`--k_shot=5 --learner=tafl`), or a phrase saying there are none."""
     changed = self.changes()
     if not changed:
-      return "  (every setting at its default)"
-    return "\n".join(f"  --{name}={value}" for name, value in changed.items())
+      return "every setting at its default"
+    return " ".join(f"--{name}={value}" for name, value in changed.items())
 
   def to_dict(self) -> Dict[str, Dict[str, Any]]:
     """`{section: {field: value}}` (the JSON of config.json)."""

@@ -86,8 +86,8 @@ def train(config: Config, workdir: str, *,
       lock.release()
     raise
   try:
-    logging.info("config (all of it in %s/config.json):\n%s", workdir,
-                 config.describe())
+    logging.info("config: %s (all settings in %s/config.json)",
+                 config.describe(), workdir)
     logging.info("speed settings: %s", autotune.describe(config, built.config))
     logging.info("devices: %s", ", ".join(str(d) for d in mesh.devices.flat))
     state, resumed = _initial_state(built, manager, mesh)
