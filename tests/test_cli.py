@@ -10,9 +10,11 @@ from advmeta_jax.cli import common
 
 @pytest.fixture
 def restore_cache_dir():
-  before = jax.config.jax_compilation_cache_dir
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
   yield
-  jax.config.update("jax_compilation_cache_dir", before)
+  jax.config.update("jax_compilation_cache_dir", before[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
 def test_launches_use_a_persistent_compilation_cache(tmp_path, monkeypatch,
@@ -21,6 +23,8 @@ def test_launches_use_a_persistent_compilation_cache(tmp_path, monkeypatch,
   target = tmp_path / "xla"
   assert common.enable_compilation_cache(str(target)) == str(target)
   assert jax.config.jax_compilation_cache_dir == str(target)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
   assert target.is_dir()
   # '' turns it off; the default is $JAX_COMPILATION_CACHE_DIR, else the
   # user's cache folder.

@@ -61,6 +61,10 @@ def enable_compilation_cache(path=None) -> Optional[str]:
     return None
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", path)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    # Every program, not only those over JAX's default 1 s of compiling: a
+    # launch compiles dozens of small ones (measured in docs/performance.md).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return path
 
 
