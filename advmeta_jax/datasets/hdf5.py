@@ -52,6 +52,16 @@ def _open(path: str, what: str):
                     ) from e
 
 
+def _dataset(f, key: str, path: str, what: str):
+  """The dataset `key` of the open file `f`, or one line naming what the file
+  holds instead."""
+  ds = f.get(key)
+  if ds is None or not hasattr(ds, "shape"):
+    raise DataError(f"{what}: {path!r} has no dataset {key!r} (it holds "
+                    f"{sorted(f.keys())[:8]} at the top).")
+  return ds
+
+
 def read_datasets(path: str, keys: Sequence[str], image_size: int,
                   what: str) -> Tuple[np.ndarray, List[int]]:
   """Reads the datasets `keys` of an HDF5 file into one uint8 array.
@@ -73,10 +83,7 @@ def read_datasets(path: str, keys: Sequence[str], image_size: int,
   with _open(path, what) as f:
     shapes = []
     for key in keys:
-      ds = f.get(key)
-      if ds is None or not hasattr(ds, "shape"):
-        raise DataError(f"{what}: {path!r} has no dataset {key!r} (it holds "
-                        f"{sorted(f.keys())[:8]} at the top).")
+      ds = _dataset(f, key, path, what)
       if ds.dtype != np.uint8 or len(ds.shape) != 4 or ds.shape[-1] != 3:
         raise DataError(f"{what}: {path!r}[{key!r}] must be uint8 "
                         f"[n, H, W, 3], got {ds.dtype} {ds.shape}.")
@@ -122,10 +129,7 @@ def read_encoded_datasets(path: str, keys: Sequence[str], image_size: int,
   with _open(path, what) as f:
     shapes = []
     for key in keys:
-      ds = f.get(key)
-      if ds is None or not hasattr(ds, "shape"):
-        raise DataError(f"{what}: {path!r} has no dataset {key!r} (it holds "
-                        f"{sorted(f.keys())[:8]} at the top).")
+      ds = _dataset(f, key, path, what)
       if len(ds.shape) != 1 or ds.dtype.kind != "O":
         raise DataError(f"{what}: {path!r}[{key!r}] must hold one encoded "
                         f"image (variable-length uint8) per element, [n], got "
