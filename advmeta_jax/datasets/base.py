@@ -253,3 +253,27 @@ def gather_by_class(parts: Sequence[Tuple[np.ndarray, np.ndarray]],
 def reason(e: BaseException) -> str:
   """An exception as `Type: message` on one line, for a user's error message."""
   return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def read_npz_arrays(path: str, name: str, expected: Dict[str, str]
+                    ) -> Dict[str, np.ndarray]:
+  """The arrays `expected` (`{key: what it holds}`) of the npz archive at
+  `path`, read without pickle; one `DataError` line naming the arrays the
+  file holds when one is missing, or saying the file is truncated or
+  corrupt when it cannot be read."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      missing = [k for k in expected if k not in npz.files]
+      if missing:
+        raise DataError(f"{name}: {path!r} holds arrays {list(npz.files)}; "
+                        "expected " + " and ".join(
+                            f"{k!r} ({v})" for k, v in expected.items())
+                        + ".")
+      return {k: npz[k] for k in expected}
+  except DataError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise DataError(f"{name}: cannot read {path!r} as an npz archive of "
+                    f"plain arrays ({reason(e)}); the file is truncated "
+                    f"or corrupt.") from e

@@ -45,7 +45,6 @@ that pickles can run code.
 
 from __future__ import annotations
 
-import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -120,20 +119,9 @@ def _read_tadam(source: str, split: str, image_size: int,
   """`few-shot-<split>.npz`: `features` [N, 32, 32, 3], `targets` fine ids."""
   del dataset
   name = _split_name(split)
-  try:
-    with np.load(source, allow_pickle=False) as npz:
-      missing = [k for k in ("features", "targets") if k not in npz.files]
-      if missing:
-        raise DataError(f"{name}: {source!r} holds arrays {list(npz.files)}; "
-                        f"TADAM's files hold 'features' (uint8 "
-                        f"[N, 32, 32, 3]) and 'targets' (fine-label ids).")
-      images, ids = npz["features"], npz["targets"]
-  except DataError:
-    raise
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f"{name}: cannot read {source!r} as an npz archive of "
-                    f"plain arrays ({base.reason(e)}); the file is truncated "
-                    f"or corrupt.") from e
+  arrays = base.read_npz_arrays(source, name, {
+      "features": "uint8 [N, 32, 32, 3]", "targets": "fine-label ids"})
+  images, ids = arrays["features"], arrays["targets"]
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise DataError(f"{name}: {source!r}['features'] must be uint8 "
                     f"[N, 32, 32, 3], got {images.dtype} {images.shape}.")

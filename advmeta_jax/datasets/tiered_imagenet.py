@@ -47,7 +47,6 @@ beside the split's decoded pixels (N x 84 x 84 x 3 bytes: 9.5 GB for train).
 from __future__ import annotations
 
 import os
-import zipfile
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -160,18 +159,8 @@ def _read_npz(source: str, split: str, image_size: int,
   name = _split_name(split)
   folder = os.path.dirname(source)
   ids, names, general = _read_labels(_labels_path(folder, split), name)
-  try:
-    with np.load(source, allow_pickle=False) as npz:
-      if "images" not in npz.files:
-        raise DataError(f"{name}: {source!r} holds arrays {list(npz.files)}; "
-                        f"expected 'images' (uint8 [N, 84, 84, 3]).")
-      images = npz["images"]
-  except DataError:
-    raise
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f"{name}: cannot read {source!r} as an npz archive of "
-                    f"plain arrays ({base.reason(e)}); the file is truncated "
-                    f"or corrupt.") from e
+  images = base.read_npz_arrays(source, name, {
+      "images": "uint8 [N, 84, 84, 3]"})["images"]
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise DataError(f"{name}: {source!r}['images'] must be uint8 "
                     f"[N, 84, 84, 3], got {images.dtype} {images.shape}.")
