@@ -6,6 +6,7 @@ import math
 import pytest
 
 from advmeta_jax.benchmarks import benchmark
+from advmeta_jax.config import Config
 
 
 @pytest.mark.integration   # times a compiled train step
@@ -159,7 +160,7 @@ def test_the_default_variant_is_what_train_runs_by_default():
              **fields)
   config = benchmark.step_config(cfg)
   # every loop setting at launch.train's default
-  assert config.loop == benchmark.Config().loop
+  assert config.loop == Config().loop
   r = benchmark.run_single(cfg)
   want = autotune.resolve(config).loop
   assert r["resolved"] == {f: getattr(want, f) for f in autotune.AUTO_FIELDS}
