@@ -42,18 +42,18 @@ def test_auto_resolves_to_the_backends_entry(backend):
 
 
 def test_the_table_says_which_entries_are_measured():
-  assert not autotune.TABLE["cpu"].source.startswith("unmeasured")
-  assert "launch.benchmark" in autotune.TABLE["cpu"].source
-  for backend in ("gpu", "tpu"):
-    entry = autotune.TABLE[backend]
-    assert entry.source.startswith("unmeasured")
-    # The usual choice there: lax.conv, the whole task batch vmapped, no
-    # rematerialization.
-    assert (entry.conv_impl, entry.tasks_per_device, entry.remat) == (
-        "xla", 0, False)
-  # A backend the table does not know gets the accelerator entry.
-  assert autotune.backend_entry("some_plugin") == autotune.TABLE[
-      autotune.FALLBACK]
+  for backend in ("cpu", "gpu"):
+    assert not autotune.TABLE[backend].source.startswith("unmeasured")
+    assert "launch.benchmark" in autotune.TABLE[backend].source
+  entry = autotune.TABLE["tpu"]
+  assert entry.source.startswith("unmeasured")
+  # The usual choice there: lax.conv, the whole task batch vmapped, no
+  # rematerialization.
+  assert (entry.conv_impl, entry.tasks_per_device, entry.remat) == (
+      "xla", 0, False)
+  # A backend the table does not know gets the unmeasured accelerator entry.
+  assert autotune.backend_entry("some_plugin") == (
+      autotune.UNMEASURED_ACCELERATOR)
 
 
 def test_explicit_values_are_kept_and_rounds_follow_the_devices():

@@ -61,23 +61,29 @@ TABLE: Dict[str, Entry] = {
         source=("measured with `python -m launch.benchmark`: "
                 "docs/performance.md, \"Defaults by backend (auto)\"")),
 }
-# No GPU or TPU has been measured: both get the usual choice there, until
-# the accelerator suite runs on one.
-_UNMEASURED_ACCELERATOR = Entry(
+# A backend nobody has measured (the TPU, a plugin's name) gets the usual
+# choice on an accelerator, until the accelerator suite runs on one.
+UNMEASURED_ACCELERATOR = Entry(
     conv_impl="xla", tasks_per_device=0, remat=False,
     source=("unmeasured: lax.conv (the vendor's convolutions) with the whole "
             "task batch vmapped, no remat, the usual choice on an "
             "accelerator. Run `python -m launch.benchmark --suite=accelerator "
             "--out=DIR` on one and copy the entry it prints."))
-TABLE["gpu"] = TABLE["tpu"] = _UNMEASURED_ACCELERATOR
-# Backends not in the table (e.g. a plugin's name) get the accelerator entry.
-FALLBACK = "gpu"
+# One NVIDIA H200, jax 0.11.2 (CUDA 13).
+TABLE["gpu"] = Entry(
+    conv_impl="matmul", tasks_per_device=0, remat=False,
+    source=("`python -m launch.benchmark --suite=accelerator --out=DIR`, "
+            "commit 5f16420, gpu: NVIDIA H200: maml 84x84 1-shot B=4: matmul "
+            "p0 0.0192 s/step (xla p0 0.0278; xla remat 0.0276; matmul "
+            "p1+remat 0.0230; hybrid p1+remat 0.0435); docs/performance.md, "
+            "\"The accelerator suite\""))
+TABLE["tpu"] = UNMEASURED_ACCELERATOR
 
 
 def backend_entry(backend: Optional[str] = None) -> Entry:
   """The table entry of `backend` (default: `jax.default_backend()`)."""
   backend = jax.default_backend() if backend is None else backend
-  return TABLE.get(backend, TABLE[FALLBACK])
+  return TABLE.get(backend, UNMEASURED_ACCELERATOR)
 
 
 def resolve(config: Config, *, backend: Optional[str] = None,
