@@ -149,11 +149,9 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
   return cells
 
 
-def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
-                      attack_specs: Sequence[AttackSpec]) -> None:
-  """Refuses runs that cannot share a table (other datasets or episode
-  shapes), a mixed support the shot count cannot give, and adversarial cases
-  without an attack, before any data is loaded."""
+def check_same_episodes(runs: Sequence[Run]) -> None:
+  """Refuses no runs, or runs that cannot share a table (other datasets or
+  episode shapes)."""
   if not runs:
     raise ConfigError("no runs to evaluate.")
   shapes = {_episode_shape(r.config) for r in runs}
@@ -163,6 +161,14 @@ def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
         + "; ".join(f"{r.name}: dataset={r.config.dataset} "
                     f"n_way={r.config.n_way} k_shot={r.config.k_shot} "
                     f"q_query={r.config.q_query}" for r in runs))
+
+
+def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
+                      attack_specs: Sequence[AttackSpec]) -> None:
+  """Refuses runs that cannot share a table (other datasets or episode
+  shapes), a mixed support the shot count cannot give, and adversarial cases
+  without an attack, before any data is loaded."""
+  check_same_episodes(runs)
   first = runs[0].config
   for case in cases:
     if case.support == "mixed" and evaluation.mixed_adv_count(
