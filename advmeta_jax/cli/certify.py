@@ -19,22 +19,10 @@ from absl import flags
 
 from advmeta_jax import config as config_lib
 from advmeta_jax.config import certification
-from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import certify
 from advmeta_jax.cli import common
 
-flags.DEFINE_list("workdirs", None, "Training workdirs to certify "
-                  "(comma-separated).")
-flags.DEFINE_string("workdir", None, "One training workdir (the same as "
-                    "--workdirs with one entry).")
-flags.DEFINE_list("names", None, "Row names, one per workdir (default: each "
-                  "run's learner).")
-flags.DEFINE_integer("checkpoint_step", None,
-                     "Checkpoint to certify (default: the latest).")
-flags.DEFINE_enum("split", "test", ["test", "val"], "Class split to test on.")
-flags.DEFINE_string("data_dir", None, "Override the runs' data_dir.")
-flags.DEFINE_string("out", None, "Report directory (default: "
-                    "<first workdir>/certify).")
+common.define_run_flags("certify", "certify")
 flags.DEFINE_bool("shrink", False, "A smoke run: n0 = 32, n = 1,000 and 10 "
                   "episodes where --n0, --n and --test_episodes are not "
                   "given.")
@@ -51,12 +39,7 @@ SHRUNK_EPISODES = 10
 
 def main(argv):
   del argv
-  workdirs = list(FLAGS.workdirs or []) + ([FLAGS.workdir] if FLAGS.workdir
-                                           else [])
-  if not workdirs:
-    raise ConfigError("give the runs to certify: --workdirs=DIR[,DIR...] "
-                      "(or --workdir=DIR).")
-  common.check_data_dir(FLAGS.data_dir)
+  workdirs = common.workdirs_from_flags("certify")
   settings = certification.certify_from_flags(shrink=FLAGS.shrink)
   protocol = common.protocol_from_flags()
   episodes = protocol.test_episodes

@@ -318,19 +318,8 @@ def certify_workdirs(workdirs: Sequence[str], *, settings: CertifyConfig,
   `eval_episodes` and `eval_inner_steps`; the other arguments are those of
   `evaluation.protocol` (`reproduction.evaluate_workdirs`).
   """
-  if not workdirs:
-    raise ConfigError("no training workdirs to certify.")
-  names = list(names or [None] * len(workdirs))
-  if len(names) != len(workdirs):
-    raise ConfigError(f"--names has {len(names)} entries for "
-                      f"{len(workdirs)} workdirs.")
-  runs = [protocol.load_run(w, name=n, step=checkpoint_step,
-                            data_dir=data_dir)
-          for w, n in zip(workdirs, names)]
-  for w, run in zip(workdirs, runs):
-    log(f"checkpoint: step {run.step} of {w} ({run.name})")
-  if len({r.name for r in runs}) < len(runs):
-    raise ConfigError("two runs share a row name; give --names.")
+  runs = protocol.load_runs(workdirs, names=names, step=checkpoint_step,
+                            data_dir=data_dir, log=log)
   out = rundir.writable_dir(out or os.path.join(workdirs[0], "certify"),
                             "--out")
   first = runs[0].config

@@ -1,6 +1,6 @@
 """The meta-test protocol over trained runs: learners × test cases × attacks.
 
-    workdir ──load_run──▶ Run(name, config, params)
+    workdir ──load_run──▶ Run(name, config, params)   (load_runs: several)
     runs ──evaluate_runs──▶ [Cell(run, learner, case, attack, MetaTestResult)]
     runs ──masking_checks──▶ {(run, attack): attacks.StrengthReport}
     runs ──default_pairs──▶ [(row a, row b)] the paired comparisons of a report
@@ -57,6 +57,29 @@ def load_run(workdir: str, *, name: Optional[str] = None,
   state = training.restore_run(workdir, config, step)
   return Run(name or config.learner_label, config, state.params,
              int(state.step))
+
+
+def load_runs(workdirs: Sequence[str], *,
+              names: Optional[Sequence[Optional[str]]] = None,
+              step: Optional[int] = None, data_dir: Optional[str] = None,
+              log: Callable[[str], None] = logging.info) -> List[Run]:
+  """The runs of `workdirs` (`load_run` each), one row name per workdir
+  (`names`; None: each run's learner), logging the checkpoint loaded; one
+  line when there are none, the names do not match the workdirs, or two
+  rows share a name."""
+  if not workdirs:
+    raise ConfigError("no training workdirs given.")
+  names = list(names or [None] * len(workdirs))
+  if len(names) != len(workdirs):
+    raise ConfigError(f"--names has {len(names)} entries for "
+                      f"{len(workdirs)} workdirs.")
+  runs = [load_run(w, name=n, step=step, data_dir=data_dir)
+          for w, n in zip(workdirs, names)]
+  for w, run in zip(workdirs, runs):
+    log(f"checkpoint: step {run.step} of {w} ({run.name})")
+  if len({r.name for r in runs}) < len(runs):
+    raise ConfigError("two runs share a row name; give --names.")
+  return runs
 
 
 @dataclasses.dataclass
