@@ -110,7 +110,7 @@ def test_noise_counts_do_not_depend_on_the_batch_size():
   key = jax.random.key(3)
   runs = [jax.jit(lambda x, b=b: smoothing.noise_counts(
       threshold_logits, x, key, sigma=0.25, num_samples=250, batch_size=b,
-      num_classes=2))(x) for b in (7, 64, 250, 300)]
+      num_classes=2))(x) for b in (7, 64, 300)]
   for counts in runs[1:]:
     np.testing.assert_array_equal(counts, runs[0])
   np.testing.assert_array_equal(runs[0].sum(-1), [250, 250, 250])
@@ -197,7 +197,7 @@ def test_certify_run_uses_the_meta_tests_episodes(digits_test):
   params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
   source = episodes.make_source(digits_test)
   settings = CertifyConfig(n0=8, n=40, noise_batch=16, radii=("0", "0.1"))
-  shape = dict(n_way=5, k_shot=1, q_query=2, inner_steps=2)
+  shape = dict(n_way=5, k_shot=1, q_query=2, inner_steps=1)
   result = certify.certify_run(exp.learner.adaptation, params, source,
                                settings=settings, num_episodes=3, seed=4,
                                **shape)
