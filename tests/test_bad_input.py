@@ -147,6 +147,22 @@ BAD_INPUT = [
      'error: --seeds must be a positive integer (training seeds per row; 1 trains each row once), got 0.'),
     ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r6 --pairs=tafl:nope',
      "error: --pairs names rows ['nope'] that this run does not have; rows: maml, maml_ad, adml, aq, tafl, protonet, protonet+tafl, matchingnet."),
+    ('python -m launch.train --workdir=$TMP/g1 --robust=gaussian --gaussian_sigma=-1',
+     'error: gaussian_sigma must be a finite number >= 0, got -1.0.'),
+    ('python -m launch.certify --sigma=0.25',
+     'error: give the runs to certify: --workdirs=DIR[,DIR...] (or --workdir=DIR).'),
+    ('python -m launch.certify --workdir=$TMP/notarun --sigma=0',
+     'error: sigma must be a finite number > 0, got 0.0.'),
+    ('python -m launch.certify --workdir=$TMP/notarun --alpha=0.5',
+     'error: alpha must be in (0, 0.5) (the probability that a certificate is wrong), got 0.5.'),
+    ('python -m launch.certify --workdir=$TMP/notarun --n=0',
+     'error: n must be a positive integer, got 0.'),
+    ('python -m launch.certify --workdir=$TMP/notarun --radii=0.25,big',
+     "error: radii must be numbers, got 'big'."),
+    ('python -m launch.certify --workdir=$TMP/notarun --radii=-0.5',
+     'error: radii must be finite numbers >= 0, got -0.5.'),
+    ('python -m launch.certify --workdir=$TMP/notarun',
+     "error: no config.json in workdir … notarun': is it the --workdir of a training run?"),
 ]
 
 
@@ -229,7 +245,8 @@ def test_the_table_has_rows_for_every_launcher():
   modules = {_words(c, "")[0] for c, _ in bad_input_rows()}
   assert len(bad_input_rows()) >= 25
   assert {"launch.train", "launch.evaluate", "launch.reproduce",
-          "launch.sweep", "launch.prepare_data"} <= modules, modules
+          "launch.sweep", "launch.prepare_data", "launch.certify"} <= modules, (
+              modules)
 
 
 @pytest.mark.parametrize("command,message", bad_input_rows())

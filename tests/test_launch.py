@@ -222,7 +222,7 @@ def test_a_refused_run_does_not_block_the_corrected_command(tmp_path):
 
 @pytest.mark.parametrize("module", ["launch.train", "launch.evaluate",
                                     "launch.reproduce", "launch.sweep",
-                                    "launch.benchmark"])
+                                    "launch.benchmark", "launch.certify"])
 def test_every_launcher_defines_its_flags(module):
   """`--help` imports the launcher and defines all its flags (a flag defined
   twice, e.g. by the training and the protocol flags, fails here)."""

@@ -19,11 +19,12 @@ from advmeta_jax.core import models
 from tests.conftest import random_tasks
 
 # (learner, extra settings): every registered learner, plus the robust
-# objectives on a metric learner, FCE and TRADES.
+# objectives on a metric learner, FCE, TRADES and the Gaussian query.
 CASES = [(name, {}) for name in learners.names()] + [
     ("protonet", dict(robust="tafl")),
     ("matchingnet", dict(robust="aq", fce="adml")),
     ("maml", dict(robust="trades", train_attack="pgd")),
+    ("maml", dict(robust="gaussian")),
 ]
 
 

@@ -17,7 +17,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = ("advmeta-train", "advmeta-evaluate", "advmeta-reproduce",
-           "advmeta-sweep", "advmeta-prepare-data", "advmeta-benchmark")
+           "advmeta-sweep", "advmeta-prepare-data", "advmeta-benchmark",
+           "advmeta-certify")
 # The quickstart's first steps, small: 2 meta-steps, 4 test episodes.
 QUICK = ("--num_steps=2", "--eval_episodes=4", "--filters=4",
          "--task_batch_size=2", "--q_query=2", "--eval_batch_size=4",

@@ -192,6 +192,40 @@ def check_finite(value: float, flag: str) -> None:
     raise ConfigError(f"--{flag} must be a finite number, got {value}.")
 
 
+# --- trained runs (evaluate, certify) ------------------------------------------
+
+def define_run_flags(verb: str, out_dir: str, flag_values=flags.FLAGS) -> None:
+  """The flags that name the trained runs of a program that `verb`s them
+  (--workdirs, --workdir, --names, --checkpoint_step, --split, --data_dir)
+  and its report directory --out (default `<first workdir>/<out_dir>`)."""
+  kw = dict(flag_values=flag_values)
+  flags.DEFINE_list("workdirs", None, f"Training workdirs to {verb} "
+                    "(comma-separated).", **kw)
+  flags.DEFINE_string("workdir", None, "One training workdir (the same as "
+                      "--workdirs with one entry).", **kw)
+  flags.DEFINE_list("names", None, "Row names, one per workdir (default: "
+                    "each run's learner).", **kw)
+  flags.DEFINE_integer("checkpoint_step", None,
+                       f"Checkpoint to {verb} (default: the latest).", **kw)
+  flags.DEFINE_enum("split", "test", ["test", "val"],
+                    "Class split to test on.", **kw)
+  flags.DEFINE_string("data_dir", None, "Override the runs' data_dir.", **kw)
+  flags.DEFINE_string("out", None, "Report directory (default: "
+                      f"<first workdir>/{out_dir}).", **kw)
+
+
+def workdirs_from_flags(verb: str, flag_values=flags.FLAGS):
+  """The runs `define_run_flags` named (--workdirs, then --workdir), with
+  --data_dir checked; one line when there are none."""
+  f = flag_values
+  workdirs = list(f.workdirs or []) + ([f.workdir] if f.workdir else [])
+  if not workdirs:
+    raise ConfigError(f"give the runs to {verb}: --workdirs=DIR[,DIR...] "
+                      "(or --workdir=DIR).")
+  check_data_dir(f.data_dir)
+  return workdirs
+
+
 # --- meta-test protocol flags (evaluate, sweep) -------------------------------
 
 # The test-time settings of launch.evaluate and launch.reproduce, and their

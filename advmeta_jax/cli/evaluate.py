@@ -14,21 +14,9 @@ from absl import flags
 
 from advmeta_jax import evaluation
 from advmeta_jax.experiments import reproduction
-from advmeta_jax.errors import ConfigError
 from advmeta_jax.cli import common
 
-flags.DEFINE_list("workdirs", None, "Training workdirs to evaluate "
-                  "(comma-separated).")
-flags.DEFINE_string("workdir", None, "One training workdir (the same as "
-                    "--workdirs with one entry).")
-flags.DEFINE_list("names", None, "Row names, one per workdir (default: each "
-                  "run's learner).")
-flags.DEFINE_integer("checkpoint_step", None,
-                     "Checkpoint to evaluate (default: the latest).")
-flags.DEFINE_enum("split", "test", ["test", "val"], "Class split to test on.")
-flags.DEFINE_string("data_dir", None, "Override the runs' data_dir.")
-flags.DEFINE_string("out", None, "Report directory (default: "
-                    "<first workdir>/eval).")
+common.define_run_flags("evaluate", "eval")
 flags.DEFINE_bool("curves", False, "Per-inner-step loss/accuracy curves.")
 flags.DEFINE_bool("adversarial_curves", False, "With --curves, also the "
                   "attacked-query cases (re-attacks the query at every inner "
@@ -45,23 +33,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  workdirs = list(FLAGS.workdirs or []) + ([FLAGS.workdir] if FLAGS.workdir
-                                           else [])
-  if not workdirs:
-    raise ConfigError("give the runs to evaluate: --workdirs=DIR[,DIR...] "
-                      "(or --workdir=DIR).")
-  names = FLAGS.names or [None] * len(workdirs)
-  if len(names) != len(workdirs):
-    raise ConfigError(f"--names has {len(names)} entries for "
-                      f"{len(workdirs)} workdirs.")
-  common.check_data_dir(FLAGS.data_dir)
+  workdirs = common.workdirs_from_flags("evaluate")
   common.check_finite(FLAGS.kde_threshold, "kde_threshold")
   protocol = common.protocol_from_flags()
   cases = evaluation.parse_cases(protocol.cases)
   specs = (common.attack_specs_from_flags(protocol)
            if any(c.needs_attack for c in cases) else ())
   out = reproduction.evaluate_workdirs(
-      workdirs, names=names, checkpoint_step=FLAGS.checkpoint_step,
+      workdirs, names=FLAGS.names, checkpoint_step=FLAGS.checkpoint_step,
       split=FLAGS.split, data_dir=FLAGS.data_dir, out=FLAGS.out, cases=cases,
       attack_specs=specs, num_episodes=protocol.test_episodes,
       inner_steps=protocol.test_inner_steps, seed=protocol.test_seed,

@@ -6,9 +6,12 @@ generated from them. This package imports nothing of the library but
 
     settings.py   the sections, `Config`, the checks of single values
     flags.py      absl flags of the settings that take `auto` or a value
+    protocol.py   the meta-test protocol's settings
+    certification.py  randomized smoothing's settings (advmeta-certify)
 """
 
 from advmeta_jax.config import autotune
+from advmeta_jax.config import certification
 from advmeta_jax.config import flags
 from advmeta_jax.config import protocol
 from advmeta_jax.config import settings
@@ -36,6 +39,7 @@ from advmeta_jax.config.settings import non_negative_float
 from advmeta_jax.config.settings import non_negative_int
 from advmeta_jax.config.settings import positive_eps_text
 from advmeta_jax.config.protocol import ProtocolConfig
+from advmeta_jax.config.certification import CertifyConfig
 from advmeta_jax.config.settings import positive_float
 from advmeta_jax.config.settings import positive_int
 from advmeta_jax.config.settings import register_check

@@ -71,8 +71,8 @@ def auto_flag(boolean: bool, name, default, help_):
                   boolean=boolean)
 
 
-def _define(f: dataclasses.Field, flag_values, default) -> None:
-  """The absl flag of one setting: enum for choices, list, bool, int, float,
+def define_setting_flag(f: dataclasses.Field, flag_values, default) -> None:
+  """The absl flag of one setting (a `setting(...)` field): enum for choices, list, bool, int, float,
   or string; `auto` kinds through `auto_flag`."""
   meta = f.metadata
   kw = dict(flag_values=flag_values)
@@ -103,7 +103,7 @@ def define_flags(flag_values=None, *, only: Optional[Sequence[str]] = None
   flag_values = flags.FLAGS if flag_values is None else flag_values
   for _, f in fields():
     if only is None or f.name in only:
-      _define(f, flag_values, f.default)
+      define_setting_flag(f, flag_values, f.default)
 
 
 def define_protocol_flags(flag_values=None, *,
@@ -115,7 +115,7 @@ def define_protocol_flags(flag_values=None, *,
   flag_values = flags.FLAGS if flag_values is None else flag_values
   for f in dataclasses.fields(ProtocolConfig):
     if only is None or f.name in only:
-      _define(f, flag_values, defaults.get(f.name, f.default))
+      define_setting_flag(f, flag_values, defaults.get(f.name, f.default))
 
 
 def protocol_from_flags(flag_values=None) -> ProtocolConfig:

@@ -7,7 +7,7 @@ default, its help text and its check (`setting(...)` metadata):
     model   conv4's width and compute dtype
     meta    the learner (--learner, --robust), inner loop, meta-optimizer,
             seed and the learners' own hyperparameters (ADML, TAFL,
-            TRADES, R2-D2's head)
+            TRADES, Gaussian noise, R2-D2's head)
     attack  the training attack of the robust learners
     loop    how the steps are run: their number, logging, checkpoints,
             devices, memory/speed options and where the data is read from;
@@ -256,8 +256,10 @@ class MetaConfig(Section):
       "none", "Robust objective around the learner's adaptation, for maml, "
       "protonet, matchingnet, r2d2, anil: aq (adversarial querying), tafl (aq "
       "weighted per task; --tafl_* flags) or trades (R-MAML: clean loss + "
-      "--trades_lambda x KL to the PGD-on-KL query); maml with aq/tafl is "
-      "the aq/tafl learner. none: the learner's own objective.",
+      "--trades_lambda x KL to the PGD-on-KL query) or gaussian (the query "
+      "with N(0, gaussian_sigma^2) noise, randomized smoothing's training); "
+      "maml with aq/tafl is the aq/tafl learner. none: the learner's own "
+      "objective.",
       choices=_choices_of("robust"),
       what="robust loss")
   task_batch_size: int = setting(4, "B: tasks per meta-update.",
@@ -323,6 +325,11 @@ class MetaConfig(Section):
       "attack cover at the adapted classifier: support_query (the support "
       "and the query in one batch, as R-MAML's code) or query.",
       choices=_choices_of("trades_kl_on"))
+  gaussian_sigma: float = setting(
+      0.25, "--robust=gaussian: sigma, standard deviation of the Gaussian "
+      "noise added to the query images (pixels in [0, 1], no clipping) in "
+      "the meta-loss; certify at the same sigma (advmeta-certify --sigma). 0: "
+      "the clean loss.", check=non_negative_float)
   r2d2_head: str = setting(
       "metaoptnet", "r2d2: the ridge-regression head. metaoptnet: "
       "MetaOptNet's (lambda 50, a learned scale from 1, no bias), as the "

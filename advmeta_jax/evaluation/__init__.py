@@ -7,6 +7,8 @@
     tables.py     Markdown tables
     reports.py    tables (Markdown, CSV, JSON)
     plots.py      figures (matplotlib)
+    smoothing.py  randomized smoothing: PREDICT and CERTIFY (Cohen et al.)
+    certify.py    certified accuracy of trained runs (advmeta-certify)
 """
 
 from advmeta_jax.evaluation import comparisons
@@ -15,6 +17,8 @@ from advmeta_jax.evaluation import plots
 from advmeta_jax.evaluation import protocol
 from advmeta_jax.evaluation import reports
 from advmeta_jax.evaluation import stats
+from advmeta_jax.evaluation import smoothing
+from advmeta_jax.evaluation import certify
 from advmeta_jax.evaluation.metatest import adaptation_for
 from advmeta_jax.evaluation.metatest import ALL_CASES
 from advmeta_jax.evaluation.metatest import Attack

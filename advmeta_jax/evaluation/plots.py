@@ -9,6 +9,9 @@
     plot_ecdf     the empirical distribution of per-task accuracy, one step
                   curve per learner, with chance and each learner's CVaR
     plot_heatmap  robust accuracy over TAFL's γ × k grid (sensitivity study)
+    plot_certified_accuracy  certified accuracy against the L2 radius, one
+                  line (with its 95% CI band) per learner (randomized
+                  smoothing)
 
 Every function takes plain NumPy data and a path, draws with the
 non-interactive Agg backend and returns the path.
@@ -183,6 +186,36 @@ def plot_heatmap(values, rows: Sequence, cols: Sequence, path: str, *,
       ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center",
               color="white" if values[i, j] < np.nanmean(values) else "black")
   fig.colorbar(image, ax=ax, label=value_label)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def plot_certified_accuracy(curves: Mapping[str, Mapping[str, Sequence[float]]],
+                            path: str, *, title: str = "") -> str:
+  """Certified accuracy (%) against the L2 radius, as Cohen et al.'s
+  figures (`code/analyze.py`), with a band for the 95% CI over episodes.
+
+  Args:
+    curves: `{learner: {"radius": [R], "accuracy": [R], "low": [R],
+      "high": [R]}}`, accuracies in [0, 1] (NaN bounds: no band).
+    path: the PNG to write.
+    title: figure title.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for learner, c in curves.items():
+    radius = np.asarray(c["radius"], np.float64)
+    line, = ax.plot(radius, 100 * np.asarray(c["accuracy"]), label=learner)
+    low, high = (100 * np.asarray(c[k], np.float64) for k in ("low", "high"))
+    if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
+      ax.fill_between(radius, low, high, color=line.get_color(), alpha=0.2,
+                      linewidth=0)
+  ax.set_xlabel("L2 radius")
+  ax.set_ylabel("certified accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.set_xlim(left=0)
+  ax.legend(fontsize="small")
   if title:
     ax.set_title(title)
   return _save(fig, path)

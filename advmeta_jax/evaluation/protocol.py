@@ -1,6 +1,6 @@
 """The meta-test protocol over trained runs: learners × test cases × attacks.
 
-    workdir ──load_run──▶ Run(name, config, params)
+    workdir ──load_run──▶ Run(name, config, params)   (load_runs: several)
     runs ──evaluate_runs──▶ [Cell(run, learner, case, attack, MetaTestResult)]
     runs ──masking_checks──▶ {(run, attack): attacks.StrengthReport}
     runs ──default_pairs──▶ [(row a, row b)] the paired comparisons of a report
@@ -57,6 +57,29 @@ def load_run(workdir: str, *, name: Optional[str] = None,
   state = training.restore_run(workdir, config, step)
   return Run(name or config.learner_label, config, state.params,
              int(state.step))
+
+
+def load_runs(workdirs: Sequence[str], *,
+              names: Optional[Sequence[Optional[str]]] = None,
+              step: Optional[int] = None, data_dir: Optional[str] = None,
+              log: Callable[[str], None] = logging.info) -> List[Run]:
+  """The runs of `workdirs` (`load_run` each), one row name per workdir
+  (`names`; None: each run's learner), logging the checkpoint loaded; one
+  line when there are none, the names do not match the workdirs, or two
+  rows share a name."""
+  if not workdirs:
+    raise ConfigError("no training workdirs given.")
+  names = list(names or [None] * len(workdirs))
+  if len(names) != len(workdirs):
+    raise ConfigError(f"--names has {len(names)} entries for "
+                      f"{len(workdirs)} workdirs.")
+  runs = [load_run(w, name=n, step=step, data_dir=data_dir)
+          for w, n in zip(workdirs, names)]
+  for w, run in zip(workdirs, runs):
+    log(f"checkpoint: step {run.step} of {w} ({run.name})")
+  if len({r.name for r in runs}) < len(runs):
+    raise ConfigError("two runs share a row name; give --names.")
+  return runs
 
 
 @dataclasses.dataclass
@@ -149,11 +172,9 @@ def evaluate_runs(runs: Sequence[Run], *, cases: Sequence[TestCase],
   return cells
 
 
-def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
-                      attack_specs: Sequence[AttackSpec]) -> None:
-  """Refuses runs that cannot share a table (other datasets or episode
-  shapes), a mixed support the shot count cannot give, and adversarial cases
-  without an attack, before any data is loaded."""
+def check_same_episodes(runs: Sequence[Run]) -> None:
+  """Refuses no runs, or runs that cannot share a table (other datasets or
+  episode shapes)."""
   if not runs:
     raise ConfigError("no runs to evaluate.")
   shapes = {_episode_shape(r.config) for r in runs}
@@ -163,6 +184,14 @@ def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
         + "; ".join(f"{r.name}: dataset={r.config.dataset} "
                     f"n_way={r.config.n_way} k_shot={r.config.k_shot} "
                     f"q_query={r.config.q_query}" for r in runs))
+
+
+def _check_comparable(runs: Sequence[Run], cases: Sequence[TestCase],
+                      attack_specs: Sequence[AttackSpec]) -> None:
+  """Refuses runs that cannot share a table (other datasets or episode
+  shapes), a mixed support the shot count cannot give, and adversarial cases
+  without an attack, before any data is loaded."""
+  check_same_episodes(runs)
   first = runs[0].config
   for case in cases:
     if case.support == "mixed" and evaluation.mixed_adv_count(

@@ -145,19 +145,8 @@ def evaluate_workdirs(workdirs: Sequence[str], *, cases: Sequence[TestCase],
       first run's q_query).
     log: progress messages (the checkpoints loaded, one line per cell).
   """
-  if not workdirs:
-    raise ConfigError("no training workdirs to evaluate.")
-  names = list(names or [None] * len(workdirs))
-  if len(names) != len(workdirs):
-    raise ConfigError(f"--names has {len(names)} entries for "
-                      f"{len(workdirs)} workdirs.")
-  runs = [protocol.load_run(w, name=n, step=checkpoint_step,
-                            data_dir=data_dir)
-          for w, n in zip(workdirs, names)]
-  for w, run in zip(workdirs, runs):
-    log(f"checkpoint: step {run.step} of {w} ({run.name})")
-  if len({r.name for r in runs}) < len(runs):
-    raise ConfigError("two runs share a row name; give --names.")
+  runs = protocol.load_runs(workdirs, names=names, step=checkpoint_step,
+                            data_dir=data_dir, log=log)
   out = training.rundir.writable_dir(     # checked before the evaluation runs
       out or os.path.join(workdirs[0], "eval"), "--out")
   first = runs[0].config

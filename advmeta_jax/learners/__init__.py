@@ -8,6 +8,7 @@ meta-loss of a task (objectives), registered by name.
     adaptations.py  the adaptation kinds, each building its own model
     objectives.py   clean, MAML-AD, ADML, AQ, TAFL outer losses
     trades.py       R-MAML's TRADES objective
+    gaussian.py     Gaussian noise on the query (randomized smoothing)
     registry.py     learner = adaptation × objective, by name
 """
 
@@ -18,6 +19,7 @@ from advmeta_jax.learners import maml
 from advmeta_jax.learners import objectives
 from advmeta_jax.learners import r2d2
 from advmeta_jax.learners import registry
+from advmeta_jax.learners import gaussian  # pylint: disable=g-bad-import-order  (after trades: registration order)
 from advmeta_jax.learners import trades
 from advmeta_jax.learners.registry import Bound
 from advmeta_jax.learners.registry import get

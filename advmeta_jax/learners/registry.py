@@ -11,11 +11,13 @@
     r2d2         ridge        clean    (R2-D2, r2d2.py)
     anil         head         clean    (ANIL: the inner loop adapts the head)
 
-`--robust=aq|tafl|trades` puts a robust objective around the adaptation of a
-learner whose own objective is the clean one: `--learner=protonet
---robust=tafl` is prototype × tafl, `--learner=maml --robust=aq` is the `aq`
-learner (the same code path), and `--learner=r2d2 --robust=trades` is ridge ×
-trades (R-MAML's TRADES meta-loss, trades.py). The learners with their own
+`--robust=aq|tafl|trades|gaussian` puts a robust objective around the
+adaptation of a learner whose own objective is the clean one:
+`--learner=protonet --robust=tafl` is prototype × tafl, `--learner=maml
+--robust=aq` is the `aq` learner (the same code path), `--learner=r2d2
+--robust=trades` is ridge × trades (R-MAML's TRADES meta-loss, trades.py),
+and `--robust=gaussian` trains on Gaussian-noised queries (gaussian.py,
+randomized smoothing's base classifier). The learners with their own
 adversarial objective (maml_ad, adml, aq, tafl) refuse another `robust`.
 
 `get(name, robust)` returns the `Learner` entry, which carries everything the
@@ -42,6 +44,7 @@ from advmeta_jax.config import autotune
 from advmeta_jax.learners import adaptations
 from advmeta_jax.learners import objectives
 from advmeta_jax.learners import trades  # registers the "trades" objective
+from advmeta_jax.learners import gaussian  # registers the "gaussian" objective  pylint: disable=g-bad-import-order
 from advmeta_jax.learners.adaptations import Adaptation
 from advmeta_jax.errors import ConfigError
 
