@@ -358,3 +358,33 @@ def test_l2_robust_accuracy_matches_torchattacks():
     assert abs(ours[name] - theirs[name]) <= 0.04, (name, ours, theirs)
   assert abs(ours["square-shared"] - theirs["square"]) <= 0.06
   assert ours["square"] <= theirs["square"] + 0.02
+
+
+def test_an_l2_budget_runs_through_the_meta_test_protocol(digits_test,
+                                                          tmp_path):
+  """`--eps=l2:1` in the protocol: the query is attacked by PGD-L2 against
+  each episode's adapted classifier, and the cell, the report and its
+  JSON carry the budget as written."""
+  import json  # pylint: disable=g-import-not-at-top
+  from advmeta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.core import models  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.evaluation import protocol  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.training import builders  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(filters=4, k_shot=1, q_query=3, eval_batch_size=2)
+  exp = builders.build(config)
+  params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
+  (spec,) = common.attack_specs(["pgd"], ["l2:1"], attack_steps=2)
+  cells = protocol.evaluate_runs(
+      [protocol.Run("maml", config, params)],
+      cases=(evaluation.TestCase(), evaluation.TestCase("clean", "adv")),
+      attack_specs=(spec,), num_episodes=2, inner_steps=1, data=digits_test,
+      log=lambda _: None)
+  clean, attacked = (c.result.accuracy.mean() for c in cells)
+  assert attacked <= clean
+  report = reports.write_reports(cells, str(tmp_path))
+  assert "pgd ε=l2:1" in report.markdown
+  rows = json.loads((tmp_path / "results.json").read_text())["cells"]
+  assert [(r["attack"], r["eps"]) for r in rows] == [("none", ""),
+                                                     ("pgd", "l2:1")]
