@@ -45,9 +45,8 @@ def project_linf_hyperplane(t: Array, w: Array, b: Array) -> Array:
   With the sign of w chosen so that ⟨w, t⟩ >= b, the optimum is
   d_i(λ) = −sign(w_i) · min(λ, p_i), p_i = t_i (w_i > 0) or 1 − t_i
   (w_i < 0), and G(λ) = Σ|w_i| min(λ, p_i) is piecewise linear and
-  non-decreasing; λ solves G(λ) = ⟨w, t⟩ − b. This finds the segment from the
-  sorted p and cumulative sums (no binary search, static shapes) and matches
-  the reference's `projection_linf`.
+  non-decreasing; λ solves G(λ) = ⟨w, t⟩ − b (`_solve_breakpoints`). This
+  matches the reference's `projection_linf`.
 
   Args:
     t: points `[M, D]`.
@@ -57,34 +56,51 @@ def project_linf_hyperplane(t: Array, w: Array, b: Array) -> Array:
   Returns:
     d `[M, D]`.
   """
-  t = t.astype(jnp.float32)
-  w = w.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  c = jnp.sum(w * t, axis=1) - b
-  sign = jnp.where(c >= 0, 1.0, -1.0)
-  w = w * sign[:, None]
-  gap = jnp.abs(c)                                # G(λ*) must equal this
-  negative = w < 0
-  nonzero = w != 0
-  p = jnp.where(negative, 1.0 - t, t)             # room to move, per pixel
+  t, w, gap, negative, p = _oriented(t, w, b)
   abs_w = jnp.abs(w)
-  order = jnp.argsort(p, axis=1)
-  p_sorted = jnp.take_along_axis(p, order, axis=1)
-  w_sorted = jnp.take_along_axis(abs_w, order, axis=1)
-  total = jnp.sum(abs_w, axis=1, keepdims=True)
-  below = jnp.cumsum(w_sorted * p_sorted, axis=1)  # Σ_{j<=k} |w_j| p_j
-  used = jnp.cumsum(w_sorted, axis=1)              # Σ_{j<=k} |w_j|
-  g_at_breaks = below + p_sorted * (total - used)  # G(p_(k)), non-decreasing
-  k = jnp.sum(g_at_breaks < gap[:, None], axis=1)  # λ* in [p_(k-1), p_(k)]
-  dim = t.shape[1]
-  prev = jnp.clip(k - 1, 0, dim - 1)[:, None]
-  c_prev = jnp.where(k > 0, jnp.take_along_axis(below, prev, 1)[:, 0], 0.0)
-  r_prev = jnp.where(k > 0, (total - jnp.take_along_axis(used, prev, 1))[:, 0],
-                     total[:, 0])
-  lam = jnp.maximum((gap - c_prev) / jnp.maximum(r_prev, 1e-30), 0.0)
-  lam = jnp.where(k >= dim, jnp.inf, lam)[:, None]   # unreachable: corner
+  # G(λ) = Σ|w_i| min(λ, p_i): breakpoints p_i, slopes |w_i|.
+  lam = _solve_breakpoints(p, abs_w, abs_w * p, gap)[:, None]
   d = jnp.where(negative, jnp.minimum(lam, 1.0 - t), jnp.maximum(-lam, -t))
-  return jnp.where(nonzero, d, 0.0)
+  return jnp.where(w != 0, d, 0.0)
+
+
+def _oriented(t: Array, w: Array, b: Array):
+  """(t, w, gap, negative, p) in float32 with the sign of each row of w
+  chosen so that c = ⟨w, t⟩ − b >= 0: gap = |c|, negative = w < 0 and p the
+  room each coordinate has to move against w (t_i, or 1 − t_i where
+  w_i < 0)."""
+  t, w, b = (v.astype(jnp.float32) for v in (t, w, b))
+  c = jnp.sum(w * t, axis=1) - b
+  w = w * jnp.where(c >= 0, 1.0, -1.0)[:, None]
+  negative = w < 0
+  return t, w, jnp.abs(c), negative, jnp.where(negative, 1.0 - t, t)
+
+
+def _solve_breakpoints(r: Array, slope: Array, value: Array,
+                       gap: Array) -> Array:
+  """λ >= 0 per row with G(λ) = gap, G(λ) = Σ_{r_i <= λ} value_i +
+  λ Σ_{r_i > λ} slope_i (piecewise linear, non-decreasing; value_i =
+  slope_i r_i), or inf where G never reaches gap (r_i = inf: never bends).
+
+  The segment comes from the sorted breakpoints and cumulative sums: no
+  binary search, static shapes."""
+  order = jnp.argsort(r, axis=1)
+  r_sorted = jnp.take_along_axis(r, order, axis=1)
+  below = jnp.cumsum(jnp.take_along_axis(value, order, axis=1), axis=1)
+  used = jnp.cumsum(jnp.take_along_axis(slope, order, axis=1), axis=1)
+  total = jnp.sum(slope, axis=1, keepdims=True)
+  finite = jnp.isfinite(r_sorted)
+  g_at_breaks = jnp.where(   # G(r_(k)), non-decreasing
+      finite, below + jnp.where(finite, r_sorted, 0.0) * (total - used),
+      jnp.inf)
+  k = jnp.sum(g_at_breaks < gap[:, None], axis=1)  # λ* in [r_(k-1), r_(k)]
+  prev = jnp.clip(k - 1, 0, r.shape[1] - 1)[:, None]
+  c_prev = jnp.where(k > 0, jnp.take_along_axis(below, prev, 1)[:, 0], 0.0)
+  rest = jnp.where(k > 0, (total - jnp.take_along_axis(used, prev, 1))[:, 0],
+                   total[:, 0])
+  lam = jnp.maximum((gap - c_prev) / jnp.maximum(rest, 1e-30), 0.0)
+  reachable = (k < jnp.sum(finite, axis=1)) & (rest > 0)
+  return jnp.where(reachable, lam, jnp.inf)
 
 
 def project_l2_hyperplane(t: Array, w: Array, b: Array) -> Array:
@@ -98,52 +114,17 @@ def project_l2_hyperplane(t: Array, w: Array, b: Array) -> Array:
   With the sign of w chosen so that c = ⟨w, t⟩ − b >= 0, the optimum is
   d_i(λ) = −sign(w_i) · min(λ|w_i|, p_i), p_i = t_i (w_i > 0) or 1 − t_i
   (w_i < 0), and H(λ) = Σ|w_i| min(λ|w_i|, p_i) is piecewise linear and
-  non-decreasing with breakpoints r_i = p_i/|w_i|; λ solves H(λ) = c. As
-  `project_linf_hyperplane`, the segment comes from the sorted breakpoints
-  and cumulative sums; the reference's `projection_l2` (fab_pt.py) finds it
-  by a binary search over the same sums.
-
-  Args:
-    t: points `[M, D]`.
-    w: hyperplane normals `[M, D]`.
-    b: offsets `[M]`.
-
-  Returns:
-    d `[M, D]`.
+  non-decreasing with breakpoints r_i = p_i/|w_i|; λ solves H(λ) = c
+  (`_solve_breakpoints`, as for L∞; the reference's `projection_l2` in
+  fab_pt.py finds the segment by a binary search over the same sums).
+  Arguments and result as `project_linf_hyperplane`'s.
   """
-  t = t.astype(jnp.float32)
-  w = w.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  c = jnp.sum(w * t, axis=1) - b
-  sign = jnp.where(c >= 0, 1.0, -1.0)
-  w = w * sign[:, None]
-  gap = jnp.abs(c)                                # H(λ*) must equal this
+  t, w, gap, negative, p = _oriented(t, w, b)
   active = jnp.abs(w) >= 1e-8
-  negative = w < 0
   abs_w = jnp.where(active, jnp.abs(w), 0.0)
-  p = jnp.where(negative, 1.0 - t, t)             # room to move, per pixel
+  # H(λ) = Σ|w_i| min(λ|w_i|, p_i): breakpoints p_i/|w_i|, slopes w_i².
   r = jnp.where(active, p / jnp.where(active, abs_w, 1.0), jnp.inf)
-  order = jnp.argsort(r, axis=1)
-  r_sorted = jnp.take_along_axis(r, order, axis=1)
-  w_sorted = jnp.take_along_axis(abs_w, order, axis=1)
-  p_sorted = jnp.take_along_axis(p, order, axis=1)
-  total = jnp.sum(abs_w * abs_w, axis=1, keepdims=True)
-  below = jnp.cumsum(w_sorted * p_sorted, axis=1)  # Σ_{j<=k} |w_j| p_j
-  used = jnp.cumsum(w_sorted * w_sorted, axis=1)   # Σ_{j<=k} w_j²
-  finite = jnp.isfinite(r_sorted)
-  h_at_breaks = jnp.where(finite, below + jnp.where(finite, r_sorted, 0.0) *
-                          (total - used), jnp.inf)
-  k = jnp.sum(h_at_breaks < gap[:, None], axis=1)  # λ* in [r_(k-1), r_(k)]
-  dim = t.shape[1]
-  prev = jnp.clip(k - 1, 0, dim - 1)[:, None]
-  c_prev = jnp.where(k > 0, jnp.take_along_axis(below, prev, 1)[:, 0], 0.0)
-  rest = jnp.where(k > 0, (total - jnp.take_along_axis(used, prev, 1))[:, 0],
-                   total[:, 0])
-  lam = jnp.maximum((gap - c_prev) / jnp.maximum(rest, 1e-30), 0.0)
-  reachable = jnp.take_along_axis(
-      jnp.concatenate([finite, jnp.zeros_like(finite[:, :1])], axis=1),
-      k[:, None], 1)[:, 0] | (k == 0)
-  lam = jnp.where(reachable & (rest > 0), lam, jnp.inf)[:, None]
+  lam = _solve_breakpoints(r, abs_w * abs_w, abs_w * p, gap)[:, None]
   d = jnp.where(negative, jnp.minimum(lam * abs_w, 1.0 - t),
                 jnp.maximum(-lam * abs_w, -t))
   return jnp.where(active, d, 0.0)
