@@ -86,6 +86,8 @@ def parse_budget(value, name: str = "eps") -> Tuple[str, float]:
     ConfigError: a bad number, or one out of range for its norm.
   """
   norm, text = split_budget(value)
+  if text is not value:   # name the budget as written in the error
+    name = f"{name} ({value!r})"
   return norm, parse_eps(text, name, norm=norm)
 
 
