@@ -298,7 +298,7 @@ def test_fgm_and_pgd_l2_match_torchattacks_element_wise():
   w = rng.normal(size=(SIDE * SIDE, CLASSES)).astype(np.float32) / 3
   x = rng.uniform(size=(N, SIDE, SIDE, 1)).astype(np.float32)
   logits_fn = lambda z: jnp.tanh(z.reshape(z.shape[0], -1) @ jnp.asarray(w))
-  y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1))
+  y = np.array(jnp.argmax(logits_fn(jnp.asarray(x)), -1))
   model = _torch_tanh_linear(w)
   images = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
   labels = torch.from_numpy(y).long()
