@@ -1,7 +1,7 @@
 """`python -m launch.crosscheck_autoattack` from a checkout: the `advmeta-crosscheck-autoattack` command
 (advmeta_jax/cli/crosscheck_autoattack.py)."""
 
-from advmeta_jax.cli.crosscheck_autoattack import main, run  # noqa: F401  pylint: disable=unused-import
+from advmeta_jax.cli.crosscheck_autoattack import run
 
 if __name__ == "__main__":
   run()

@@ -27,6 +27,7 @@ import pytest
 
 from advmeta_jax import attacks
 from advmeta_jax.attacks import linf
+from advmeta_jax.attacks import norms
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.benchmarks import crosscheck_autoattack as crosscheck
 from tests.conftest import optimizations_on
@@ -556,7 +557,7 @@ def test_masked_gradients_stop_pgd_and_apgd_but_not_square(trained_cnn):
   params, x, y = trained_cnn
   eps = 32 / 255
   masked = quantized_behind_stop_gradient(params)
-  start = linf.linf_random_start(KEY, x, jnp.float32(eps))
+  start = norms.linf_random_start(KEY, x, jnp.float32(eps))
   np.testing.assert_array_equal(
       attacks.pgd(masked, x, y, eps=eps, step_size=eps / 4, num_steps=5,
                   random_start=False), x)

@@ -9,12 +9,19 @@ Every attack has the same shape
       apply_fn(params, z)`); the attacks differentiate w.r.t. the images only.
   x: float images `[N, H, W, C]` in [0, 1].
   y: integer labels `[N]`.
-  x_adv: the shape and dtype of `x`, in [0, 1]; for the L∞ attacks also inside
-      the ε-ball around `x`. ε = 0 returns `x` exactly.
+  x_adv: the shape and dtype of `x`, in [0, 1]; for the ε attacks also inside
+      the ε-ball of their norm around `x`. ε = 0 returns `x` exactly.
+
+Threat models: L∞ by default. fgsm, pgd, apgd, apgd_t, fab, square and
+autoattack take `norm="L2"` (any case) for their L2 versions, ε then being
+an L2 radius in the same [0, 1]-pixel units (>= 0, at most √d); as flag text
+an L2 budget is written `l2:0.5` (budgets.py). The norm-specific steps,
+projections and random starts are in norms.py.
 
 Attacks implemented (untargeted unless stated):
-  fgsm               Goodfellow et al. 2015 (ADML's training attack).
-  pgd                Madry et al. 2018, L∞ with random start (AQ/TAFL).
+  fgsm               Goodfellow et al. 2015 (ADML's training attack); L2: FGM.
+  pgd                Madry et al. 2018, with random start (AQ/TAFL); L2:
+                     torchattacks' PGDL2.
   mi_fgsm            Dong et al. 2018, momentum iterative FGSM (TAFL Table 1).
   carlini_wagner_l2  Carlini & Wagner 2017, L2, tanh space, Adam, binary search.
   apgd               Croce & Hein 2020, APGD-CE / APGD-DLR, the step-size-free
@@ -79,10 +86,13 @@ Modules (everything public is re-exported here; import from
 `advmeta_jax.attacks`):
   linf      fgsm, pgd, mi_fgsm, apgd, apgd_checkpoints, apgd_t; the losses
             margin, cross_entropy_per_example, dlr_loss, dlr_targeted_loss;
-            Array, LogitsFn.
+            Array, LogitsFn (the gradient attacks, L∞ and L2).
+  norms     NORMS, canonical_norm, project_l2, the L2 starts and steps.
+  budgets   parse_eps, parse_budget ("l2:0.5"), split_budget, budget_text.
   cw        carlini_wagner_l2.
-  fab       fab, project_linf_hyperplane.
-  square    square, square_fraction, square_sizes.
+  fab       fab, project_linf_hyperplane, project_l2_hyperplane.
+  square    square, square_fraction, square_sizes, square_sizes_l2,
+            eta_window.
   autoattack  autoattack, autoattack_with_report, robust_accuracies, stages.
   registry  AttackEntry, register, get, names, make_attack, parse_eps,
             train_attacks, meta_test_attacks, meta_test_setting, ATTACKS, ...
@@ -96,10 +106,15 @@ from advmeta_jax.attacks.autoattack import autoattack_with_report
 from advmeta_jax.attacks.autoattack import robust_accuracies
 from advmeta_jax.attacks.autoattack import stages as autoattack_stages
 from advmeta_jax.attacks.autoattack import version_of as autoattack_stage_order
+from advmeta_jax.attacks.budgets import budget_text
+from advmeta_jax.attacks.budgets import parse_budget
+from advmeta_jax.attacks.budgets import parse_eps
+from advmeta_jax.attacks.budgets import split_budget
 from advmeta_jax.attacks.builtin import CW_STRONG
 from advmeta_jax.attacks.builtin import CW_TAFL_REFERENCE
 from advmeta_jax.attacks.cw import carlini_wagner_l2
 from advmeta_jax.attacks.fab import fab
+from advmeta_jax.attacks.fab import project_l2_hyperplane
 from advmeta_jax.attacks.fab import project_linf_hyperplane
 from advmeta_jax.attacks.linf import APGD_LOSSES
 from advmeta_jax.attacks.linf import apgd
@@ -117,6 +132,9 @@ from advmeta_jax.attacks.linf import pgd
 from advmeta_jax.attacks.masking import attack_accuracy
 from advmeta_jax.attacks.masking import check_attack_strength
 from advmeta_jax.attacks.masking import StrengthReport
+from advmeta_jax.attacks.norms import canonical_norm
+from advmeta_jax.attacks.norms import NORMS
+from advmeta_jax.attacks.norms import project_l2
 from advmeta_jax.attacks.registry import ATTACKS
 from advmeta_jax.attacks.registry import AttackEntry
 from advmeta_jax.attacks.registry import benchmark_attacks
@@ -133,20 +151,23 @@ from advmeta_jax.attacks.registry import make_attack
 from advmeta_jax.attacks.registry import meta_test_attacks
 from advmeta_jax.attacks.registry import meta_test_setting
 from advmeta_jax.attacks.registry import names
-from advmeta_jax.attacks.registry import parse_eps
 from advmeta_jax.attacks.registry import Preset
 from advmeta_jax.attacks.registry import register
 from advmeta_jax.attacks.registry import runs_at_each_eps
 from advmeta_jax.attacks.registry import unregister
 from advmeta_jax.attacks.square import square
 from advmeta_jax.attacks.square import square_fraction
+from advmeta_jax.attacks.square import eta_window
 from advmeta_jax.attacks.square import square_sizes
+from advmeta_jax.attacks.square import square_sizes_l2
 from advmeta_jax.attacks.registry import train_attacks
 
 __all__ = [
     "APGD_LOSSES", "ATTACKS", "AttackEntry", "BenchmarkBudget", "Budget",
-    "CW_STRONG", "CW_TAFL_REFERENCE", "Hparam", "Kind", "Preset",
-    "StrengthReport", "apgd", "apgd_checkpoints", "apgd_t", "attack_accuracy",
+    "CW_STRONG", "CW_TAFL_REFERENCE", "Hparam", "Kind", "NORMS", "Preset",
+    "StrengthReport", "apgd", "budget_text", "canonical_norm", "eta_window",
+    "parse_budget", "project_l2", "project_l2_hyperplane", "split_budget",
+    "square_sizes_l2", "apgd_checkpoints", "apgd_t", "attack_accuracy",
     "autoattack", "autoattack_stage_order", "autoattack_stages",
     "autoattack_with_report", "benchmark_attacks", "canonical_name",
     "carlini_wagner_l2", "check_attack_strength", "cross_entropy_per_example",
@@ -162,3 +183,4 @@ from advmeta_jax import config as _config  # pylint: disable=g-bad-import-order
 _config.register_choices("train_attack", train_attacks)
 _config.register_choices("test_attack", meta_test_attacks, describe=describe)
 _config.register_check("eps", parse_eps)
+_config.register_check("budget", parse_budget)

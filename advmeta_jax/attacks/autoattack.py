@@ -1,6 +1,6 @@
-"""AutoAttack, L∞ (Croce & Hein 2020, "Reliable evaluation of adversarial
-robustness with an ensemble of diverse parameter-free attacks", ICML):
-`autoattack` and `autoattack_with_report`.
+"""AutoAttack, L∞ and L2 (Croce & Hein 2020, "Reliable evaluation of
+adversarial robustness with an ensemble of diverse parameter-free attacks",
+ICML, arXiv:2003.01690): `autoattack` and `autoattack_with_report`.
 
 The standard run is APGD-CE, APGD-T, FAB-T and Square, each on the examples
 that are still correctly classified; the result per example is the first
@@ -16,8 +16,6 @@ from typing import Callable, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from advmeta_jax.attacks.checks import check_eps
-from advmeta_jax.attacks.checks import check_inputs
 from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.fab import fab
 from advmeta_jax.attacks.linf import LOSSES
@@ -26,11 +24,12 @@ from advmeta_jax.attacks.linf import LogitsFn
 from advmeta_jax.attacks.linf import accept_run
 from advmeta_jax.attacks.linf import apgd_run
 from advmeta_jax.attacks.linf import eot_loss_and_input_gradient
+from advmeta_jax.attacks.linf import check_norm_and_eps
 from advmeta_jax.attacks.linf import check_target_classes
 from advmeta_jax.attacks.linf import hold_inactive
 from advmeta_jax.attacks.linf import num_classes_of
-from advmeta_jax.attacks.linf import per_example
-from advmeta_jax.attacks.linf import linf_random_start
+from advmeta_jax.attacks.norms import per_example
+from advmeta_jax.attacks.norms import apgd_start
 from advmeta_jax.attacks.linf import apgd_t
 from advmeta_jax.attacks.square import square
 from advmeta_jax.errors import ConfigError
@@ -71,7 +70,7 @@ def _keyed(logits_fn: Callable) -> Callable[[Array, Array], Array]:
 
 
 def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
-                   eot_iter: int = 1, keyed=None) -> Stage:
+                   norm: str, eot_iter: int = 1, keyed=None) -> Stage:
   """APGD (CE or DLR) with `restarts` random restarts on the examples not
   fooled yet (the reference's `APGDAttack.perturb`); with `keyed` (a
   randomized model `(x, key) -> logits`), each gradient is averaged over
@@ -95,9 +94,9 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
             eot_loss_and_input_gradient(f, LOSSES[loss], z, y,
                                          jax.random.fold_in(e, i), eot_iter))
       x_run, fooled = apgd_run(held, LOSSES[loss], x, y,
-                                linf_random_start(k, x, eps_x), eps=eps_x,
+                                apgd_start(norm, k, x, eps_x), eps=eps_x,
                                 num_steps=num_steps,
-                                loss_and_gradient=gradient)
+                                loss_and_gradient=gradient, norm=norm)
       # APGD returns its point of highest loss where it failed: keep x there.
       x_run = jnp.where(per_example(fooled, x), x_run, x)
       x_adv, robust = accept_run(logits_fn, y, robust, x_adv, x_run)
@@ -106,10 +105,10 @@ def _apgd_restarts(loss: str, restarts: int, *, eps, num_steps: int,
 
 
 def _stage_attacks(version: str, *, eps, num_steps: int, num_queries: int,
-                   num_target_classes: int, eot_iter: int = 1,
+                   num_target_classes: int, norm: str, eot_iter: int = 1,
                    keyed=None) -> Dict[str, Stage]:
   restarts = 5 if version == "plus" else 1
-  common = dict(eps=eps, num_steps=num_steps)
+  common = dict(eps=eps, num_steps=num_steps, norm=norm)
   eot = dict(eot_iter=eot_iter, keyed=keyed) if version == "rand" else {}
   return {
       "apgd-ce": _apgd_restarts("ce", restarts, **common, **eot),
@@ -123,18 +122,21 @@ def _stage_attacks(version: str, *, eps, num_steps: int, num_queries: int,
           f, x, y, key=k, targeted=False, num_restarts=restarts, **common),
       "square": lambda f, x, y, k: square(
           f, x, y, eps=eps, key=k, num_queries=num_queries, p_init=0.8,
-          rescale_schedule=False),
+          rescale_schedule=False, norm=norm),
   }
 
 
 def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
                            key: Array, version: str = "standard",
                            num_steps: int = 100, num_queries: int = 5000,
-                           num_target_classes: int = 9, eot_iter: int = 20
+                           num_target_classes: int = 9, eot_iter: int = 20,
+                           norm: str = "Linf"
                            ) -> Tuple[Array, Dict[str, Dict[str, Array]]]:
   """AutoAttack with a report of robust accuracy after each attack.
 
-  Versions (the reference's `set_version`, L∞):
+  Versions (the reference's `set_version`; the same stages for L∞ and L2,
+  `norm` selecting every member's L2 version: APGD's L2 step and
+  projection, FAB's L2 projection, Square's L2 windows):
     "standard": APGD-CE (1 run), APGD-T (T = min(`num_target_classes`,
       classes − 1) targets, 1 run each), FAB-T (T targets, 1 run each),
       Square (`num_queries` queries, p_init = 0.8, unscaled schedule).
@@ -172,7 +174,7 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
       (at least 3 classes: APGD-T and APGD-DLR use the DLR loss).
     x: clean images `[N, H, W, C]` in [0, 1].
     y: integer labels `[N]`.
-    eps: ε, the L∞ budget in [0, 1].
+    eps: ε, the L∞ budget in [0, 1], or the L2 radius.
     key: PRNG key; stage i uses `jax.random.split(key, len(stages))[i]`.
     version: "standard" or "plus".
     num_steps: APGD / FAB iterations per run (a Python int; 100).
@@ -180,6 +182,7 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     num_target_classes: targets of APGD-T and FAB-T before capping (9).
     eot_iter: EOT draws per gradient of the "rand" version (20; a Python
       int; unused by the others).
+    norm: "Linf" or "L2" (any case).
 
   Returns:
     (x_adv, report): `report["robust"][name]` is the `[N]` mask of examples
@@ -191,7 +194,7 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     ConfigError: a hyperparameter out of range, an unknown version, or
       fewer than 3 classes.
   """
-  check_eps(eps)
+  norm = check_norm_and_eps(norm, eps, x, y)
   names = stages(version)
   num_steps = check_steps(num_steps)
   num_queries = check_steps(num_queries, "num_queries")
@@ -200,7 +203,6 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   if key is None:
     raise ConfigError("autoattack needs a PRNG key: pass "
                       "key=jax.random.key(...).")
-  check_inputs(x, y)
   keyed = None
   if version == "rand":
     keyed = _keyed(logits_fn)
@@ -213,7 +215,7 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   attacks = _stage_attacks(version, eps=eps, num_steps=num_steps,
                            num_queries=num_queries,
                            num_target_classes=num_target_classes,
-                           eot_iter=eot_iter, keyed=keyed)
+                           norm=norm, eot_iter=eot_iter, keyed=keyed)
   robust = jnp.argmax(logits_fn(x), axis=-1) == y
   x_adv = x
   masks: Dict[str, Array] = {"clean": robust}
@@ -242,9 +244,9 @@ def autoattack_with_report(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
 def autoattack(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
                version: str = "standard", num_steps: int = 100,
                num_queries: int = 5000, num_target_classes: int = 9,
-               eot_iter: int = 20) -> Array:
-  """AutoAttack (Croce & Hein 2020), L∞: `autoattack_with_report` without
-  the report, in the uniform attack signature.
+               eot_iter: int = 20, norm: str = "Linf") -> Array:
+  """AutoAttack (Croce & Hein 2020), L∞ or L2: `autoattack_with_report`
+  without the report, in the uniform attack signature.
 
   Returns:
     `x_adv`: per example the first successful adversarial example of
@@ -254,7 +256,7 @@ def autoattack(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   x_adv, _ = autoattack_with_report(
       logits_fn, x, y, eps=eps, key=key, version=version,
       num_steps=num_steps, num_queries=num_queries,
-      num_target_classes=num_target_classes, eot_iter=eot_iter)
+      num_target_classes=num_target_classes, eot_iter=eot_iter, norm=norm)
   return x_adv
 
 

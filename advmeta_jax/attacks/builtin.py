@@ -23,10 +23,10 @@ from advmeta_jax.attacks.registry import AttackEntry
 from advmeta_jax.attacks.registry import BOOL
 from advmeta_jax.attacks.registry import EPS
 from advmeta_jax.attacks.registry import NON_NEGATIVE
+from advmeta_jax.attacks.registry import NORM
 from advmeta_jax.attacks.registry import POSITIVE
 from advmeta_jax.attacks.registry import Preset
 from advmeta_jax.attacks.registry import choice
-from advmeta_jax.attacks.registry import parse_eps
 from advmeta_jax.attacks.registry import register
 from advmeta_jax.attacks.registry import steps
 from advmeta_jax.attacks.registry import unit
@@ -46,19 +46,20 @@ CW_STRONG = dict(c=1.0, num_steps=100, batch_consistent=True)
 
 register(AttackEntry(
     "fgsm", fgsm, "FGSM, Goodfellow et al. 2015: one signed-gradient step "
-    "of ε, ADML's training attack",
-    dict(eps=EPS), trains=True,
-    test=lambda b: dict(eps=b.eps), test_help="one step of ε",
+    "of ε, ADML's training attack; norm='L2' gives FGM",
+    dict(eps=EPS, norm=NORM), trains=True,
+    test=lambda b: b.eps_hparams(), test_help="one step of ε",
     benchmark=lambda b: {"eps": b.eps}))
 register(AttackEntry(
     "pgd", pgd, "PGD, Madry et al. 2018: L∞ projected gradient descent from "
-    "a random start, AQ's and TAFL's attack",
-    dict(eps=EPS, step_size=POSITIVE, num_steps=steps(0), random_start=BOOL),
+    "a random start, AQ's and TAFL's attack; norm='L2' gives PGD-L2",
+    dict(eps=EPS, step_size=POSITIVE, num_steps=steps(0), random_start=BOOL,
+         norm=NORM),
     trains=True,
-    test=lambda b: dict(eps=b.eps, step_size=parse_eps(b.eps) / 4,
+    test=lambda b: dict(b.eps_hparams(), step_size=b.radius / 4,
                         num_steps=b.num_steps),
-    test_help="step ε/4 (2/255 at 8/255), `--attack_steps` (20) steps, "
-    "random start",
+    test_help="step ε/4 (2/255 at 8/255; L2: a quarter of the radius), "
+    "`--attack_steps` (20) steps, random start",
     benchmark=lambda b: {"eps": b.eps, "step_size": "2/255",
                          "num_steps": b.pgd_steps}))
 register(AttackEntry(
@@ -71,18 +72,20 @@ register(AttackEntry(
     benchmark=lambda b: {"eps": b.eps, "num_steps": b.pgd_steps}))
 register(AttackEntry(
     "apgd", apgd, "APGD-CE, Croce & Hein 2020: step-size-free Auto-PGD; "
-    "loss='dlr' gives APGD-DLR",
-    dict(eps=EPS, num_steps=steps(0), loss=choice(APGD_LOSSES, "APGD loss")),
+    "loss='dlr' gives APGD-DLR, norm='L2' the L2 APGD",
+    dict(eps=EPS, num_steps=steps(0), loss=choice(APGD_LOSSES, "APGD loss"),
+         norm=NORM),
     aliases=("apgd_ce", "apgd-ce"), trains=True,
-    test=lambda b: dict(eps=b.eps, num_steps=b.apgd_steps),
+    test=lambda b: dict(b.eps_hparams(), num_steps=b.apgd_steps),
     test_help="APGD-CE, `--apgd_steps` (100) iterations",
     benchmark=lambda b: {"eps": b.eps, "num_steps": b.pgd_steps}))
 register(AttackEntry(
     "apgd_t", apgd_t, "APGD-T, Croce & Hein 2020: APGD on the targeted DLR "
     "loss, one run per target class",
-    dict(eps=EPS, num_steps=steps(0), num_target_classes=steps(1)),
+    dict(eps=EPS, num_steps=steps(0), num_target_classes=steps(1),
+         norm=NORM),
     aliases=("apgd-t",),
-    test=lambda b: dict(eps=b.eps, num_steps=b.apgd_steps),
+    test=lambda b: dict(b.eps_hparams(), num_steps=b.apgd_steps),
     test_help="`--apgd_steps` iterations, the N−1 other classes of an "
     "N-way task as targets (9 capped at classes − 1)"))
 register(AttackEntry(
@@ -91,16 +94,17 @@ register(AttackEntry(
     dict(eps=EPS, num_steps=steps(0), targeted=BOOL,
          num_target_classes=steps(1), num_restarts=steps(1),
          alpha_max=unit(closed_low=True), eta=POSITIVE,
-         beta=unit(closed_low=False)),
+         beta=unit(closed_low=False), norm=NORM),
     aliases=("fab-t", "fab_t"),
-    test=lambda b: dict(eps=b.eps, num_steps=b.apgd_steps, targeted=True),
+    test=lambda b: dict(b.eps_hparams(), num_steps=b.apgd_steps,
+                        targeted=True),
     test_help="FAB-T, `--apgd_steps` iterations, the targets of APGD-T"))
 register(AttackEntry(
     "square", square, "Square, Andriushchenko et al. 2020: score-based random "
     "search, forward passes only",
     dict(eps=EPS, num_queries=steps(0), p_init=unit(closed_low=False),
-         rescale_schedule=BOOL, shared_squares=BOOL),
-    test=lambda b: dict(eps=b.eps, num_queries=b.square_queries),
+         rescale_schedule=BOOL, shared_squares=BOOL, norm=NORM),
+    test=lambda b: dict(b.eps_hparams(), num_queries=b.square_queries),
     test_help="`--square_queries` (5000) queries, p_init 0.8, the "
     "reference's unscaled schedule"))
 register(AttackEntry(
@@ -109,8 +113,8 @@ register(AttackEntry(
     "report",
     dict(eps=EPS, version=choice(VERSIONS, "AutoAttack version"),
          num_steps=steps(1), num_queries=steps(1),
-         num_target_classes=steps(1), eot_iter=steps(1)),
-    test=lambda b: dict(eps=b.eps, version="standard",
+         num_target_classes=steps(1), eot_iter=steps(1), norm=NORM),
+    test=lambda b: dict(b.eps_hparams(), version="standard",
                         num_steps=b.apgd_steps, num_queries=b.square_queries),
     test_help="the standard ensemble with the settings of apgd, apgd_t, fab "
     "and square, in that order, each on the examples still correct; its "

@@ -40,12 +40,29 @@ def concrete_scalar(value, name: str) -> Optional[float]:
   return result
 
 
-def check_eps(eps, name: str = "eps") -> None:
+def check_eps(eps, name: str = "eps", *, norm: str = "Linf",
+              x=None) -> None:
+  """An L∞ ε in [0, 1]; an L2 radius >= 0 and, when the images `x`
+  `[N, ...]` give d, at most √d (the diameter of [0, 1]^d: beyond it the
+  ball holds every image)."""
   value = concrete_scalar(eps, name)
-  if value is not None and not 0.0 <= value <= 1.0:
-    raise ConfigError(
-        f"{name} must lie in [0, 1] (images are in [0, 1]; write 8/255 for 8 "
-        f"grey levels), got {eps!r}.")
+  if value is None:
+    return
+  if norm != "L2":
+    if not 0.0 <= value <= 1.0:
+      raise ConfigError(
+          f"{name} must lie in [0, 1] (images are in [0, 1]; write 8/255 for "
+          f"8 grey levels), got {eps!r}.")
+    return
+  if not value >= 0:
+    raise ConfigError(f"{name} (an L2 radius) must be >= 0, got {eps!r}.")
+  if x is not None:
+    dim = math.prod(jnp.shape(x)[1:])
+    if value > math.sqrt(dim):
+      raise ConfigError(
+          f"{name} (an L2 radius) must be at most √d = {math.sqrt(dim):.4g} "
+          f"for images of {dim} values in [0, 1] (no two images are "
+          f"further apart), got {eps!r}.")
 
 
 def check_positive(value, name: str) -> None:

@@ -18,7 +18,7 @@ from advmeta_jax.attacks.checks import check_positive
 from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
-from advmeta_jax.attacks.linf import per_example
+from advmeta_jax.attacks.norms import per_example
 from advmeta_jax.attacks.linf import margin
 from advmeta_jax.errors import ConfigError
 

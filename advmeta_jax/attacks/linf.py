@@ -1,8 +1,11 @@
-"""The L∞ attacks (FGSM, PGD, MI-FGSM, APGD, APGD-T), losses and helpers.
+"""The gradient attacks (FGSM/FGM, PGD, MI-FGSM, APGD, APGD-T), losses and
+helpers. L∞ by default; FGSM, PGD, APGD and APGD-T take `norm="L2"` for
+their L2 versions (the norm-specific steps, projections and starts are in
+norms.py).
 
 Every attack is `attack(logits_fn, x, y, *, <hyperparameters>) -> x_adv` with
-`x_adv` in [0, 1] and inside the ε-ball around `x`; the package docstring
-(`advmeta_jax.attacks`) states the conventions. The losses (`margin`,
+`x_adv` in [0, 1] and inside the ε-ball of its norm around `x`; the package
+docstring (`advmeta_jax.attacks`) states the conventions. The losses (`margin`,
 `cross_entropy_per_example`, `dlr_loss`) and `Array`/`LogitsFn` are shared
 with the C&W attack (`cw.py`) and the gradient-masking checks (`masking.py`).
 """
@@ -22,6 +25,13 @@ from advmeta_jax.attacks.checks import check_inputs
 from advmeta_jax.attacks.checks import check_non_negative
 from advmeta_jax.attacks.checks import check_positive
 from advmeta_jax.attacks.checks import check_steps
+from advmeta_jax.attacks.norms import apgd_start
+from advmeta_jax.attacks.norms import canonical_norm
+from advmeta_jax.attacks.norms import per_example
+from advmeta_jax.attacks.norms import project
+from advmeta_jax.attacks.norms import project_linf
+from advmeta_jax.attacks.norms import random_start as norm_random_start
+from advmeta_jax.attacks.norms import steepest_ascent
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -80,68 +90,67 @@ def _loss_and_input_gradient(logits_fn: LogitsFn, loss_fn, x: Array,
   return per_example, grad, logits
 
 
-def project_linf(x_adv: Array, x: Array, eps: Array) -> Array:
-  """Projection onto {‖x' − x‖∞ ≤ ε} ∩ [0, 1]^d (exactly `x` when ε = 0)."""
-  return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
-
-
-def per_example(values: Array, like: Array) -> Array:
-  """Reshapes `[N]` to `[N, 1, 1, …]` to broadcast against `like`."""
-  return values.reshape(values.shape + (1,) * (like.ndim - 1))
-
-
-def linf_random_start(key: Array, x: Array, eps: Array) -> Array:
-  noise = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-  return project_linf(x + eps * noise, x, eps)
+def check_norm_and_eps(norm, eps, x, y) -> str:
+  """The canonical norm, after checking ε under it and the inputs."""
+  norm = canonical_norm(norm)
+  check_inputs(x, y)
+  check_eps(eps, norm=norm, x=x)
+  return norm
 
 
 # --- attacks ----------------------------------------------------------------
 
-def fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps) -> Array:
+def fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
+         norm: str = "Linf") -> Array:
   """Fast Gradient Sign Method (Goodfellow, Shlens & Szegedy 2015, eq. 3).
 
   x_adv = clip_[0,1](x + ε · sign(∇x L_CE(f(x), y))). ADML (Yin et al. 2018)
-  trains and tests with it.
+  trains and tests with it. `norm="L2"` is the fast gradient method FGM,
+  x + ε · ∇/‖∇‖₂ per example (advertorch's `GradientAttack`).
 
   Args:
     logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits.
     x: clean images `[N, H, W, C]` in [0, 1].
     y: integer labels `[N]`.
-    eps: ε, the L∞ budget in [0, 1] (8/255 is 8 grey levels).
+    eps: ε, the L∞ budget in [0, 1] (8/255 is 8 grey levels), or the L2
+      radius (>= 0, at most √d).
+    norm: "Linf" or "L2" (any case).
 
   Returns:
     `x_adv`, shape and dtype of `x`.
 
   Raises:
-    ConfigError: ε outside [0, 1], or non-float images.
+    ConfigError: ε out of range for its norm, or non-float images.
   """
-  check_eps(eps)
-  check_inputs(x, y)
+  norm = check_norm_and_eps(norm, eps, x, y)
   eps = jnp.asarray(eps, x.dtype)
   _, grad, _ = _loss_and_input_gradient(logits_fn, cross_entropy_per_example,
                                         x, y)
-  return project_linf(x + eps * jnp.sign(grad).astype(x.dtype), x, eps)
+  return project(norm, x + eps * steepest_ascent(norm, grad, x.dtype), x, eps)
 
 
 def pgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, step_size,
         num_steps: int, key: Optional[Array] = None,
-        random_start: bool = True) -> Array:
-  """L∞ projected gradient descent (Madry et al. 2018, eq. 2.1).
+        random_start: bool = True, norm: str = "Linf") -> Array:
+  """Projected gradient descent (Madry et al. 2018, eq. 2.1), L∞ or L2.
 
-  x⁰ = x + U(−ε, ε) (random start, projected to [0, 1]) or x;
+  L∞: x⁰ = x + U(−ε, ε) (random start, projected to [0, 1]) or x;
   x^{t+1} = Π_{B∞(x, ε) ∩ [0,1]}(x^t + a · sign(∇x L_CE(f(x^t), y))).
-  Returns the last iterate. AQ and TAFL use ε = 8/255, a = 2/255, 7 steps in
-  training and 20 at test.
+  L2 (torchattacks' `PGDL2`): x⁰ = `norms.l2_random_start` (a uniform
+  direction at a radius U(0, ε)) or x; x^{t+1} = Π₂(x^t + a · ∇/‖∇‖₂),
+  Π₂ = `norms.project_l2`. Returns the last iterate. AQ and TAFL use
+  ε = 8/255, a = 2/255, 7 steps in training and 20 at test.
 
   Args:
     logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits.
     x: clean images `[N, H, W, C]` in [0, 1].
     y: integer labels `[N]`.
-    eps: ε, the L∞ budget in [0, 1].
-    step_size: a > 0, the size of each signed-gradient step.
+    eps: ε, the L∞ budget in [0, 1] or the L2 radius.
+    step_size: a > 0, the size of each signed (L2: normalized) step.
     num_steps: T >= 0 (a Python int); 0 returns the (random) start.
     key: PRNG key of the random start; required when `random_start`.
-    random_start: start from a uniform point of the ε-ball (Madry et al.).
+    random_start: start from a random point of the ε-ball (Madry et al.).
+    norm: "Linf" or "L2" (any case).
 
   Returns:
     `x_adv`, shape and dtype of `x`.
@@ -149,10 +158,9 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, step_size,
   Raises:
     ConfigError: a hyperparameter out of range, or `random_start` without key.
   """
-  check_eps(eps)
+  norm = check_norm_and_eps(norm, eps, x, y)
   check_positive(step_size, "step_size")
   num_steps = check_steps(num_steps)
-  check_inputs(x, y)
   if not isinstance(random_start, bool):
     raise ConfigError(f"random_start must be True or False, got "
                       f"{random_start!r}.")
@@ -160,22 +168,24 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, step_size,
     raise ConfigError("pgd with random_start=True needs a PRNG key: pass "
                       "key=jax.random.key(...), or random_start=False.")
   eps = jnp.asarray(eps, x.dtype)
-  x_start = linf_random_start(key, x, eps) if random_start else x
+  x_start = norm_random_start(norm, key, x, eps) if random_start else x
   return pgd_iterations(logits_fn, x, y, x_start, eps=eps,
-                         step_size=step_size, num_steps=num_steps)
+                         step_size=step_size, num_steps=num_steps, norm=norm)
 
 
 def pgd_iterations(logits_fn: LogitsFn, x: Array, y: Array, x_start: Array,
-                    *, eps, step_size, num_steps) -> Array:
-  """`num_steps` L∞ PGD steps from `x_start` (`num_steps` may be traced)."""
+                    *, eps, step_size, num_steps, norm: str = "Linf"
+                    ) -> Array:
+  """`num_steps` PGD steps of `norm` from `x_start` (`num_steps` may be
+  traced)."""
   eps = jnp.asarray(eps, x.dtype)
   step_size = jnp.asarray(step_size, x.dtype)
 
   def step(_, x_adv):
     _, grad, _ = _loss_and_input_gradient(
         logits_fn, cross_entropy_per_example, x_adv, y)
-    return project_linf(x_adv + step_size * jnp.sign(grad).astype(x.dtype),
-                         x, eps)
+    return project(norm, x_adv + step_size * steepest_ascent(
+        norm, grad, x.dtype), x, eps)
 
   return jax.lax.fori_loop(0, num_steps, step, x_start)
 
@@ -251,9 +261,10 @@ def apgd_checkpoints(num_steps: int) -> Tuple[int, ...]:
 
 
 def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
-         key: Array, loss: str = "ce") -> Array:
-  """Auto-PGD, L∞ (Croce & Hein 2020, "Reliable evaluation of adversarial
-  robustness with an ensemble of diverse parameter-free attacks", Alg. 1).
+         key: Array, loss: str = "ce", norm: str = "Linf") -> Array:
+  """Auto-PGD, L∞ or L2 (Croce & Hein 2020, "Reliable evaluation of
+  adversarial robustness with an ensemble of diverse parameter-free
+  attacks", Alg. 1; arXiv:2003.01690).
 
   Per example: step size η⁽⁰⁾ = 2ε; momentum α = 0.75:
       z^{k+1} = Π(x^k + η sign(∇f(x^k))),
@@ -265,7 +276,11 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
        loss (ρ = 0.75), or
     2. the step size was not halved at w_{j−1} and the best loss has not
        improved since.
-  Starts at a uniform random point of the ε-ball (from `key`). Returns per
+  Starts at a uniform random point of the ε-ball (from `key`). With
+  `norm="L2"` (AutoAttack's `autopgd_base.py`, L2 branch) the step is
+  η ∇/‖∇‖₂ instead of η sign(∇), Π is `norms.project_l2` and the start is
+  x + ε u, u uniform on the unit sphere; η⁽⁰⁾ = 2ε and the checkpoints are
+  the same. Returns per
   example the last iterate at which it was misclassified, if any, else the
   point of highest loss (AutoAttack's `x_best_adv` / `x_best`). This follows
   the paper where AutoAttack's code differs slightly: checkpoints ⌈p_j·N⌉
@@ -280,10 +295,11 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
     logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits.
     x: clean images `[N, H, W, C]` in [0, 1].
     y: integer labels `[N]`.
-    eps: ε, the L∞ budget in [0, 1].
+    eps: ε, the L∞ budget in [0, 1] or the L2 radius.
     num_steps: N_iter >= 0 (a Python int; 100 in AutoAttack).
     key: PRNG key of the random start.
     loss: "ce" (APGD-CE) or "dlr" (APGD-DLR, needs >= 3 classes).
+    norm: "Linf" or "L2" (any case).
 
   Returns:
     `x_adv`, shape and dtype of `x`.
@@ -291,7 +307,7 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
   Raises:
     ConfigError: a hyperparameter out of range or an unknown loss.
   """
-  check_eps(eps)
+  norm = check_norm_and_eps(norm, eps, x, y)
   num_steps = check_steps(num_steps)
   if loss not in LOSSES:
     raise ConfigError(f"unknown APGD loss {loss!r}; choose one of: "
@@ -299,11 +315,10 @@ def apgd(logits_fn: LogitsFn, x: Array, y: Array, *, eps, num_steps: int,
   if key is None:
     raise ConfigError("apgd needs a PRNG key for its random start: pass "
                       "key=jax.random.key(...).")
-  check_inputs(x, y)
   eps = jnp.asarray(eps, x.dtype)
   x_out, _ = apgd_run(logits_fn, LOSSES[loss], x, y,
-                       linf_random_start(key, x, eps), eps=eps,
-                       num_steps=num_steps)
+                       apgd_start(norm, key, x, eps), eps=eps,
+                       num_steps=num_steps, norm=norm)
   return x_out
 
 
@@ -322,9 +337,10 @@ def eot_loss_and_input_gradient(keyed_logits_fn, loss_fn, x: Array,
 
 
 def apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
-              eps: Array, num_steps: int, loss_and_gradient=None
-              ) -> Tuple[Array, Array]:
-  """One APGD run from `x0` (see `apgd`); `loss_fn(logits, y)` per example.
+              eps: Array, num_steps: int, loss_and_gradient=None,
+              norm: str = "Linf") -> Tuple[Array, Array]:
+  """One APGD run of `norm` from `x0` (see `apgd`); `loss_fn(logits, y)`
+  per example.
 
   `loss_and_gradient(x, i) -> (loss [N], ∇x, logits)` at iterate i replaces
   the plain gradient of `logits_fn` (EOT for randomized models).
@@ -363,10 +379,11 @@ def apgd_run(logits_fn: LogitsFn, loss_fn, x: Array, y: Array, x0: Array, *,
   def iteration(i, s):
     step = per_example(s["step"], x).astype(x.dtype)
     a = jnp.where(i == 0, 1.0, alpha).astype(x.dtype)
-    z = project_linf(s["x"] + step * jnp.sign(s["grad"]).astype(x.dtype),
-                      x, eps)
-    x_new = project_linf(
-        s["x"] + a * (z - s["x"]) + (1 - a) * (s["x"] - s["x_prev"]), x, eps)
+    z = project(norm, s["x"] + step * steepest_ascent(norm, s["grad"],
+                                                       x.dtype), x, eps)
+    x_new = project(
+        norm, s["x"] + a * (z - s["x"]) + (1 - a) * (s["x"] - s["x_prev"]),
+        x, eps)
     loss_new, grad_new, logits = loss_and_gradient(x_new, i + 1)
 
     fooled_now = jnp.argmax(logits, axis=-1) != y
@@ -482,7 +499,8 @@ def check_target_classes(num_target_classes) -> int:
 
 
 def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
-           num_steps: int = 100, num_target_classes: int = 9) -> Array:
+           num_steps: int = 100, num_target_classes: int = 9,
+           norm: str = "Linf") -> Array:
   """APGD-T: APGD on the targeted DLR loss (Croce & Hein 2020, §4; AutoAttack's
   `APGDAttack_targeted`).
 
@@ -494,17 +512,19 @@ def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   are held at their adversarial example in the attacked batch (`hold_inactive`), and
   an example counts as fooled when it is misclassified in the batch assembled
   after a run (without batch coupling: when that run fooled it, as in the
-  reference code). The target loop is a `lax.scan`.
+  reference code). The target loop is a `lax.scan`. `norm="L2"` runs the
+  L2 APGD (see `apgd`).
 
   Args:
     logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits
       (at least 3 classes).
     x: clean images `[N, H, W, C]` in [0, 1].
     y: integer labels `[N]`.
-    eps: ε, the L∞ budget in [0, 1].
+    eps: ε, the L∞ budget in [0, 1] or the L2 radius.
     key: PRNG key of the random starts (one per target).
     num_steps: APGD iterations per target (a Python int; 100 in AutoAttack).
     num_target_classes: T before capping at classes − 1 (9 in AutoAttack).
+    norm: "Linf" or "L2" (any case).
 
   Returns:
     `x_adv`: per example the first successful adversarial example, or `x`
@@ -513,13 +533,12 @@ def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
   Raises:
     ConfigError: a hyperparameter out of range, or fewer than 3 classes.
   """
-  check_eps(eps)
+  norm = check_norm_and_eps(norm, eps, x, y)
   num_steps = check_steps(num_steps)
   num_target_classes = check_target_classes(num_target_classes)
   if key is None:
     raise ConfigError("apgd_t needs a PRNG key for its random starts: pass "
                       "key=jax.random.key(...).")
-  check_inputs(x, y)
   num_classes = num_classes_of(logits_fn, x)
   if num_classes < 3:
     raise ConfigError(f"apgd_t needs at least 3 classes (targeted DLR loss), "
@@ -539,8 +558,8 @@ def apgd_t(logits_fn: LogitsFn, x: Array, y: Array, *, eps, key: Array,
       loss_fn = lambda logits, labels: dlr_targeted_loss(logits, labels,
                                                          target)
       x_run, fooled = apgd_run(held, loss_fn, x, y,
-                                linf_random_start(k, x, eps), eps=eps,
-                                num_steps=num_steps)
+                                apgd_start(norm, k, x, eps), eps=eps,
+                                num_steps=num_steps, norm=norm)
       # Where the run failed the reference returns x, not the best point.
       x_run = jnp.where(per_example(fooled, x), x_run, x)
       return accept_run(logits_fn, y, robust, x_adv, x_run)

@@ -10,7 +10,8 @@ expectation is reported in a `StrengthReport`, not raised.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +21,13 @@ from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
 from advmeta_jax.attacks.linf import pgd_iterations
-from advmeta_jax.attacks.linf import project_linf
 from advmeta_jax.attacks.linf import apgd
+from advmeta_jax.attacks.norms import canonical_norm
+from advmeta_jax.attacks.norms import l2_normalize
+from advmeta_jax.attacks.norms import per_example
+from advmeta_jax.attacks.norms import project
 from advmeta_jax.attacks.square import square
-from advmeta_jax.attacks.registry import parse_eps
+from advmeta_jax.attacks.budgets import parse_eps
 from advmeta_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +72,11 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
                           pgd_steps: Tuple[int, int] = (5, 20),
                           eps_multipliers: Sequence[float] = (0.25, 0.5, 1.0,
                                                               2.0, 4.0),
-                          large_eps: float = 0.5,
+                          large_eps: Optional[float] = None,
                           max_accuracy_at_large_eps: float = 0.05,
                           tolerance: float = 0.02,
-                          square_queries: int = 1000) -> StrengthReport:
+                          square_queries: int = 1000,
+                          norm: str = "Linf") -> StrengthReport:
   """Sanity checks that reveal gradient masking (Carlini et al. 2019, "On
   Evaluating Adversarial Robustness", §5 and the checklist of its appendix).
 
@@ -79,7 +84,7 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   and random start), APGD-CE with `pgd_steps[1]` steps, the Square Attack
   with `square_queries` queries (1000 by default, schedule rescaled to that
   budget: about 1000 forward passes of the batch and no gradients, a small
-  fraction of AutoAttack's 5000), uniform noise in the ε-ball, and PGD with
+  fraction of AutoAttack's 5000), random noise in the ε-ball, and PGD with
   the longer step count over ε × `eps_multipliers` and `large_eps` (step
   size scaled with ε). Expected, each up to `tolerance`:
     * every attack's accuracy ≤ clean accuracy, and PGD ≤ random noise;
@@ -98,6 +103,11 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   two examples. A failed expectation is a finding, not an exception: report
   it next to the robust accuracy.
 
+  With `norm="L2"` every attack is its L2 version (FGSM is then FGM, one
+  normalized step of ε; the noise is `norms.l2_random_start`'s), ε is an
+  L2 radius, the sweep is capped at √d instead of 1 and `large_eps`
+  defaults to 0.5·√d (the L2 length of a 0.5 change of every value).
+
   This function runs the attacks itself and returns Python numbers; it is an
   evaluation driver, not meant to be traced. It compiles three times: once
   for APGD, once for Square and once for a PGD loop with traced ε, step size and step count, which
@@ -110,15 +120,18 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     logits_fn: `[N, H, W, C]` images in [0, 1] -> `[N, classes]` logits.
     x: clean images `[N, H, W, C]` in [0, 1].
     y: integer labels `[N]`.
-    eps: the ε under evaluation (a number or a string such as "8/255").
+    eps: the ε under evaluation (a number or a string such as "8/255"; the
+      L2 radius with `norm="L2"`).
     key: PRNG key (random starts).
     step_size: PGD step size at ε; default ε/4 (2/255 at ε = 8/255).
     pgd_steps: the (fewer, more) PGD step counts.
     eps_multipliers: the ε sweep, as multiples of ε (capped at 1).
-    large_eps: the "unbounded" budget of the last sweep point.
+    large_eps: the "unbounded" budget of the last sweep point (default 0.5;
+      L2: 0.5·√d).
     max_accuracy_at_large_eps: what accuracy counts as ~0 there.
     tolerance: slack of every comparison, in accuracy units.
     square_queries: Square's query budget (0 skips the Square check).
+    norm: "Linf" or "L2" (any case).
 
   Returns:
     A `StrengthReport`; `report.ok` when every expectation holds.
@@ -128,8 +141,11 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
       the ball (`pgd_steps[1] * step_size < 2ε`), which would flag a weak
       attack rather than masking.
   """
-  eps = parse_eps(eps)
-  large_eps = parse_eps(large_eps, "large_eps")
+  norm = canonical_norm(norm)
+  diameter = math.sqrt(math.prod(jnp.shape(x)[1:])) if norm == "L2" else 1.0
+  eps = parse_eps(eps, norm=norm)
+  large_eps = parse_eps(0.5 * diameter if large_eps is None else large_eps,
+                        "large_eps", norm=norm)
   few, many = (check_steps(s, "pgd_steps", minimum=1) for s in pgd_steps)
   square_queries = check_steps(square_queries, "square_queries")
   if few >= many:
@@ -149,16 +165,21 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
 
   x = jnp.asarray(x)
   y = jnp.asarray(y)
-  noise = jax.random.uniform(k_start, x.shape, x.dtype, -1.0, 1.0)
+  if norm == "L2":   # a uniform direction at a radius U(0, 1)
+    k_direction, k_radius = jax.random.split(k_start)
+    noise = l2_normalize(jax.random.normal(k_direction, x.shape, x.dtype)) * (
+        per_example(jax.random.uniform(k_radius, x.shape[:1], x.dtype), x))
+  else:
+    noise = jax.random.uniform(k_start, x.shape, x.dtype, -1.0, 1.0)
   no_noise = jnp.zeros_like(x)
 
   # One compiled function serves all but APGD (see the docstring).
   @jax.jit
   def pgd_accuracy(xs, ys, start_noise, e, a, steps):
     e = e.astype(xs.dtype)
-    x_start = project_linf(xs + e * start_noise, xs, e)
+    x_start = project(norm, xs + e * start_noise, xs, e)
     x_adv = pgd_iterations(logits_fn, xs, ys, x_start, eps=e, step_size=a,
-                            num_steps=steps)
+                            num_steps=steps, norm=norm)
     return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
 
   @jax.jit
@@ -166,12 +187,14 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
     # Its own key (a fold of APGD's) leaves the other attacks' starts as
     # they were before this check existed.
     x_adv = square(logits_fn, xs, ys, eps=e, key=jax.random.fold_in(k_apgd, 1),
-                   num_queries=square_queries, rescale_schedule=True)
+                   num_queries=square_queries, rescale_schedule=True,
+                   norm=norm)
     return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
 
   @jax.jit
   def apgd_accuracy(xs, ys, e):
-    x_adv = apgd(logits_fn, xs, ys, eps=e, num_steps=many, key=k_apgd)
+    x_adv = apgd(logits_fn, xs, ys, eps=e, num_steps=many, key=k_apgd,
+                 norm=norm)
     return jnp.mean(jnp.argmax(logits_fn(x_adv), axis=-1) == ys)
 
   def run(start_noise, e, a, steps) -> float:
@@ -189,8 +212,8 @@ def check_attack_strength(logits_fn: LogitsFn, x: Array, y: Array, *, eps,
   if square_queries:
     accuracies[f"square{square_queries}"] = float(
         square_accuracy(x, y, jnp.float32(eps)))
-  sweep_eps = sorted({min(1.0, eps * float(m)) for m in eps_multipliers} |
-                     {large_eps})
+  sweep_eps = sorted({min(diameter, eps * float(m)) for m in eps_multipliers}
+                     | {large_eps})
   sweep = [(e, accuracies[f"pgd{many}"] if e == eps else
             run(noise, e, ratio * e, many)) for e in sweep_eps]
 

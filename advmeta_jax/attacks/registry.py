@@ -33,62 +33,22 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
-import math
 from typing import (Any, Callable, Dict, Iterator, Mapping, NamedTuple,
                     Optional, Tuple)
 
-import numpy as np
-
+from advmeta_jax.attacks.budgets import parse_budget
+from advmeta_jax.attacks.budgets import parse_eps
+from advmeta_jax.attacks.budgets import split_budget
 from advmeta_jax.attacks.checks import check_eps
 from advmeta_jax.attacks.checks import check_non_negative
 from advmeta_jax.attacks.checks import check_positive
 from advmeta_jax.attacks.checks import check_steps
 from advmeta_jax.attacks.linf import Array
 from advmeta_jax.attacks.linf import LogitsFn
+from advmeta_jax.attacks.norms import canonical_norm
 from advmeta_jax.errors import ConfigError
 
 REQUIRED = inspect.Parameter.empty
-
-
-def parse_eps(value, name: str = "eps") -> float:
-  """Parses an L∞ budget: `"8/255"`, `"0.2/255"`, `"0.03"`, or a number.
-
-  Returns:
-    ε as a float in [0, 1].
-
-  Raises:
-    ConfigError: not a number or fraction, negative, above 1 (images are in
-      [0, 1]: ADML's "eps = 2" is 2/255), or not finite.
-  """
-  text = value
-  if isinstance(value, str):
-    parts = value.strip().split("/")
-    try:
-      numbers = [float(part) for part in parts]
-    except ValueError:
-      numbers = []
-    if len(numbers) not in (1, 2):
-      raise ConfigError(
-          f"{name} must be a number or a fraction such as 8/255, got "
-          f"{value!r}.")
-    if len(numbers) == 2 and numbers[1] == 0:
-      raise ConfigError(f"{name} {value!r} divides by zero.")
-    result = numbers[0] if len(numbers) == 1 else numbers[0] / numbers[1]
-  elif isinstance(value, (int, float, np.integer, np.floating)) and not (
-      isinstance(value, bool)):
-    result = float(value)
-  else:
-    raise ConfigError(f"{name} must be a number or a fraction such as 8/255, "
-                      f"got {value!r}.")
-  if not math.isfinite(result) or result < 0:
-    raise ConfigError(f"{name} must be a finite number >= 0, got {text!r}.")
-  if result > 1:
-    hint = (f"{text} is more than the whole range (255/255)"
-            if isinstance(text, str) and "/" in text
-            else f"for {text} grey levels write {text}/255")
-    raise ConfigError(f"{name} must be at most 1 (images are in [0, 1]), got "
-                      f"{text!r}; {hint}.")
-  return result
 
 
 # --- kinds of hyperparameters -------------------------------------------------
@@ -172,8 +132,13 @@ def unit(*, closed_low: bool) -> Kind:
   return Kind(_read_number, check, f"number in {interval}")
 
 
-EPS = Kind(lambda a, k, text: parse_eps(text.strip()),
-           lambda a, k, v: check_eps(v), "L∞ budget in [0, 1], e.g. 8/255")
+# ε is read and checked under the attack's norm (`_checked_values` passes it).
+EPS = Kind(lambda a, k, text, norm="Linf": parse_eps(text.strip(), norm=norm),
+           lambda a, k, v, norm="Linf": check_eps(v, norm=norm),
+           "L∞ budget in [0, 1], e.g. 8/255; with norm='L2' an L2 radius "
+           ">= 0")
+NORM = Kind(lambda a, k, text: canonical_norm(text),
+            lambda a, k, v: canonical_norm(v), "'Linf' or 'L2' (any case)")
 POSITIVE = Kind(_read_number,
                 lambda a, k, v: None if v is None else check_positive(v, k),
                 "number > 0")
@@ -185,12 +150,28 @@ BOOL = Kind(_read_bool, _check_bool, "true or false")
 # --- entries ------------------------------------------------------------------
 
 class Budget(NamedTuple):
-  """What the meta-test protocol gives a test attack: ε (a flag string, or
-  None) and the step budgets of `launch.evaluate`'s flags."""
+  """What the meta-test protocol gives a test attack: ε (a budget string,
+  "8/255" or "l2:0.5" (budgets.py), or None) and the step budgets of
+  `launch.evaluate`'s flags."""
   eps: Optional[str]
   num_steps: int = 20          # --attack_steps: PGD, MI-FGSM
   apgd_steps: int = 100        # --apgd_steps: APGD, APGD-T, FAB-T, AutoAttack
   square_queries: int = 5000   # --square_queries: Square, AutoAttack
+
+  @property
+  def norm(self) -> str:
+    return split_budget(self.eps)[0]
+
+  @property
+  def radius(self) -> float:
+    """ε as a number (the L∞ ε or the L2 radius)."""
+    return parse_budget(self.eps)[1]
+
+  def eps_hparams(self) -> Dict[str, Any]:
+    """The attack's `eps` (and `norm="L2"` for an L2 budget) as flag
+    values; an L∞ budget sets `eps` only."""
+    norm, text = split_budget(self.eps)
+    return {"eps": text} if norm == "Linf" else {"eps": text, "norm": norm}
 
 
 class BenchmarkBudget(NamedTuple):
@@ -415,6 +396,13 @@ def meta_test_setting(name: str, budget: Budget
     entry, preset = found
     return entry.name, dict(preset.hparams), preset.name
   entry = get(name)
+  if budget.eps is not None and budget.norm != "Linf" and (
+      "norm" not in entry.kinds):
+    l2 = [e.name for e in _ENTRIES.values()
+          if "norm" in e.kinds and e.test is not None]
+    raise ConfigError(f"attack {name!r} is L∞ only; the budget "
+                      f"{budget.eps!r} is {budget.norm}. Attacks with an L2 "
+                      f"version: {', '.join(l2)}.")
   return entry.name, entry.test_hparams(budget), ""
 
 
@@ -437,13 +425,6 @@ def benchmark_attacks() -> Tuple[str, ...]:
 
 
 # --- from flags ---------------------------------------------------------------
-
-def _coerce(attack: str, hparam: Hparam, value):
-  """A flag value (possibly a string) as the type the attack expects."""
-  if not isinstance(value, str):
-    return value
-  return hparam.kind.read(attack, hparam.name, value)
-
 
 def make_attack(name: str, hparams: Optional[Mapping[str, Any]] = None,
                 **kwargs) -> Callable[..., Array]:
@@ -502,9 +483,15 @@ def _checked_values(name: str, entry: AttackEntry,
   if missing:
     raise ConfigError(f"attack {name!r} needs hyperparameter(s) "
                       f"{', '.join(missing)}.")
-  values = {k: _coerce(name, allowed[k], v) for k, v in given.items()}
+  # ε's range depends on the norm: read and check it under the norm given
+  # (or the attack's default).
+  norm = canonical_norm(given.get("norm", allowed["norm"].default)) if (
+      "norm" in allowed) else "Linf"
+  by_norm = lambda k: {"norm": norm} if allowed[k].kind is EPS else {}
+  values = {k: (allowed[k].kind.read(name, k, v, **by_norm(k))
+                if isinstance(v, str) else v) for k, v in given.items()}
   for k, v in values.items():
-    allowed[k].kind.check(name, k, v)
+    allowed[k].kind.check(name, k, v, **by_norm(k))
   return values
 
 

@@ -9,9 +9,12 @@ images:
 
   pip install "torch==2.13.0+cpu" && pip install --no-deps torchattacks
   python -m launch.crosscheck_autoattack --eps=24/255 --num_examples=200
+  python -m launch.crosscheck_autoattack --norm=l2 --eps=1.5 \
+      --num_examples=200      # the L2 attacks against torchattacks' L2
 
 (ε = 24/255: this CNN keeps about 40% accuracy there, so the attacks are
-compared where they differ; at 8/255 it keeps 90%.)
+compared where they differ; at 8/255 it keeps 90%. With --norm=l2 every
+attack on both sides is its L2 version and --eps an L2 radius.)
 
 Defaults are AutoAttack's standard settings (100 iterations, 5000 Square
 queries, all N−1 target classes). torchattacks' own `AutoAttack` defaults to
@@ -124,28 +127,30 @@ def digits_problem(*, num_examples: int, train_steps: int, seed: int = 0,
 
 
 def jax_robust_accuracies(params, x, y, *, eps: float, seed: int = 0,
-                          num_steps: int = 100, num_queries: int = 5000
-                          ) -> Dict[str, float]:
+                          num_steps: int = 100, num_queries: int = 5000,
+                          norm: str = "Linf") -> Dict[str, float]:
   """Robust accuracy of each attack run alone, and of the ensemble (the
   ensemble's stage i uses `jax.random.split(key, 4)[i]`, as the single
-  attacks here)."""
+  attacks here), all in `norm`."""
   key = jax.random.key(seed)
   k = jax.random.split(key, 4)
+  common = dict(eps=eps, norm=norm)
   runs = {
-      "apgd-ce": lambda f, x, y: attacks.apgd(f, x, y, eps=eps, key=k[0],
-                                              num_steps=num_steps),
-      "apgd-t": lambda f, x, y: attacks.apgd_t(f, x, y, eps=eps, key=k[1],
-                                               num_steps=num_steps),
-      "fab-t": lambda f, x, y: attacks.fab(f, x, y, eps=eps, key=k[2],
-                                           num_steps=num_steps),
-      "square": lambda f, x, y: attacks.square(f, x, y, eps=eps, key=k[3],
-                                               num_queries=num_queries),
+      "apgd-ce": lambda f, x, y: attacks.apgd(f, x, y, key=k[0],
+                                              num_steps=num_steps, **common),
+      "apgd-t": lambda f, x, y: attacks.apgd_t(f, x, y, key=k[1],
+                                               num_steps=num_steps, **common),
+      "fab-t": lambda f, x, y: attacks.fab(f, x, y, key=k[2],
+                                           num_steps=num_steps, **common),
+      "square": lambda f, x, y: attacks.square(f, x, y, key=k[3],
+                                               num_queries=num_queries,
+                                               **common),
       "square-shared": lambda f, x, y: attacks.square(
-          f, x, y, eps=eps, key=k[3], num_queries=num_queries,
-          shared_squares=True),
+          f, x, y, key=k[3], num_queries=num_queries, shared_squares=True,
+          **common),
       "autoattack": lambda f, x, y: attacks.autoattack(
-          f, x, y, eps=eps, key=key, num_steps=num_steps,
-          num_queries=num_queries),
+          f, x, y, key=key, num_steps=num_steps, num_queries=num_queries,
+          **common),
   }
 
   def accuracy(run):
@@ -190,15 +195,16 @@ def torch_model(params):
 def torchattacks_robust_accuracies(model, x, y, *, eps: float,
                                    num_classes: int, seed: int = 0,
                                    num_steps: int = 100,
-                                   num_queries: int = 5000
-                                   ) -> Dict[str, float]:
-  """The same attacks with torchattacks (NCHW tensors), standard settings."""
+                                   num_queries: int = 5000,
+                                   norm: str = "Linf") -> Dict[str, float]:
+  """The same attacks with torchattacks (NCHW tensors), standard settings,
+  in `norm` ("Linf" or "L2")."""
   import torch  # pylint: disable=g-import-not-at-top
   import torchattacks  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
   images = torch.tensor(np.transpose(np.asarray(x), (0, 3, 1, 2)).copy())
   labels = torch.tensor(np.asarray(y), dtype=torch.long)
-  common = dict(norm="Linf", eps=eps, seed=seed)
+  common = dict(norm=norm, eps=eps, seed=seed)
   square = lambda: torchattacks.Square(model, n_queries=num_queries,
                                        p_init=0.8, resc_schedule=False,
                                        n_restarts=1, **common)
@@ -209,7 +215,7 @@ def torchattacks_robust_accuracies(model, x, y, *, eps: float,
   fabt = lambda: torchattacks.FAB(model, steps=num_steps, n_restarts=1,
                                   multi_targeted=True, n_classes=num_classes,
                                   **common)
-  ensemble = torchattacks.AutoAttack(model, norm="Linf", eps=eps,
+  ensemble = torchattacks.AutoAttack(model, norm=norm, eps=eps,
                                      version="standard",
                                      n_classes=num_classes, seed=seed)
   # Its members default to 10 iterations and a rescaled Square schedule: use
@@ -233,7 +239,7 @@ def torchattacks_robust_accuracies(model, x, y, *, eps: float,
 def crosscheck(*, eps: float = 24 / 255, num_examples: int = 200,
                train_steps: int = 300, adv_eps: float = 0.0, seed: int = 0,
                num_steps: int = 100, num_queries: int = 5000,
-               out: Optional[str] = None) -> Dict:
+               norm: str = "Linf", out: Optional[str] = None) -> Dict:
   """Runs both sides on one trained model; returns the numbers and timings.
 
   Returns:
@@ -252,7 +258,8 @@ def crosscheck(*, eps: float = 24 / 255, num_examples: int = 200,
         np.transpose(np.asarray(x), (0, 3, 1, 2)).copy())).numpy()
   jax_logits = np.asarray(small_cnn_logits(params, x))
   num_classes = jax_logits.shape[-1]
-  settings = dict(eps=eps, num_steps=num_steps, num_queries=num_queries)
+  settings = dict(eps=eps, num_steps=num_steps, num_queries=num_queries,
+                  norm=attacks.canonical_norm(norm))
   t0 = time.time()
   ours = jax_robust_accuracies(params, x, y, seed=seed, **settings)
   t1 = time.time()
@@ -275,7 +282,9 @@ def crosscheck(*, eps: float = 24 / 255, num_examples: int = 200,
 
 
 def format_table(result: Dict) -> str:
-  lines = [f"clean accuracy {result['clean']:.3f}; max |logits JAX − torch| "
+  settings = result["settings"]
+  lines = [f"{settings.get('norm', 'Linf')}, eps {settings['eps']:.4g}; "
+           f"clean accuracy {result['clean']:.3f}; max |logits JAX − torch| "
            f"{result['logits_max_abs_diff']:.2e}",
            "| attack | advmeta_jax | torchattacks | difference |",
            "|---|---|---|---|"]
@@ -295,7 +304,10 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The script's flags (defined when run, not on import: tests import this
   module next to others that define --eps)."""
-  flags.DEFINE_string("eps", "24/255", "L-inf budget.")
+  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model of every "
+                    "attack, on both sides.")
+  flags.DEFINE_string("eps", "24/255", "The budget: an L-inf eps, or with "
+                      "--norm=l2 an L2 radius (e.g. 1.5).")
   flags.DEFINE_integer("num_examples", 200, "Held-out images attacked.")
   flags.DEFINE_integer("train_steps", 300, "Adam steps of the small CNN.")
   flags.DEFINE_string("adv_eps", "0", "PGD adversarial training budget (0: "
@@ -308,8 +320,10 @@ def define_flags():
 
 def main(argv):
   del argv
+  norm = attacks.canonical_norm(FLAGS.norm)
   print(format_table(crosscheck(
-      eps=attacks.parse_eps(FLAGS.eps), num_examples=FLAGS.num_examples,
+      eps=attacks.parse_eps(FLAGS.eps, "--eps", norm=norm), norm=norm,
+      num_examples=FLAGS.num_examples,
       train_steps=FLAGS.train_steps,
       adv_eps=attacks.parse_eps(FLAGS.adv_eps, "--adv_eps"), seed=FLAGS.seed,
       num_steps=FLAGS.num_steps, num_queries=FLAGS.num_queries,

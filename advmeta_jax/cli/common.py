@@ -300,7 +300,7 @@ def attack_specs(names, eps_list, *, attack_steps: int = 20,
       specs.append(evaluation.default_test_attack(name, None))
       continue
     for eps in eps_list:
-      attacks_lib.parse_eps(eps, "--eps")
+      attacks_lib.parse_budget(eps, "--eps")
       specs.append(evaluation.default_test_attack(
           name, eps, num_steps=attack_steps, apgd_steps=apgd_steps,
           square_queries=square_queries))

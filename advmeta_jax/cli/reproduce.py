@@ -11,6 +11,8 @@ numbers beside ours:
       --workdir=/tmp/tafl_shrunk     # the whole pipeline in minutes, offline
   advmeta-reproduce --experiment=digits_robust --seeds=3 \
       --workdir=/tmp/digits3         # each row 3 times: <row>/seed<k>/
+  advmeta-reproduce --experiment=digits_robust --workdir=/tmp/digits \
+      --extra_attacks=pgd,autoattack --extra_eps=l2:0.5,l2:1   # L2 cells
 
 Experiments: see `advmeta_jax.experiments.EXPERIMENTS` (--helpfull lists them).
 """
@@ -37,6 +39,10 @@ flags.DEFINE_list("extra_attacks", [], "Test attacks beyond the paper's, "
                   "apgd_t, fab): extra cells with no paper value. Trained "
                   "rows are not retrained, so this can follow a finished "
                   "run.")
+flags.DEFINE_list("extra_eps", [], "Budgets of --extra_attacks (default: "
+                  "the experiment's first eps): L-inf eps (8/255) or L2 radii "
+                  "written l2:R (l2:0.5), each extra attack at each, e.g. "
+                  "--extra_attacks=autoattack --extra_eps=l2:0.5,l2:1.")
 config.define_protocol_flags(only=("test_episodes", "test_q_query",
                                    "test_seed"))
 for _old in ("episodes", "seed"):
@@ -66,6 +72,19 @@ def _pairs(values):
   return pairs
 
 
+def _extra_attacks(names, budgets):
+  """`--extra_attacks` × `--extra_eps` as `(name, budget)` pairs; the
+  names alone (the experiment's first ε) without `--extra_eps`."""
+  if not budgets:
+    return list(names)
+  if not names:
+    raise ConfigError("--extra_eps sets the budgets of --extra_attacks: "
+                      "give the attacks too (e.g. --extra_attacks=autoattack).")
+  for budget in budgets:
+    config.attack_budget(budget, "--extra_eps")
+  return [(name, budget) for name in names for budget in budgets]
+
+
 def main(argv):
   del argv
   common.check_data_dir(FLAGS.data_dir)
@@ -76,7 +95,8 @@ def main(argv):
       rows=FLAGS.rows, data_dir=FLAGS.data_dir, episodes_=protocol.test_episodes,
       seed=protocol.test_seed, q_query=protocol.test_q_query,
       kde_threshold=FLAGS.kde_threshold,
-      extra_attacks=FLAGS.extra_attacks, seeds=FLAGS.seeds,
+      extra_attacks=_extra_attacks(FLAGS.extra_attacks, FLAGS.extra_eps),
+      seeds=FLAGS.seeds,
       pairs=_pairs(FLAGS.pairs))
   print(out.report.markdown)
   print("\nwritten: " + ", ".join(sorted(out.report.files.values())))

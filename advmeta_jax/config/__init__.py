@@ -15,6 +15,7 @@ from advmeta_jax.config import certification
 from advmeta_jax.config import flags
 from advmeta_jax.config import protocol
 from advmeta_jax.config import settings
+from advmeta_jax.config.settings import attack_budget
 from advmeta_jax.config.settings import AttackConfig
 from advmeta_jax.config.settings import AUTO
 from advmeta_jax.config.settings import auto_or_bool

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+from advmeta_jax.config.settings import attack_budget
 from advmeta_jax.config.settings import choices
 from advmeta_jax.config.settings import description
-from advmeta_jax.config.settings import eps_text
 from advmeta_jax.config.settings import integer
 from advmeta_jax.config.settings import positive_int
 from advmeta_jax.config.settings import Section
@@ -36,7 +36,7 @@ def _non_empty_list(value, name: str) -> None:
 def _eps_list(value, name: str) -> None:
   _non_empty_list(value, name)
   for eps in _comma_list(value):
-    eps_text(eps, name)
+    attack_budget(eps, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +61,11 @@ class ProtocolConfig(Section):
           for n in choices("test_attack")) + ".",
       check=_non_empty_list, kind=list)
   eps: Tuple[str, ...] = setting(
-      ("8/255",), "L-inf budgets (comma-separated, e.g. 8/255,2/255); each "
-      "eps attack runs at each; attacks without an eps ignore them.",
+      ("8/255",), "Budgets (comma-separated): L-inf eps in [0, 1] (8/255, "
+      "2/255) or L2 radii written l2:R in [0, 1]-pixel units (l2:0.5; at "
+      "most sqrt(d)), e.g. 8/255,l2:0.5. Each eps attack runs at each, in "
+      "its norm (an L-inf-only attack refuses an L2 budget); attacks "
+      "without an eps ignore them.",
       check=_eps_list, kind=list)
   attack_steps: int = setting(
       20, "Iterations of PGD and MI-FGSM at test time.", check=positive_int)

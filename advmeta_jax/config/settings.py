@@ -77,7 +77,7 @@ def register_choices(kind: str, names: Callable[[], Sequence[str]], *,
 
 def register_check(kind: str, fn: Callable[..., Any]) -> None:
   """Registers the function behind a check that needs a registry: "eps"
-  (`(text, name) -> float`), "image_size" (`(size) -> feature map size`) and
+  (`(text, name) -> float`), "budget" (`(text, name) -> (norm, ε)`), "image_size" (`(size) -> feature map size`) and
   "learner" (`(learner, robust) -> entry`, refusing a bad combination)."""
   _CHECKS[kind] = fn
 
@@ -126,6 +126,12 @@ def image_size_check(value, name: str) -> None:
 def eps_text(value, name: str) -> None:
   """An L-inf budget as text ("8/255", "0.03"); "" means the default."""
   _registered("eps")(value or "0", name)
+
+
+def attack_budget(value, name: str) -> None:
+  """An attack budget as text: an L∞ ε ("8/255") or an L2 radius
+  ("l2:0.5")."""
+  _registered("budget")(value, name)
 
 
 def positive_eps_text(value, name: str) -> None:

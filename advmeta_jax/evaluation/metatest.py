@@ -438,8 +438,11 @@ class AttackSpec:
 
   @property
   def eps(self) -> Optional[str]:
-    eps = dict(self.hparams).get("eps")
-    return None if eps is None else str(eps)
+    """The budget as written: "8/255", or "l2:0.5" for an L2 attack."""
+    hparams = dict(self.hparams)
+    eps = hparams.get("eps")
+    return None if eps is None else attacks.budget_text(eps,
+                                                        hparams.get("norm"))
 
   @property
   def kind(self) -> str:

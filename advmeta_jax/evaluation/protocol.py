@@ -251,14 +251,17 @@ def masking_checks(runs: Sequence[Run], attack_specs: Sequence[AttackSpec], *,
     logits_fn = lambda x, s=state, a=adaptation: a.logits(s, x)
     checked = set()
     for spec in attack_specs:
-      # The checks depend on ε only: once per ε (the first attack with it).
-      eps = None if spec.eps is None else attacks.parse_eps(spec.eps)
-      if eps is None or eps in checked:
+      # The checks depend on the budget only: once per norm and ε (the first
+      # attack with it).
+      if spec.eps is None:
         continue
-      checked.add(eps)
+      norm, eps = attacks.parse_budget(spec.eps)
+      if (norm, eps) in checked:
+        continue
+      checked.add((norm, eps))
       report = attacks.check_attack_strength(
-          logits_fn, task.query_images, task.query_labels, eps=spec.eps,
-          key=attack_key)
+          logits_fn, task.query_images, task.query_labels, eps=eps,
+          norm=norm, key=attack_key)
       if not report.ok:
         logging.warning("gradient-masking check failed for %s under %s:\n%s",
                         run.name, spec.label, report)

@@ -426,10 +426,13 @@ def _worst_task_section(cells: Sequence[Cell], first: Sequence[Cell],
 
 
 def _kde_attack(attack_specs) -> Optional[AttackSpec]:
-  """The attack of the per-task figures: the strongest PGD of the report,
-  else the last attack with a budget (None: no ε attack)."""
+  """The attack of the per-task figures: the strongest PGD of the report
+  (L∞ before L2), else the last attack with a budget (None: no ε attack)."""
+  def strength(s):
+    norm, eps = attacks.parse_budget(s.eps)
+    return s.name == "pgd", norm == "Linf", eps
   eps_specs = sorted((s for s in attack_specs if s.eps is not None),
-                     key=lambda s: (s.name == "pgd", attacks.parse_eps(s.eps)))
+                     key=strength)
   return eps_specs[-1] if eps_specs else None
 
 
