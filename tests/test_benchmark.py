@@ -6,6 +6,7 @@ import math
 import pytest
 
 from advmeta_jax.benchmarks import benchmark
+from advmeta_jax.config import Config
 
 
 @pytest.mark.integration   # times a compiled train step
@@ -159,7 +160,7 @@ def test_the_default_variant_is_what_train_runs_by_default():
              **fields)
   config = benchmark.step_config(cfg)
   # every loop setting at launch.train's default
-  assert config.loop == benchmark.Config().loop
+  assert config.loop == Config().loop
   r = benchmark.run_single(cfg)
   want = autotune.resolve(config).loop
   assert r["resolved"] == {f: getattr(want, f) for f in autotune.AUTO_FIELDS}
@@ -182,8 +183,12 @@ def test_accelerator_suite_runs_tiny_and_writes_its_files(tmp_path):
   data = json.loads((tmp_path / "accelerator_suite.json").read_text())
   assert data == json.loads(json.dumps(payload))
   train, attack = data["train_results"], data["attack_results"]
-  assert len(train) + len(attack) + len(data["skipped"]) == len(
-      accelerator_suite.TINY_ROWS)
+  metatest = data["metatest_results"]
+  assert len(train) + len(attack) + len(metatest) + len(
+      data["skipped"]) == len(accelerator_suite.TINY_ROWS)
+  (m,) = metatest
+  assert "error" not in m, m
+  assert m["episodes_per_s"] > 0 and m["accuracy_finite"]
   assert {r["learner"] for r in train} == {"maml", "aq"}
   assert {r["conv_impl"] for r in train} == {"matmul", "xla"}
   for r in train:
@@ -196,7 +201,64 @@ def test_accelerator_suite_runs_tiny_and_writes_its_files(tmp_path):
   md = (tmp_path / "accelerator_suite.md").read_text()
   assert md.startswith("# Accelerator suite: ")
   assert "| learner | image | shot | B | impl |" in md
-  assert "| autoattack | 32 |" in md and "Goals of issue 18" in md
+  assert "| autoattack | 32 |" in md and "Goals (not asserted)" in md
+  assert "| maml | conv4 | 84 | 1 | pgd |" in md
   assert data["entry"]["conv_impl"] in benchmark.models.CONV_IMPLS
   assert f'"{data["backend"]}": Entry(' in data["entry_text"]
   assert data["entry_text"] in md
+
+
+def test_every_accelerator_row_is_a_valid_configuration():
+  """Each row of the suite's plan (full and tiny sizes) builds the library
+  config its child process will run: backbone, robust objective and
+  meta-test attack included; the ResNet-12 and meta-test rows are there."""
+  from advmeta_jax.benchmarks import accelerator_suite  # pylint: disable=g-import-not-at-top
+  from advmeta_jax.benchmarks import metatest_speed  # pylint: disable=g-import-not-at-top
+  kinds = set()
+  for row in accelerator_suite.PLAN:
+    for shape in (accelerator_suite.FULL, accelerator_suite.TINY):
+      mode, cfg = accelerator_suite.row_config(row, shape)
+      assert mode in benchmark.CHILD_MODES
+      if mode == "single_attack":
+        continue
+      config = benchmark.step_config(cfg)
+      assert config.backbone == row[1].get("backbone", "conv4")
+      if mode == "single_metatest":
+        assert metatest_speed.test_attack(cfg).name == cfg["attack"]
+    kinds.add((row[0], row[1].get("backbone", "conv4")))
+  assert {("train", "resnet12"), ("metatest", "resnet12"),
+          ("metatest", "conv4")} <= kinds
+
+
+def test_flops_of_a_backbone_other_than_conv4_come_from_xla():
+  """conv4's FLOPs are counted by hand; another backbone's are XLA's count
+  of one image's forward pass, which for conv4 agrees with the hand count
+  to within the few % of BatchNorm, ReLU and pooling it leaves out."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cfg = dict(learner="maml", size=32, filters=32, n_way=5, k_shot=1,
+             q_query=2, inner_steps=1, task_batch_size=2, conv_impl="xla")
+  exp = benchmark.training.build(benchmark.step_config(cfg))
+  params = benchmark.models.init_params(exp.model, jax.random.key(0),
+                                        exp.image_shape)
+  hand = benchmark.forward_flops(cfg)
+  xla = benchmark.forward_flops(dict(cfg, backbone="conv4_64"), exp.model,
+                                params)
+  assert 0.9 * hand < xla < 1.1 * hand     # measured: 0.96
+  assert math.isnan(benchmark.forward_flops(dict(cfg, backbone="resnet12")))
+  # protonet: 3·(S + Q) forward-equivalents per task
+  assert benchmark.analytic_step_flops(dict(cfg, learner="protonet"),
+                                       10.0) == 2 * 3 * (5 + 10) * 10.0
+
+
+@pytest.mark.integration
+def test_the_metatest_section_times_adapt_attack_and_score(tmp_path, capsys):
+  """--section=metatest: one row in its own process, episodes/s reported
+  and the table printed."""
+  out = tmp_path / "metatest.json"
+  payload = benchmark.run(benchmark.Options(
+      section="metatest", rows=("maml:16:1",), n_way=3, q_query=2,
+      filters=4, eval_inner_steps=1, episodes_batch=2, steps=1, pgd_steps=2,
+      out=str(out)))
+  (r,) = payload["metatest_results"]
+  assert r["episodes_per_s"] > 0 and r["accuracy_finite"]
+  assert "| maml | conv4 | 16 | 1 | pgd |" in capsys.readouterr().out

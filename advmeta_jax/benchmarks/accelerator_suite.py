@@ -15,7 +15,13 @@ spent is listed as skipped, so the command ends in under 8 minutes):
     important first (second-order MAML 84×84 1-shot B = 4 in every
     formulation and variant, then AQ and TAFL, then 32×32, 5-shot, large B);
   * attack throughput on conv4 (images/s on a batch of 75): PGD-20, C&W-L2
-    (100 steps) and AutoAttack standard, at 32×32 and 84×84.
+    (100 steps) and AutoAttack standard, at 32×32 and 84×84;
+  * ResNet-12 train steps (ProtoNet clean and with AQ, MAML rematerialized)
+    at 84×84 1-shot;
+  * the meta-test (`metatest_speed.py`): episodes/s of 10 adaptation steps,
+    the attack on the query against the adapted classifier and the score,
+    20 episodes per call: MAML conv4 under PGD-20 at 32×32 and 84×84, 1-
+    and 5-shot, ProtoNet ResNet-12 under PGD-20, MAML under AutoAttack.
 
 Each row runs in its own process (`benchmark.run_in_subprocess`), so its
 peak memory is its own; a row that fails (e.g. out of memory) is recorded
@@ -41,6 +47,7 @@ import jax
 import numpy as np
 
 from advmeta_jax.benchmarks import benchmark
+from advmeta_jax.benchmarks import metatest_speed
 
 # Wall-time budget of the whole suite, compile included (the issue: < 8 min).
 BUDGET_S = 450.0
@@ -52,9 +59,16 @@ MIN_LEFT_S = 25.0
 LARGE_B = {32: 256, 84: 64}
 
 
-def _train(learner, size, shot, impl, variant, b=4):
+def _train(learner, size, shot, impl, variant, b=4, backbone="conv4",
+           robust="none"):
   return ("train", dict(learner=learner, size=size, k_shot=shot,
-                        conv_impl=impl, variant=variant, task_batch_size=b))
+                        conv_impl=impl, variant=variant, task_batch_size=b,
+                        backbone=backbone, robust=robust))
+
+
+def _metatest(learner, size, shot, attack, backbone="conv4"):
+  return ("metatest", dict(learner=learner, size=size, k_shot=shot,
+                           attack=attack, backbone=backbone))
 
 
 def _attack(name, size):
@@ -74,6 +88,15 @@ PLAN: Tuple[tuple, ...] = (
     _train("aq", 84, 1, "xla", "base"),
     _train("tafl", 84, 1, "xla", "base"),
     _attack("pgd", 84),
+    _metatest("maml", 84, 1, "pgd"),
+    _train("protonet", 84, 1, "xla", "base", backbone="resnet12"),
+    _train("protonet", 84, 1, "xla", "base", backbone="resnet12",
+           robust="aq"),
+    _train("maml", 84, 1, "xla", "remat", backbone="resnet12"),
+    _metatest("maml", 32, 1, "pgd"),
+    _metatest("maml", 84, 5, "pgd"),
+    _metatest("protonet", 84, 1, "pgd", backbone="resnet12"),
+    _metatest("maml", 32, 1, "autoattack"),
     _train("maml", 84, 1, "matmul", "base", b=LARGE_B[84]),
     _train("maml", 32, 1, "matmul", "base"),
     _train("maml", 84, 5, "matmul", "base"),
@@ -100,7 +123,7 @@ PLAN: Tuple[tuple, ...] = (
 # The rows of a tiny run (indices into PLAN): matmul and xla, a memory
 # variant, a robust learner (AQ; TAFL's step is AQ's with weights) and
 # AutoAttack. Each row is a process of its own, so the tiny run stays short.
-TINY_ROWS = (0, 1, 7, 15)
+TINY_ROWS = (0, 1, 7, 10, 23)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +143,8 @@ class Shape:
   autoattack_steps: int = 100
   autoattack_queries: int = 5000
   autoattack_targets: int = 9
+  eval_inner_steps: int = 10     # meta-test rows: adaptation steps
+  episodes_batch: int = 20       # meta-test rows: episodes per call
   tiny: bool = False
 
   def size(self, nominal: int) -> int:
@@ -133,7 +158,7 @@ FULL = Shape()
 TINY = Shape(n_way=3, q_query=2, inner_steps=1, filters=4, attack_steps=1,
              steps=1, attack_batch=4, attack_calls=1, pgd_steps=2, cw_steps=2,
              autoattack_steps=2, autoattack_queries=4, autoattack_targets=2,
-             tiny=True)
+             eval_inner_steps=1, episodes_batch=2, tiny=True)
 
 
 def row_config(row: tuple, shape: Shape) -> Tuple[str, dict]:
@@ -147,7 +172,17 @@ def row_config(row: tuple, shape: Shape) -> Tuple[str, dict]:
             f["task_batch_size"]), inner_steps=shape.inner_steps,
         filters=shape.filters, attack_steps=shape.attack_steps,
         steps=shape.steps, conv_impl=f["conv_impl"], variant=f["variant"],
+        backbone=f["backbone"], robust=f["robust"],
         **benchmark.variant_fields(f["variant"]))
+  if kind == "metatest":
+    cfg = metatest_speed.row(
+        f["learner"], shape.size(f["size"]), f["k_shot"], f["attack"],
+        backbone=f["backbone"], n_way=shape.n_way, q_query=shape.q_query,
+        filters=shape.filters, eval_inner_steps=shape.eval_inner_steps,
+        episodes_batch=shape.episodes_batch, calls=shape.attack_calls,
+        pgd_steps=shape.pgd_steps, apgd_steps=shape.autoattack_steps,
+        square_queries=shape.autoattack_queries)
+    return "single_metatest", dict(cfg, nominal_size=f["size"])
   hparams = benchmark.attack_hparams(
       f["attack"], pgd_steps=shape.pgd_steps, cw_steps=shape.cw_steps,
       autoattack_steps=shape.autoattack_steps,
@@ -174,6 +209,7 @@ def choose_entry(results: Sequence[dict]) -> Optional[dict]:
   84×84 1-shot B = 4 row (nominal sizes), or None without one."""
   rows = [r for r in results if r.get("kind") == "train" and "error" not in r
           and r["learner"] == "maml" and r["nominal_size"] == 84
+          and r.get("backbone", "conv4") == "conv4"
           and r["k_shot"] == 1 and r["compute_dtype"] == "float32"
           and not r["first_order"] and r["batch_label"] == "B=4"]
   if not rows:
@@ -219,12 +255,12 @@ def markdown(payload: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in payload["train_results"]:
     if "error" in r:
-      lines.append(f"| {r['learner']} | {r['nominal_size']} | {r['k_shot']} "
+      lines.append(f"| {_learner(r)} | {r['nominal_size']} | {r['k_shot']} "
                    f"| {r['task_batch_size']} | {r['conv_impl']} | "
                    f"{r['variant']} | failed: {r['error']} | | | | | |")
       continue
     lines.append(
-        f"| {r['learner']} | {r['nominal_size']} | {r['k_shot']} | "
+        f"| {_learner(r)} | {r['nominal_size']} | {r['k_shot']} | "
         f"{r['task_batch_size']} | {benchmark.resolved_label(r)} | "
         f"{r['variant']} | {r['step_s']:.4f} | {r['tasks_per_s']:.1f} | "
         f"{r['compile_s']:.1f} | {100 * r['mfu']:.1f} | "
@@ -239,7 +275,12 @@ def markdown(payload: dict) -> str:
     lines.append(f"| {r['attack']} | {r['nominal_size']} | "
                  f"{r['images_per_s']:.1f} | {r['call_s']:.4f} | "
                  f"{r['compile_s']:.1f} | {_gib(r['peak_memory_bytes'])} |")
-  lines += ["", "Goals of issue 18 (not asserted): " + goals(payload)]
+  lines += ["", "Meta-test (clean support, attacked query, "
+            f"{payload['metatest_inner_steps']} adaptation steps, ε 8/255; "
+            f"PGD-{payload['metatest_pgd_steps']}, AutoAttack standard):", "",
+            metatest_speed.table([dict(r, size=r["nominal_size"])
+                                  for r in payload["metatest_results"]])]
+  lines += ["", "Goals (not asserted): " + goals(payload)]
   if payload["skipped"]:
     lines += ["", "Skipped (budget spent): " + "; ".join(payload["skipped"])]
   if payload["entry_text"]:
@@ -255,6 +296,8 @@ def goals(payload: dict) -> str:
   ok = [r for r in payload["train_results"] if "error" not in r]
   def best(learner):
     rows = [r["step_s"] for r in ok if r["learner"] == learner
+            and r.get("backbone", "conv4") == "conv4"
+            and r.get("robust", "none") == "none"
             and r["nominal_size"] == 84 and r["k_shot"] == 1
             and r["batch_label"] == "B=4" and r["compute_dtype"] == "float32"]
     return min(rows) if rows else None
@@ -271,11 +314,22 @@ def goals(payload: dict) -> str:
   return "; ".join(parts) + "."
 
 
+def _learner(r: dict) -> str:
+  """`maml`, `protonet+aq resnet12`: the learner, its robust objective and
+  its backbone where they are not the defaults."""
+  name = r["learner"] + (f"+{r['robust']}" if r.get("robust", "none")
+                         != "none" else "")
+  backbone = r.get("backbone", "conv4")
+  return name if backbone == "conv4" else f"{name} {backbone}"
+
+
 def _describe(row: tuple) -> str:
   kind, f = row
   if kind == "train":
-    return (f"{f['learner']} {f['size']} {f['k_shot']}-shot "
+    return (f"{_learner(f)} {f['size']} {f['k_shot']}-shot "
             f"B={f['task_batch_size']} {f['conv_impl']} {f['variant']}")
+  if kind == "metatest":
+    return f"meta-test {_learner(f)} {f['size']} {f['k_shot']}-shot {f['attack']}"
   return f"{f['attack']} {f['size']}"
 
 
@@ -289,6 +343,7 @@ def run(out_dir: str, *, tiny: bool = False,
   plan = [PLAN[i] for i in TINY_ROWS] if tiny else list(PLAN)
   train_results: List[dict] = []
   attack_results: List[dict] = []
+  metatest_results: List[dict] = []
   skipped: List[str] = []
   for row in plan:
     left = budget_s - (time.perf_counter() - start)
@@ -302,13 +357,16 @@ def run(out_dir: str, *, tiny: bool = False,
     if row[0] == "train":
       r["batch_label"] = "B=4" if row[1]["task_batch_size"] == 4 else "large"
       train_results.append(r)
+    elif row[0] == "metatest":
+      metatest_results.append(r)
     else:
       attack_results.append(r)
     print(_describe(row) + ": " + (
         f"failed ({r['error']})" if "error" in r else
         f"{r['step_s']:.4f} s/step, MFU {100 * r['mfu']:.1f}%"
-        if row[0] == "train" else f"{r['images_per_s']:.1f} images/s"),
-          flush=True)
+        if row[0] == "train" else
+        f"{r['episodes_per_s']:.2f} episodes/s" if row[0] == "metatest"
+        else f"{r['images_per_s']:.1f} images/s"), flush=True)
   backend = jax.default_backend()
   device = benchmark.device_name()  # pylint: disable=protected-access
   commit = _commit()
@@ -318,6 +376,9 @@ def run(out_dir: str, *, tiny: bool = False,
       "jax": jax.__version__, "commit": commit, "tiny": tiny,
       "budget_s": budget_s, "wall_s": time.perf_counter() - start,
       "train_results": train_results, "attack_results": attack_results,
+      "metatest_results": metatest_results,
+      "metatest_inner_steps": shape.eval_inner_steps,
+      "metatest_pgd_steps": shape.pgd_steps,
       "skipped": skipped, "entry": entry,
       "entry_text": (entry_text(backend, entry, commit, device)
                      if entry else None)}

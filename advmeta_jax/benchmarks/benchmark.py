@@ -55,14 +55,19 @@ import numpy as np
 
 from advmeta_jax import attacks
 from advmeta_jax.config import autotune
-from advmeta_jax.core import episodes
 from advmeta_jax.core import models
 from advmeta_jax import training
 from advmeta_jax.config import AUTO
-from advmeta_jax.config import Config
 from advmeta_jax.errors import ConfigError
+from advmeta_jax.benchmarks.configs import DEFAULT_VARIANT
+from advmeta_jax.benchmarks.configs import VARIANT_OPTIONS
+from advmeta_jax.benchmarks.configs import forward_flops
+from advmeta_jax.benchmarks.configs import random_tasks
+from advmeta_jax.benchmarks.configs import step_config
+from advmeta_jax.benchmarks.configs import variant_fields
 from advmeta_jax.benchmarks.conv import conv_section
 from advmeta_jax.benchmarks.conv import run_conv_layer
+from advmeta_jax.benchmarks import metatest_speed
 from advmeta_jax.benchmarks.measure import current_rss_bytes
 from advmeta_jax.benchmarks.measure import device_name
 from advmeta_jax.benchmarks.measure import machine
@@ -71,13 +76,9 @@ from advmeta_jax.benchmarks.measure import peak_memory_bytes
 from advmeta_jax.benchmarks.measure import save_and_print
 from advmeta_jax.benchmarks.measure import torch_available
 
-SECTIONS = ("train", "attacks", "conv")
+SECTIONS = ("train", "attacks", "conv", "metatest")
 # The modes of one configuration in its own process: what each times.
-CHILD_MODES = ("single", "single_attack", "single_torch")
-VARIANT_OPTIONS = ("base", "remat", "bf16", "first_order")
-# The variant `launch.train` runs by default: the `auto` speed settings
-# resolved for the backend (autotune.py), float32, second order.
-DEFAULT_VARIANT = "default"
+CHILD_MODES = ("single", "single_attack", "single_torch", "single_metatest")
 # The side halving of conv4's blocks, shared with the model code.
 conv_layer_shapes = models.conv4_layer_shapes
 
@@ -108,34 +109,45 @@ class Options:
   attack_batch: int = 75
   pgd_steps: int = 20
   cw_steps: int = 100
+  backbone: str = "conv4"        # sections train and metatest
+  metatest_attacks: Sequence[str] = ("pgd",)   # section metatest
+  eval_inner_steps: int = 10
+  episodes_batch: int = 20
+  apgd_steps: int = 100
+  square_queries: int = 5000
 
 
 # --- FLOPs and memory -------------------------------------------------------
 
-def analytic_step_flops(cfg: dict) -> float:
+def analytic_step_flops(cfg: dict, f: Optional[float] = None) -> float:
   """Matmul FLOPs of one meta-train step, counted by hand (module docstring).
 
-  With f the FLOPs of one image through conv4, T inner steps, A attack steps,
-  S support and Q query images per task, per task:
+  With f the FLOPs of one image through the network (`forward_flops`), T
+  inner steps, A attack steps, S support and Q query images per task, per
+  task:
     maml:        9·T·S + 3·Q
     aq, tafl:    9·T·S + 2·A·Q (PGD at θ', input gradient only) + 3·Q
                  (adversarial query, differentiated) + Q (clean query)
     maml_ad:     2·S (FGSM at θ) + 9·T·2S + 2·Q (FGSM at θ') + 3·2Q
     adml:        2·S + 2·9·T·S + 2·Q + 3·2·Q + Q
+    protonet, r2d2 (no inner loop; the head's solve not counted): 3·(S + Q),
+                 under --robust=aq/tafl 3·S + 2·A·Q + 3·Q + Q
   (first-order: 3 instead of 9 per inner image-step), times B·f.
   """
-  f = models.conv4_forward_flops(image_size=cfg["size"], channels=3,
-                                 filters=cfg["filters"],
-                                 num_classes=cfg["n_way"])
+  f = forward_flops(cfg) if f is None else f
   t, a = cfg["inner_steps"], cfg.get("attack_steps", 7)
   s, q = cfg["n_way"] * cfg["k_shot"], cfg["n_way"] * cfg["q_query"]
   inner = 3 if cfg.get("first_order") else 9
+  robust = cfg.get("robust", "none") in ("aq", "tafl")
+  metric = 3 * s + 2 * a * q + 4 * q if robust else 3 * (s + q)
   per_task = {
-      "maml": inner * t * s + 3 * q,
+      "maml": (inner * t * s + 2 * a * q + 4 * q if robust
+               else inner * t * s + 3 * q),
       "aq": inner * t * s + 2 * a * q + 4 * q,
       "tafl": inner * t * s + 2 * a * q + 4 * q,
       "maml_ad": 2 * s + inner * t * 2 * s + 2 * q + 6 * q,
       "adml": 2 * s + 2 * inner * t * s + 2 * q + 7 * q,
+      "protonet": metric, "r2d2": metric,
   }.get(cfg["learner"])
   if per_task is None:
     return float("nan")
@@ -143,56 +155,6 @@ def analytic_step_flops(cfg: dict) -> float:
 
 
 # --- one configuration of the train section ---------------------------------
-
-def variant_fields(variant: str) -> dict:
-  """`remat`, `compute_dtype`, `first_order`, `parallel_tasks` of a
-  '+'-joined variant name ("pN": N tasks at a time, in rounds). "default"
-  is what `launch.train` runs by default (`auto` remat and parallel_tasks);
-  the others are explicit, from "base" (the whole batch vmapped, no
-  remat)."""
-  if variant == DEFAULT_VARIANT:
-    return dict(remat=AUTO, first_order=False, compute_dtype="float32",
-                parallel_tasks=AUTO)
-  parts = variant.split("+")
-  parallel = [int(p[1:]) for p in parts if p[:1] == "p" and p[1:].isdigit()]
-  unknown = [p for p in parts if p not in VARIANT_OPTIONS and not (
-      p[:1] == "p" and p[1:].isdigit())]
-  if unknown:
-    raise ConfigError(f"--variants: unknown option(s) {unknown} in "
-                      f"{variant!r}; choose {DEFAULT_VARIANT!r} or "
-                      f"'+'-joined options of {VARIANT_OPTIONS} and pN (N "
-                      f"tasks at a time).")
-  return dict(remat="remat" in parts, first_order="first_order" in parts,
-              compute_dtype="bfloat16" if "bf16" in parts else "float32",
-              parallel_tasks=parallel[0] if parallel else 0)
-
-
-def step_config(cfg: dict) -> Config:
-  """The `config.Config` of a train-section configuration: 3-channel images
-  of side `size` (the CIFAR-FS / MiniImageNet model), α = 0.01, β = 1e-3 and
-  the learner's default training attack with `attack_steps` steps."""
-  return Config.make(
-      dataset="cifar_fs", image_size=cfg["size"], n_way=cfg["n_way"],
-      k_shot=cfg["k_shot"], q_query=cfg["q_query"], filters=cfg["filters"],
-      compute_dtype=cfg.get("compute_dtype", "float32"),
-      learner=cfg["learner"], task_batch_size=cfg["task_batch_size"],
-      inner_lr=0.01, inner_steps=cfg["inner_steps"],
-      first_order=cfg["first_order"], meta_lr=1e-3,
-      train_attack_steps=cfg.get("attack_steps", 7),
-      remat=cfg.get("remat", AUTO),
-      parallel_tasks=cfg.get("parallel_tasks", AUTO),
-      conv_impl=cfg.get("conv_impl", AUTO)).validate()
-
-
-def _random_tasks(key, b: int, n: int, k_shot: int, q: int, size: int):
-  keys = jax.random.split(key, 2)
-  labels = lambda per_class: jnp.tile(jnp.repeat(jnp.arange(n), per_class),
-                                      (b, 1))
-  return episodes.Task(
-      jax.random.uniform(keys[0], (b, n * k_shot, size, size, 3)),
-      labels(k_shot),
-      jax.random.uniform(keys[1], (b, n * q, size, size, 3)), labels(q))
-
 
 def run_single(cfg: dict) -> dict:
   """Compiles and times one train-step configuration in this process."""
@@ -202,13 +164,14 @@ def run_single(cfg: dict) -> dict:
   config = exp.config   # `auto` settings resolved, as train resolves them
   optimizer = training.make_optimizer(config.meta.meta_lr)
   params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
+  image_flops = forward_flops(cfg, exp.model, params)   # before donation
   state = training.init_state(params, optimizer)
   step = jax.jit(training.make_train_step(
       exp.learner, optimizer, parallel_tasks=config.loop.parallel_tasks),
                  donate_argnums=0)
   b, size = cfg["task_batch_size"], cfg["size"]
   keys = jax.random.split(jax.random.key(1), 3)
-  tasks = _random_tasks(keys[0], b, cfg["n_way"], cfg["k_shot"],
+  tasks = random_tasks(keys[0], b, cfg["n_way"], cfg["k_shot"],
                         cfg["q_query"], size)
   t = time.perf_counter()
   compiled = step.lower(state, tasks, keys[2]).compile()
@@ -223,7 +186,7 @@ def run_single(cfg: dict) -> dict:
                           + mem.output_size_in_bytes - mem.alias_size_in_bytes)
   except Exception:  # pylint: disable=broad-except
     pass   # not every backend reports it
-  flops = analytic_step_flops(cfg)
+  flops = analytic_step_flops(cfg, image_flops)
   state, m = step(state, tasks, keys[2])          # warm-up
   jax.block_until_ready(m)
   times = []
@@ -322,7 +285,8 @@ def run_attack_single(cfg: dict) -> dict:
 
 CHILD_RUNNERS: Dict[str, Callable[[dict], dict]] = {
     "single": run_single, "single_attack": run_attack_single,
-    "single_torch": run_torch_single}
+    "single_torch": run_torch_single,
+    "single_metatest": metatest_speed.run_metatest_single}
 
 
 def run_child(mode: str, cfg_json: str) -> None:
@@ -446,7 +410,7 @@ def train_section(o: Options) -> dict:
             itertools.product(o.learners, o.sizes, o.shots))
   for learner, size, shot in combos:
     base = dict(learner=learner, size=int(size), k_shot=int(shot),
-                n_way=o.n_way, q_query=o.q_query,
+                backbone=o.backbone, n_way=o.n_way, q_query=o.q_query,
                 task_batch_size=o.task_batch_size,
                 inner_steps=o.inner_steps, filters=o.filters,
                 attack_steps=o.attack_steps, steps=o.steps)
@@ -494,6 +458,28 @@ def attacks_section(o: Options) -> dict:
                          attack_results=results)
 
 
+def metatest_section(o: Options) -> dict:
+  """Meta-test episodes/s of each learner × size × shots × attack
+  (`metatest_speed.py`), each in its own process."""
+  results = []
+  combos = (parse_rows(o.rows) if o.rows else
+            itertools.product(o.learners, o.sizes, o.shots))
+  for (learner, size, shot), attack in itertools.product(
+      list(combos), o.metatest_attacks):
+    cfg = metatest_speed.row(
+        learner, int(size), int(shot), attack, backbone=o.backbone,
+        n_way=o.n_way, q_query=o.q_query, filters=o.filters,
+        eval_inner_steps=o.eval_inner_steps, episodes_batch=o.episodes_batch,
+        calls=o.steps, pgd_steps=o.pgd_steps, apgd_steps=o.apgd_steps,
+        square_queries=o.square_queries, conv_impl=o.conv_impls[0])
+    _run_and_print("single_metatest", cfg, lambda r: (
+        f"{metatest_speed.label(r)}: {r['episodes_per_s']:.2f} episodes/s "
+        f"({r['call_s']:.3f} s per {r['episodes_batch']}, first call "
+        f"{r['first_call_s']:.1f} s)"), results)
+  return save_and_print(o.out, metatest_speed.table(results), results,
+                        metatest_results=results)
+
+
 def run(options: Options) -> dict:
   """Runs `options.section`, prints its table and writes `options.out`;
   returns the JSON written.
@@ -502,7 +488,7 @@ def run(options: Options) -> dict:
     ConfigError: an unknown section, variant option or attack.
   """
   sections = {"train": train_section, "attacks": attacks_section,
-              "conv": conv_section}
+              "conv": conv_section, "metatest": metatest_section}
   if options.section not in sections:
     raise ConfigError(f"unknown section {options.section!r}; choose one of: "
                       f"{', '.join(SECTIONS)}.")

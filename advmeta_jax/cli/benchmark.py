@@ -7,6 +7,7 @@ r"""Benchmarks the meta-train step: time per step, tasks/s, compile time, memory
       --variants=base,remat,p1+remat,bf16,first_order --torch
   advmeta-benchmark --section=conv --sizes=32,84 --conv_impls=matmul,xla
   advmeta-benchmark --section=attacks --sizes=32,84
+  advmeta-benchmark --section=metatest --rows=maml:32:1,aq:84:1
 
 With no --variants or --conv_impls it measures what `launch.train` runs by
 default: the `auto` speed settings resolved for the backend found
@@ -23,7 +24,10 @@ first_order); `--torch` adds the plain PyTorch baseline
 (`advmeta_jax/benchmarks/torch_baseline.py`) for maml and aq, and the ratio of tasks/s to
 it. `--section=conv` times conv4's four convolutions one by one (forward and
 backward, each `--conv_impls` formulation and PyTorch's `conv2d`);
-`--section=attacks` the images per second of each of `--attacks`. How FLOPs,
+`--section=attacks` the images per second of each of `--attacks`;
+`--section=metatest` the meta-test's episodes per second (adapt, attack the
+query with each of `--metatest_attacks`, score). `--backbone` picks the
+network of the train and metatest rows. How FLOPs,
 MFU and memory are counted: `advmeta_jax.benchmark`.
 """
 
@@ -84,11 +88,27 @@ flags.DEFINE_integer("torch_threads", D.torch_threads, "torch.set_num_threads of
                      "baseline.")
 flags.DEFINE_integer("steps", D.steps, "Timed steps (after one warm-up step).")
 flags.DEFINE_string("out", D.out, "JSON output path (--suite: a folder).")
+flags.DEFINE_string("backbone", D.backbone, "The network (section=train "
+                    "and metatest): conv4, conv4_64, conv4_wide, resnet12, "
+                    "conv4_strided.")
+flags.DEFINE_list("metatest_attacks", list(D.metatest_attacks), "Test "
+                  "attacks of section=metatest (ε 8/255): pgd (--pgd_steps), "
+                  "autoattack (--apgd_steps, --square_queries).")
+flags.DEFINE_integer("eval_inner_steps", D.eval_inner_steps, "Adaptation "
+                     "steps at meta-test (section=metatest).")
+flags.DEFINE_integer("episodes_batch", D.episodes_batch, "Episodes per "
+                     "meta-test call (section=metatest; --eval_batch_size).")
+flags.DEFINE_integer("apgd_steps", D.apgd_steps, "APGD/FAB iterations of "
+                     "AutoAttack (section=metatest).")
+flags.DEFINE_integer("square_queries", D.square_queries, "Square's queries "
+                     "in AutoAttack (section=metatest).")
 flags.DEFINE_string("single", None, "Internal: run one configuration (JSON) "
                     "and print its result as JSON.")
 flags.DEFINE_string("single_attack", None, "Internal: time one attack (JSON).")
 flags.DEFINE_string("single_torch", None, "Internal: time the PyTorch "
                     "baseline on one configuration (JSON).")
+flags.DEFINE_string("single_metatest", None, "Internal: time one meta-test "
+                    "row (JSON).")
 FLAGS = flags.FLAGS
 
 
