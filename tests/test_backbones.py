@@ -389,7 +389,7 @@ def test_dropblock_schedule_and_resnet12_regularization_need_a_key():
 WIDTH = {"conv4_64": 1 / 16, "conv4_wide": 1 / 16, "resnet12": 1 / 16}
 LEARNERS = [("maml", "none"), ("anil", "none"), ("protonet", "none"),
             ("matchingnet", "none"), ("r2d2", "none"), ("protonet", "aq"),
-            ("maml", "tafl")]
+            ("maml", "tafl"), ("metaoptnet", "none"), ("metaoptnet", "aq")]
 TEST_PGD = attacks.make_attack("pgd", {"eps": 0.1, "step_size": 0.05,
                                        "num_steps": 2})
 
@@ -441,7 +441,7 @@ def _train_step_and_pgd_episode(learner, robust, backbone):
 # on top; MAML on ResNet-12 with remat, second order).
 FAST = [("maml", "none", "conv4"), ("matchingnet", "none", "conv4_strided"),
         ("anil", "none", "conv4_64"), ("r2d2", "none", "conv4_wide"),
-        ("protonet", "none", "resnet12")]
+        ("protonet", "none", "resnet12"), ("metaoptnet", "aq", "conv4")]
 MATRIX = [(learner, robust, backbone) for backbone in EMBEDDING_DIMS
           for learner, robust in LEARNERS]
 
@@ -458,7 +458,7 @@ def test_learner_trains_and_meta_tests_on_backbone(learner, robust, backbone):
 SLOW = [c for c in MATRIX if c not in FAST]
 
 
-@pytest.mark.slow   # 30 pairs, 5-90 s of compiling each on 2 cores
+@pytest.mark.slow   # 39 pairs, 5-90 s of compiling each on 2 cores
 @pytest.mark.parametrize("learner,robust,backbone", SLOW, ids=_ids(SLOW))
 def test_every_learner_trains_and_meta_tests_on_every_backbone(
     learner, robust, backbone):

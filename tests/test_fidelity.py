@@ -400,3 +400,43 @@ def test_the_meta_step_size_halves_and_weight_decay_is_pytorchs():
   np.testing.assert_allclose(np.asarray(moved)[[0, 1999, 2000]],
                              [-1e-3, -1e-3, -5e-4], rtol=1e-4)
   assert isinstance(training.make_optimizer(1e-3), type(optax.adam(1e-3)))
+
+
+def test_aq_tables_train_and_test_as_the_authors_code():
+  """goldblum/AdversarialQuerying: the natural and AQ rows of ProtoNet,
+  R2-D2 (MetaOptNet's R2D2Head) and MetaOptNet's SVM on ResNet-12; the AQ
+  rows' queries attacked by PGD-7 at 8/255 in steps of 2/255 from a random
+  start; 8 tasks of 6 queries per class; tested with PGD-20 (2/255, random
+  start) on 15 queries per class, 1,000 episodes; shrunk on digits with
+  ResNet-12 at 1/16 of its channels."""
+  from advmeta_jax import experiments  # pylint: disable=g-import-not-at-top
+  for dataset in ("mini_imagenet", "cifar_fs"):
+    for k_shot in (1, 5):
+      exp = experiments.get(f"aq_{dataset}_{k_shot}shot")
+      assert exp.row_names == ("protonet", "protonet+aq", "r2d2", "r2d2+aq",
+                               "metaoptnet", "metaoptnet+aq")
+      for row in exp.row_names:
+        config = Config.make(**exp.train_fields(row)).validate()
+        assert config.learner_label == row
+        assert (config.dataset, config.backbone, config.backbone_width,
+                config.k_shot, config.q_query, config.task_batch_size,
+                config.num_steps, config.r2d2_head) == (
+                    dataset, "resnet12", 1.0, k_shot, 6, 8, 60000,
+                    "metaoptnet"), row
+        attack = builders.make_train_attack(config)
+        if "+aq" in row:
+          assert attack.hparams == dict(eps=8 / 255, step_size=2 / 255,
+                                        num_steps=7, random_start=True), row
+        else:
+          assert attack is None, row
+        small = Config.make(**exp.train_fields(row, shrink=True)).validate()
+        assert (small.dataset, small.backbone, small.backbone_width) == (
+            "digits", "resnet12", 1 / 16)
+      (pgd,) = exp.test_attacks()
+      assert dict(pgd.hparams) == dict(eps="8/255", num_steps=20,
+                                       step_size=2 / 255)
+      protocol = exp.protocol()
+      assert (protocol.test_episodes, protocol.test_q_query,
+              protocol.cases) == (1000, 15, "clean/clean,clean/adv")
+      # No copy of the paper's tables was found: no cell to compare with.
+      assert exp.paper == ()

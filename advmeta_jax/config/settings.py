@@ -255,17 +255,18 @@ class MetaConfig(Section):
   learner: str = setting(
       "maml", "Meta-learner: an adaptation (maml's gradient steps, anil's "
       "on the head only, protonet's prototypes, matchingnet's attention, "
-      "r2d2's ridge regression) with its objective; protonet, matchingnet "
-      "and r2d2 have no head and no inner loop.",
+      "r2d2's ridge regression, metaoptnet's SVM) with its objective; "
+      "protonet, matchingnet, r2d2 and metaoptnet have no head and no inner "
+      "loop.",
       choices=_choices_of("learner"))
   robust: str = setting(
       "none", "Robust objective around the learner's adaptation, for maml, "
-      "protonet, matchingnet, r2d2, anil: aq (adversarial querying), tafl (aq "
-      "weighted per task; --tafl_* flags) or trades (R-MAML: clean loss + "
-      "--trades_lambda x KL to the PGD-on-KL query) or gaussian (the query "
-      "with N(0, gaussian_sigma^2) noise, randomized smoothing's training); "
-      "maml with aq/tafl is the aq/tafl learner. none: the learner's own "
-      "objective.",
+      "protonet, matchingnet, r2d2, metaoptnet, anil: aq (adversarial "
+      "querying), tafl (aq weighted per task; --tafl_* flags) or trades "
+      "(R-MAML: clean loss + --trades_lambda x KL to the PGD-on-KL query) or "
+      "gaussian (the query with N(0, gaussian_sigma^2) noise, randomized "
+      "smoothing's training); maml with aq/tafl is the aq/tafl learner. "
+      "none: the learner's own objective.",
       choices=_choices_of("robust"),
       what="robust loss")
   task_batch_size: int = setting(4, "B: tasks per meta-update.",

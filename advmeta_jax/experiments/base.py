@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from advmeta_jax.config import ProtocolConfig
+from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.evaluation import AttackSpec
 from advmeta_jax.evaluation import default_test_attack
@@ -51,6 +52,9 @@ SHRINK_TRAIN = dict(dataset="digits", data_dir=None, image_size=None,
                     num_steps=3, filters=4, task_batch_size=2, q_query=3,
                     train_attack_steps=2, log_every=1, checkpoint_every=3,
                     eval_batch_size=4)
+# ... and the fixed-width backbones (conv4_64, conv4_wide, resnet12) at this
+# fraction of their channels (resnet12: 4-10-20-40), as filters=4 is conv4's.
+SHRINK_BACKBONE_WIDTH = 1 / 16
 SHRINK_PROTOCOL = dict(test_episodes=4, test_inner_steps=2, attack_steps=2,
                        apgd_steps=2, square_queries=10)
 
@@ -124,6 +128,8 @@ class ExperimentConfig:
     if shrink:
       fields.update(SHRINK_TRAIN)
       fields["k_shot"] = min(fields.get("k_shot", 1), 5)
+      if not models.get_backbone(fields.get("backbone", "conv4")).uses_filters:
+        fields["backbone_width"] = SHRINK_BACKBONE_WIDTH
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return fields
 

@@ -5,6 +5,7 @@ meta-loss of a task (objectives), registered by name.
     heads.py        Prototypical and Matching Networks' classifiers
     fce.py          Matching Networks' full context embeddings
     r2d2.py         R2-D2's ridge-regression head and model
+    svm.py          MetaOptNet's Crammer–Singer SVM head (its dual QP)
     adaptations.py  the adaptation kinds, each building its own model
     objectives.py   clean, MAML-AD, ADML, AQ, TAFL outer losses
     trades.py       R-MAML's TRADES objective
@@ -18,6 +19,7 @@ from advmeta_jax.learners import heads
 from advmeta_jax.learners import maml
 from advmeta_jax.learners import objectives
 from advmeta_jax.learners import r2d2
+from advmeta_jax.learners import svm
 from advmeta_jax.learners import registry
 from advmeta_jax.learners import gaussian  # pylint: disable=g-bad-import-order  (after trades: registration order)
 from advmeta_jax.learners import trades

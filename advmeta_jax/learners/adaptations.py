@@ -6,7 +6,7 @@ learners (θ' = adapt(θ, S), MAML's inner loop) and on metric learners
 (class prototypes or the attention over the support embeddings, built from S
 in one function, with no inner loop).
 
-Five kinds are registered (`KINDS`), each built from a model function and a
+Six kinds are registered (`KINDS`), each built from a model function and a
 run's config (`Kind.build(apply_fn, config)`):
 
     gradient   MAML's SGD steps on the support loss (the backbone with its
@@ -17,6 +17,9 @@ run's config (`Kind.build(apply_fn, config)`):
                --fce=adml or vinyals, full context embeddings (fce.py)
     ridge      R2-D2's closed-form ridge regression (the backbone's embedding
                and the head's learned scale (and offset); r2d2.py)
+    svm        MetaOptNet's Crammer–Singer SVM, its dual QP solved and
+               differentiated per task (the backbone's embedding and the
+               head's learned scale; svm.py)
 
 Every kind runs on every backbone (`--backbone`, models.BACKBONE_REGISTRY):
 the model is built by `models.make_conv4` / `make_conv4_embedding` with the
@@ -42,6 +45,7 @@ from advmeta_jax.learners import maml
 from advmeta_jax.core import models
 from advmeta_jax.learners import heads
 from advmeta_jax.learners import r2d2
+from advmeta_jax.learners import svm
 from advmeta_jax.errors import ConfigError
 
 Array = jax.Array
@@ -148,6 +152,15 @@ class MatchingState(NamedTuple):
   support_labels: Array
 
 
+class SvmState(NamedTuple):
+  """MetaOptNet's SVM adapted to a support set: the parameters (embedding
+  and the head's scale), the `[S, D]` support embeddings and the `[S, N]`
+  dual solution α."""
+  params: Any
+  support_embeddings: Array
+  alpha: Array
+
+
 class RidgeState(NamedTuple):
   """R2-D2 adapted to a support set: the parameters (embedding and the
   head's scalars) and the ridge-regression weights W (`[D, N]`, or
@@ -234,6 +247,26 @@ def ridge_adaptation(embed, *, n_way: int,
 
 
 @functools.lru_cache(maxsize=None)
+def svm_adaptation(embed, *, n_way: int) -> Adaptation:
+  """MetaOptNet (Lee et al. 2019): a Crammer–Singer multi-class SVM fitted
+  to the support embeddings through its dual QP (C = 0.1), solved and
+  differentiated as svm.py says; logits s·Σ_i α_i^m ⟨f(x_i), f(x)⟩ with the
+  learned scale s of an `R2D2` model's "ridge" scalars (MetaOptNet's
+  `ClassificationHead` scale, from 1). `embed` is that model's embedding."""
+  def build(params, images, labels):
+    support = embed(params, images)
+    return SvmState(params, support,
+                    svm.crammer_singer_dual(support, labels, n_way))
+
+  def logits(state, images):
+    scale, _ = r2d2.scalars(state.params)
+    return svm.svm_logits(embed(state.params, images),
+                          state.support_embeddings, state.alpha, scale)
+
+  return _metric_adaptation(build, logits)
+
+
+@functools.lru_cache(maxsize=None)
 def matching_fce_adaptation(embed, context_fn, *, n_way: int,
                             variant: str) -> Adaptation:
   """Matching Networks with full context embeddings (fce.py): the support
@@ -298,6 +331,13 @@ def _ridge_model(config, image_size: int):
                         **_conv4_kwargs(config, image_size))
 
 
+def _svm_model(config, image_size: int):
+  """The embedding and MetaOptNet's learned scale (from 1, no offset): the
+  model of R2-D2's metaoptnet head."""
+  return r2d2.make_r2d2(head=r2d2.DEFAULT_HEAD, dataset=config.data.dataset,
+                        **_conv4_kwargs(config, image_size))
+
+
 def _gradient(build_fn):
   return lambda apply_fn, config: build_fn(
       apply_fn, inner_lr=config.meta.inner_lr,
@@ -333,6 +373,8 @@ KINDS: Dict[str, Kind] = {
     "ridge": Kind("ridge", lambda embed, config: ridge_adaptation(
         embed, n_way=config.data.n_way, head=config.meta.r2d2_head),
                   _ridge_model, metric=True),
+    "svm": Kind("svm", lambda embed, config: svm_adaptation(
+        embed, n_way=config.data.n_way), _svm_model, metric=True),
 }
 
 

@@ -9,6 +9,7 @@
     protonet     prototype    clean
     matchingnet  matching     clean
     r2d2         ridge        clean    (R2-D2, r2d2.py)
+    metaoptnet   svm          clean    (MetaOptNet's SVM, svm.py)
     anil         head         clean    (ANIL: the inner loop adapts the head)
 
 `--robust=aq|tafl|trades|gaussian` puts a robust objective around the
@@ -172,7 +173,7 @@ for _name, _kind, _objective in (
     ("adml", "gradient", "adml"), ("aq", "gradient", "aq"),
     ("tafl", "gradient", "tafl"), ("protonet", "prototype", "clean"),
     ("matchingnet", "matching", "clean"), ("r2d2", "ridge", "clean"),
-    ("anil", "head", "clean")):
+    ("anil", "head", "clean"), ("metaoptnet", "svm", "clean")):
   register(_name, adaptation=_kind, objective=_objective)
 
 
