@@ -299,7 +299,7 @@ def test_tafl_weights_the_tasks_of_a_metric_learner():
 @pytest.mark.parametrize("overrides, match", [
     (dict(learner="adml", robust="aq"),
      "robust='aq' does not apply to learner 'adml'.*maml, matchingnet, "
-     "protonet"),
+     "metaoptnet, protonet"),
     (dict(learner="tafl", robust="tafl"), "does not apply to learner 'tafl'"),
     (dict(learner="maml_ad", robust="aq"),
      "does not apply to learner 'maml_ad'"),

@@ -179,7 +179,8 @@ def test_a_checkpoint_of_non_finite_parameters_is_never_saved(tmp_path):
                               "cifar_fs, cub, digits"),
     (dict(learner="reptile"), "unknown learner 'reptile'; choose one of: "
                               "adml, anil, aq, maml, maml_ad, "
-                              "matchingnet, protonet, r2d2, tafl"),
+                              "matchingnet, metaoptnet, protonet, r2d2, "
+                              "tafl"),
     (dict(inner_lr=-0.1), "inner_lr must be a finite number > 0, got -0.1"),
     (dict(meta_lr=float("nan")), "meta_lr must be a finite number > 0"),
     (dict(k_shot=0), "k_shot must be a positive integer, got 0"),
