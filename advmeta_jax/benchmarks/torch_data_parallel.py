@@ -79,14 +79,13 @@ def _worker(rank: int, world: int, store: str, job: Tuple, results) -> None:
 
 
 def _benchmark_rank(cfg: Dict, rank: int, world: int) -> Dict:
-  from advmeta_jax.benchmarks import torch_variants  # pylint: disable=g-import-not-at-top
   torch = _torch()
   params = torch_baseline.init_params(
       filters=cfg["filters"], channels=3, image_size=cfg["size"],
       num_classes=cfg["n_way"])
-  tasks = torch_variants.random_tasks(cfg)
+  tasks = torch_baseline.random_tasks(cfg)
   mine = tuple(_share(t, rank, world) for t in tasks)
-  attack = torch_variants.train_attack(cfg)
+  attack = torch_baseline.train_attack(cfg)
   opt = torch.optim.Adam(params, lr=1e-3)
   gen = torch.Generator().manual_seed(2 + rank)
 

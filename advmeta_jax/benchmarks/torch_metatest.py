@@ -31,6 +31,7 @@ import numpy as np
 
 from advmeta_jax.benchmarks import torch_baseline
 from advmeta_jax.benchmarks import torch_variants
+from advmeta_jax.errors import ConfigError
 
 __all__ = ["VARIANTS", "adapt", "benchmark", "pgd", "random_episodes",
            "run_episodes"]
@@ -141,8 +142,8 @@ def run_episodes(variant: str, params: List, episodes, starts, *,
   (NCHW tensors with a leading episode axis) from the PGD `starts`."""
   run = {"plain": _plain, "grouped": _grouped, "func_vmap": _func_vmap}
   if variant not in run:
-    raise ValueError(f"unknown meta-test variant {variant!r}; choose from "
-                     f"{VARIANTS}")
+    raise ConfigError(f"unknown PyTorch meta-test variant {variant!r}; "
+                      f"choose from {list(VARIANTS)}.")
   return run[variant](params, episodes, starts, inner_lr=inner_lr,
                       steps=steps, pgd_steps=pgd_steps)
 
