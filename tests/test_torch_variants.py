@@ -56,7 +56,12 @@ def _assert_same(loss, grads, want_loss, want_grads, rtol):
                                rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize("variant", ["func_vmap", "grouped"])
+@pytest.mark.parametrize("variant", [
+    "func_vmap", "grouped",
+    # spawns two processes
+    pytest.param("two_process", marks=pytest.mark.integration),
+    # torch.compile: minutes of compilation on 2 cores
+    pytest.param("compiled", marks=pytest.mark.slow)])
 def test_a_variant_computes_the_plain_loops_maml_step_in_float64(variant):
   params, tasks = _float64_problem()
   want_loss, want = _plain(params, tasks)
@@ -92,24 +97,6 @@ def test_the_tuned_loops_channels_last_layout_computes_the_same_step():
   cl_params = [p.contiguous(memory_format=torch.channels_last)
                if p.dim() == 4 else p for p in params]
   loss, grads = _plain(cl_params, cl_tasks)
-  _assert_same(loss, grads, want_loss, want, rtol=1e-11)
-
-
-@pytest.mark.integration   # spawns two processes
-def test_two_processes_compute_the_plain_loops_step_in_float64():
-  params, tasks = _float64_problem()
-  want_loss, want = _plain(params, tasks)
-  loss, grads = torch_variants.meta_loss_and_grads(
-      "two_process", params, tasks, inner_lr=LR, steps=STEPS)
-  _assert_same(loss, grads, want_loss, want, rtol=1e-11)
-
-
-@pytest.mark.slow   # torch.compile: minutes of compilation on 2 cores
-def test_the_compiled_step_computes_the_plain_loops_step_in_float64():
-  params, tasks = _float64_problem()
-  want_loss, want = _plain(params, tasks)
-  loss, grads = torch_variants.meta_loss_and_grads(
-      "compiled", params, tasks, inner_lr=LR, steps=STEPS)
   _assert_same(loss, grads, want_loss, want, rtol=1e-11)
 
 

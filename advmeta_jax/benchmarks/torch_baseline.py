@@ -15,11 +15,11 @@ imports) that it computes the same meta-loss and meta-gradient as
 torchvision, no learn2learn; torch is imported only when a function runs.
 """
 
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from advmeta_jax.benchmarks.measure import median_time
 from advmeta_jax.core import models
 
 __all__ = ["adapt", "benchmark", "conv4", "conv_grads_step", "init_params", "meta_loss_and_grads",
@@ -175,13 +175,7 @@ def benchmark(cfg: Dict, threads: int = 2) -> Dict:
                         attack=attack, generator=gen)
     opt.step()
 
-  step()   # warm-up
-  times = []
-  for _ in range(cfg["steps"]):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
+  step_s = median_time(step, cfg["steps"])   # after a warm-up step
   return {**cfg, "impl": "pytorch", "torch_version": torch.__version__,
           "threads": threads, "step_s": step_s,
           "tasks_per_s": cfg["task_batch_size"] / step_s,

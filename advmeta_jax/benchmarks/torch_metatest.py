@@ -96,7 +96,6 @@ def _plain(params, episodes, starts, *, inner_lr, steps, pgd_steps):
 
 
 def _grouped(params, episodes, starts, *, inner_lr, steps, pgd_steps):
-  torch = _torch()
   xs, ys, xq, yq = episodes
   theta = [p.detach().unsqueeze(0).repeat(xs.shape[0], *(1,) * p.dim())
            .requires_grad_() for p in params]

@@ -44,9 +44,8 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from advmeta_jax.benchmarks import torch_baseline
+from advmeta_jax.benchmarks.measure import median_time
 from advmeta_jax.errors import ConfigError
 
 __all__ = ["COMPILE_FAILURE", "VARIANTS", "batch_norm", "benchmark",
@@ -365,12 +364,7 @@ def benchmark(cfg: Dict, variant: str, threads: int = 2) -> Dict:
   first_s = time.perf_counter() - t
   if variant == "tuned":
     chosen = _tune(step, state, tasks, params)
-  times = []
-  for _ in range(cfg["steps"]):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
+  step_s = median_time(step, cfg["steps"])   # after one more warm-up step
   return {**cfg, "impl": "pytorch", "torch_variant": variant,
           "torch_version": torch.__version__, **chosen,
           "first_step_s": first_s, "step_s": step_s,
