@@ -146,7 +146,8 @@ def table(results, torch_results=()) -> str:
             f"{r['first_call_s']:.1f} | {mem} |")
     if extra:
       ref = fastest.get(key(r))
-      impl = (f"pytorch {r['torch_variant']}, {r['threads']} threads"
+      impl = (f"pytorch {r['torch_variant']}, {r['threads']} thread"
+              f"{'' if r['threads'] == 1 else 's'}"
               if r.get("impl") == "pytorch" else
               f"jax {r.get('resolved', {}).get('conv_impl', '?')}")
       ratio = ("–" if ref is None else
