@@ -4,13 +4,18 @@ r"""Benchmarks of the meta-train step, of the attacks and of conv4's convolution
 prints a Markdown table and writes the results as JSON (`Options.out`).
 
     train    s/step, tasks/s, compile time, FLOPs, MFU and memory per learner
-             × image size × shots × conv formulation × variant, and the plain
-             PyTorch baseline (`Options.torch`, `torch_baseline.py`: a loop
-             over tasks, `autograd.grad(create_graph=True)`; maml and aq)
+             × image size × shots × conv formulation × variant, and with
+             `Options.torch` the PyTorch step in each of
+             `Options.torch_variants` (maml and aq): the plain loop over
+             tasks (`torch_baseline.py`) and the faster ways to write it
+             (`torch_variants.py`); our tasks/s over the fastest one's
     attacks  images/s of each attack on conv4 (a batch of `attack_batch`
              images, jitted, after a warm-up; the model at its initialisation)
     conv     each of conv4's four convolutions alone, forward + backward, in
              each formulation and PyTorch's `conv2d`, first checked to agree
+    metatest episodes/s of adapt + attack + score (`metatest_speed.py`);
+             with `Options.torch`, the same PGD workload in PyTorch
+             (`torch_metatest.py`, maml conv4) and ours over the fastest
 
 Each train and attack configuration runs in a fresh subprocess
 (`python -m advmeta_jax.benchmarks.benchmark MODE JSON`), so that its peak memory (RSS
@@ -68,6 +73,8 @@ from advmeta_jax.benchmarks.configs import variant_fields
 from advmeta_jax.benchmarks.conv import conv_section
 from advmeta_jax.benchmarks.conv import run_conv_layer
 from advmeta_jax.benchmarks import metatest_speed
+from advmeta_jax.benchmarks import torch_metatest
+from advmeta_jax.benchmarks import torch_variants
 from advmeta_jax.benchmarks.measure import current_rss_bytes
 from advmeta_jax.benchmarks.measure import device_name
 from advmeta_jax.benchmarks.measure import machine
@@ -78,7 +85,8 @@ from advmeta_jax.benchmarks.measure import torch_available
 
 SECTIONS = ("train", "attacks", "conv", "metatest")
 # The modes of one configuration in its own process: what each times.
-CHILD_MODES = ("single", "single_attack", "single_torch", "single_metatest")
+CHILD_MODES = ("single", "single_attack", "single_torch", "single_metatest",
+               "single_torch_metatest")
 # The side halving of conv4's blocks, shared with the model code.
 conv_layer_shapes = models.conv4_layer_shapes
 
@@ -102,6 +110,7 @@ class Options:
   attack_steps: int = 7          # PGD steps of the aq/tafl training attack
   torch: bool = False
   torch_threads: int = 2
+  torch_variants: Sequence[str] = tuple(torch_variants.VARIANTS)
   steps: int = 10                # timed steps, after one warm-up
   out: str = "benchmark.json"
   conv_images: int = 75          # section conv
@@ -221,10 +230,16 @@ def run_single(cfg: dict) -> dict:
 
 
 def run_torch_single(cfg: dict) -> dict:
-  """The PyTorch baseline (`torch_baseline.py`) on one configuration, with
-  `cfg["torch_threads"]` threads (default 2)."""
+  """The PyTorch step of `cfg["torch_variant"]` (default "plain", the
+  baseline of `torch_baseline.py`) on one configuration, with
+  `cfg["torch_threads"]` threads (default 2; `tuned` picks its own,
+  `two_process` runs 1 per process)."""
   from advmeta_jax.benchmarks import torch_baseline  # pylint: disable=g-import-not-at-top
-  r = torch_baseline.benchmark(cfg, threads=cfg.get("torch_threads", 2))
+  variant = cfg.get("torch_variant", "plain")
+  threads = cfg.get("torch_threads", 2)
+  r = (dict(torch_baseline.benchmark(cfg, threads=threads),
+            torch_variant="plain") if variant == "plain" else
+       torch_variants.benchmark(cfg, variant, threads=threads))
   r["flops_per_step"] = analytic_step_flops(cfg)
   r["achieved_flops"] = r["flops_per_step"] / r["step_s"]
   r["load_average_1m"] = os.getloadavg()[0]
@@ -286,7 +301,9 @@ def run_attack_single(cfg: dict) -> dict:
 CHILD_RUNNERS: Dict[str, Callable[[dict], dict]] = {
     "single": run_single, "single_attack": run_attack_single,
     "single_torch": run_torch_single,
-    "single_metatest": metatest_speed.run_metatest_single}
+    "single_metatest": metatest_speed.run_metatest_single,
+    "single_torch_metatest": lambda cfg: torch_metatest.benchmark(
+        cfg, cfg["torch_variant"], threads=cfg.get("torch_threads", 2))}
 
 
 def run_child(mode: str, cfg_json: str) -> None:
@@ -373,11 +390,37 @@ def parse_rows(rows: Sequence[str]) -> List[tuple]:
   return out
 
 
+def fastest_torch(torch_results: List[dict], key) -> dict:
+  """`{key(row): the fastest PyTorch row}` (most tasks/s or episodes/s)."""
+  out = {}
+  for r in torch_results:
+    rate = r.get("tasks_per_s", r.get("episodes_per_s"))
+    best = out.get(key(r))
+    if best is None or rate > best.get("tasks_per_s",
+                                       best.get("episodes_per_s")):
+      out[key(r)] = r
+  return out
+
+
+def _torch_impl(r: dict) -> str:
+  """"pytorch 2.13.0+cpu grouped, 2 threads" (and the tuned format)."""
+  procs = r.get("processes")
+  threads = (f"{procs} × 1 thread" if procs else
+             f"{r.get('threads', '?')} thread"
+             f"{'s' if r.get('threads') != 1 else ''}")
+  fmt = (f", {r['memory_format']}" if r.get("memory_format") ==
+         "channels_last" else "")
+  return (f"pytorch {r['torch_version']} "
+          f"{r.get('torch_variant', 'plain')}, {threads}{fmt}")
+
+
 def train_table(results: List[dict], torch_results: List[dict]) -> str:
-  """The Markdown table of the train section (ratio to PyTorch if any)."""
+  """The Markdown table of the train section: with PyTorch rows, "× torch"
+  is our tasks/s over the fastest PyTorch variant's on the same
+  configuration (on a PyTorch row: its tasks/s over the fastest's)."""
   def key(r):
     return (r["learner"], r["size"], r["k_shot"])
-  torch_by = {key(r): r for r in torch_results}
+  torch_by = fastest_torch(torch_results, key)
   header = ("learner", "impl", "variant", "image", "shot", "s/step", "tasks/s",
             "× torch", "compile s", "GFLOP/step", "MFU %", "peak RSS GiB",
             "RSS after GiB", "XLA GiB")
@@ -385,8 +428,8 @@ def train_table(results: List[dict], torch_results: List[dict]) -> str:
   for r in results + torch_results:
     ref = torch_by.get(key(r))
     ratio = (f"{r['tasks_per_s'] / ref['tasks_per_s']:.2f}"
-             if ref is not None and r.get("impl") != "pytorch" else "–")
-    impl = (f"pytorch {r['torch_version']}" if r.get("impl") == "pytorch"
+             if ref is not None else "–")
+    impl = (_torch_impl(r) if r.get("impl") == "pytorch"
             else f"jax {resolved_label(r)}")
     mfu = r.get("mfu")
     lines.append(
@@ -405,6 +448,7 @@ def train_section(o: Options) -> dict:
   """Every learner × size × shots × conv formulation × variant (and the
   PyTorch baseline of maml and aq), each in its own process."""
   variants = {v: variant_fields(v) for v in o.variants}
+  check_torch_variants(o.torch_variants)
   results, torch_results = [], []
   combos = (parse_rows(o.rows) if o.rows else
             itertools.product(o.learners, o.sizes, o.shots))
@@ -423,12 +467,16 @@ def train_section(o: Options) -> dict:
           f"{r['compile_s']:.1f} s, MFU {100 * r['mfu']:.1f}%, "
           f"{r['memory_kind']} {_gib(r['peak_memory_bytes'])} GiB, XLA "
           f"{_gib(r['xla_program_bytes'])} GiB"), results)
-    if o.torch and learner in ("maml", "aq") and torch_available():
-      _run_and_print("single_torch", dict(
-          base, first_order=False, torch_threads=o.torch_threads), lambda r: (
-              f"{_name(r)} pytorch: {r['step_s']:.3f} s/step, "
-              f"{r['tasks_per_s']:.2f} tasks/s, peak RSS "
-              f"{_gib(r['peak_memory_bytes'])} GiB"), torch_results)
+    if o.torch and torch_available():
+      for variant in o.torch_variants:
+        if learner not in torch_variants.VARIANTS[variant]:
+          continue
+        _run_and_print("single_torch", dict(
+            base, first_order=False, torch_threads=o.torch_threads,
+            torch_variant=variant), lambda r: (
+                f"{_name(r)} {_torch_impl(r)}: {r['step_s']:.3f} s/step, "
+                f"{r['tasks_per_s']:.2f} tasks/s, peak RSS "
+                f"{_gib(r['peak_memory_bytes'])} GiB"), torch_results)
   if o.torch and not torch_available():
     print("--torch: torch is not importable here; no baseline.",
           file=sys.stderr)
@@ -458,10 +506,34 @@ def attacks_section(o: Options) -> dict:
                          attack_results=results)
 
 
+def check_torch_variants(names: Sequence[str]) -> None:
+  """Raises ConfigError for a name not in `torch_variants.VARIANTS`."""
+  unknown = [v for v in names if v not in torch_variants.VARIANTS]
+  if unknown:
+    raise ConfigError(f"--torch_variants: unknown {unknown}; choose from "
+                      f"{list(torch_variants.VARIANTS)}.")
+
+
+def _metatest_torch(o: Options, cfg: dict, into: list) -> None:
+  """The PyTorch meta-test (`torch_metatest.py`) of a maml conv4 PGD row,
+  in each of `o.torch_variants` it has, each in its own process."""
+  if not (o.torch and torch_available() and cfg["learner"] == "maml"
+          and cfg["backbone"] == "conv4" and cfg["attack"] == "pgd"):
+    return
+  for variant in o.torch_variants:
+    if variant in torch_metatest.VARIANTS:
+      _run_and_print("single_torch_metatest", dict(
+          cfg, torch_variant=variant, torch_threads=o.torch_threads),
+          lambda r: (f"{metatest_speed.label(r)} {_torch_impl(r)}: "
+                     f"{r['episodes_per_s']:.2f} episodes/s"), into)
+
+
 def metatest_section(o: Options) -> dict:
   """Meta-test episodes/s of each learner × size × shots × attack
-  (`metatest_speed.py`), each in its own process."""
-  results = []
+  (`metatest_speed.py`), each in its own process; with `o.torch` the
+  PyTorch meta-test of the maml conv4 PGD rows."""
+  check_torch_variants(o.torch_variants)
+  results, torch_results = [], []
   combos = (parse_rows(o.rows) if o.rows else
             itertools.product(o.learners, o.sizes, o.shots))
   for (learner, size, shot), attack in itertools.product(
@@ -476,8 +548,13 @@ def metatest_section(o: Options) -> dict:
         f"{metatest_speed.label(r)}: {r['episodes_per_s']:.2f} episodes/s "
         f"({r['call_s']:.3f} s per {r['episodes_batch']}, first call "
         f"{r['first_call_s']:.1f} s)"), results)
-  return save_and_print(o.out, metatest_speed.table(results), results,
-                        metatest_results=results)
+    _metatest_torch(o, cfg, torch_results)
+  if o.torch and not torch_available():
+    print("--torch: torch is not importable here; no baseline.",
+          file=sys.stderr)
+  return save_and_print(o.out, metatest_speed.table(results, torch_results),
+                        results, metatest_results=results,
+                        torch_metatest_results=torch_results)
 
 
 def run(options: Options) -> dict:

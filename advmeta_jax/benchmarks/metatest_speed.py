@@ -12,6 +12,7 @@ warm-up, then `calls` calls are timed and the median gives episodes/s.
 
 The images are uniform random bytes in 20 classes of 30 images, the
 parameters the model's initialization: throughput does not depend on them.
+The same workload in PyTorch (MAML conv4, PGD): `torch_metatest.py`.
 """
 
 from __future__ import annotations
@@ -115,24 +116,44 @@ def label(r: dict) -> str:
           f"{r['k_shot']}-shot {r['attack']}")
 
 
-def table(results) -> str:
-  """The Markdown table of meta-test rows."""
+def table(results, torch_results=()) -> str:
+  """The Markdown table of meta-test rows; with PyTorch rows
+  (`torch_metatest.py`) two more columns: the implementation and "×
+  torch", episodes/s over the fastest PyTorch row's of the same
+  configuration."""
+  key = lambda r: (r["learner"], r["size"], r["k_shot"], r["attack"])
+  fastest = {}
+  for r in torch_results:
+    if r["episodes_per_s"] > fastest.get(key(r), {}).get("episodes_per_s", 0):
+      fastest[key(r)] = r
+  extra = bool(torch_results)
   lines = ["| learner | backbone | image | shot | attack | episodes/s | "
-           "s per call | episodes per call | first call s | peak mem GiB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in results:
+           "s per call | episodes per call | first call s | peak mem GiB |"
+           + (" impl | × torch |" if extra else ""),
+           "|---|---|---|---|---|---|---|---|---|---|"
+           + ("---|---|" if extra else "")]
+  for r in list(results) + list(torch_results):
     mem = r.get("peak_memory_bytes")
     mem = "–" if mem is None or not np.isfinite(mem) else f"{mem / 2**30:.2f}"
     if "error" in r:
       lines.append(f"| {r['learner']} | {r.get('backbone', 'conv4')} | "
                    f"{r['size']} | {r['k_shot']} | {r['attack']} | failed: "
-                   f"{r['error']} | | | | |")
+                   f"{r['error']} | | | | |" + (" | |" if extra else ""))
       continue
-    lines.append(
-        f"| {r['learner']} | {r.get('backbone', 'conv4')} | {r['size']} | "
-        f"{r['k_shot']} | {r['attack']} | {r['episodes_per_s']:.2f} | "
-        f"{r['call_s']:.3f} | {r['episodes_batch']} | "
-        f"{r['first_call_s']:.1f} | {mem} |")
+    line = (f"| {r['learner']} | {r.get('backbone', 'conv4')} | {r['size']} | "
+            f"{r['k_shot']} | {r['attack']} | {r['episodes_per_s']:.2f} | "
+            f"{r['call_s']:.3f} | {r['episodes_batch']} | "
+            f"{r['first_call_s']:.1f} | {mem} |")
+    if extra:
+      ref = fastest.get(key(r))
+      impl = (f"pytorch {r['torch_variant']}, {r['threads']} thread"
+              f"{'' if r['threads'] == 1 else 's'}"
+              if r.get("impl") == "pytorch" else
+              f"jax {r.get('resolved', {}).get('conv_impl', '?')}")
+      ratio = ("–" if ref is None else
+               f"{r['episodes_per_s'] / ref['episodes_per_s']:.2f}")
+      line += f" {impl} | {ratio} |"
+    lines.append(line)
   return "\n".join(lines)
 
 

@@ -15,15 +15,15 @@ imports) that it computes the same meta-loss and meta-gradient as
 torchvision, no learn2learn; torch is imported only when a function runs.
 """
 
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from advmeta_jax.benchmarks.measure import median_time
 from advmeta_jax.core import models
 
 __all__ = ["adapt", "benchmark", "conv4", "conv_grads_step", "init_params", "meta_loss_and_grads",
-           "params_from_jax", "pgd"]
+           "params_from_jax", "pgd", "random_tasks", "train_attack"]
 
 
 def _torch():
@@ -139,23 +139,34 @@ def meta_loss_and_grads(params: List, tasks, *, inner_lr: float, steps: int,
   return total, [p.grad.clone() for p in params]
 
 
+def random_tasks(cfg: Dict, dtype=None):
+  """The benchmark's random tasks (NCHW, task axis first), seed 1."""
+  torch = _torch()
+  size, n, k, q, b = (cfg["size"], cfg["n_way"], cfg["k_shot"],
+                      cfg["q_query"], cfg["task_batch_size"])
+  gen = torch.Generator().manual_seed(1)
+  return (torch.rand((b, n * k, 3, size, size), generator=gen, dtype=dtype),
+          torch.arange(n).repeat_interleave(k).repeat(b, 1),
+          torch.rand((b, n * q, 3, size, size), generator=gen, dtype=dtype),
+          torch.arange(n).repeat_interleave(q).repeat(b, 1))
+
+
+def train_attack(cfg: Dict) -> Dict:
+  """AQ's training PGD: ε 8/255, step 2/255, `attack_steps` steps."""
+  return dict(eps=8 / 255, step_size=2 / 255, steps=cfg.get("attack_steps", 7))
+
+
 def benchmark(cfg: Dict, threads: int = 2) -> Dict:
   """Times the baseline's meta-train step (Adam included) on random tasks."""
   torch = _torch()
   import resource  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
-  size, n, k, q, b = (cfg["size"], cfg["n_way"], cfg["k_shot"], cfg["q_query"],
-                      cfg["task_batch_size"])
-  params = init_params(filters=cfg["filters"], channels=3, image_size=size,
-                       num_classes=n)
+  params = init_params(filters=cfg["filters"], channels=3,
+                       image_size=cfg["size"], num_classes=cfg["n_way"])
   opt = torch.optim.Adam(params, lr=1e-3)
+  tasks = random_tasks(cfg)
   gen = torch.Generator().manual_seed(1)
-  tasks = (torch.rand((b, n * k, 3, size, size), generator=gen),
-           torch.arange(n).repeat_interleave(k).repeat(b, 1),
-           torch.rand((b, n * q, 3, size, size), generator=gen),
-           torch.arange(n).repeat_interleave(q).repeat(b, 1))
-  attack = dict(eps=8 / 255, step_size=2 / 255,
-                steps=cfg.get("attack_steps", 7))
+  attack = train_attack(cfg)
 
   def step():
     meta_loss_and_grads(params, tasks, inner_lr=0.01,
@@ -164,15 +175,10 @@ def benchmark(cfg: Dict, threads: int = 2) -> Dict:
                         attack=attack, generator=gen)
     opt.step()
 
-  step()   # warm-up
-  times = []
-  for _ in range(cfg["steps"]):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
+  step_s = median_time(step, cfg["steps"])   # after a warm-up step
   return {**cfg, "impl": "pytorch", "torch_version": torch.__version__,
-          "threads": threads, "step_s": step_s, "tasks_per_s": b / step_s,
+          "threads": threads, "step_s": step_s,
+          "tasks_per_s": cfg["task_batch_size"] / step_s,
           "peak_memory_bytes":
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
           "memory_kind": "peak RSS"}

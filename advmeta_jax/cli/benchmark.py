@@ -8,6 +8,7 @@ r"""Benchmarks the meta-train step: time per step, tasks/s, compile time, memory
   advmeta-benchmark --section=conv --sizes=32,84 --conv_impls=matmul,xla
   advmeta-benchmark --section=attacks --sizes=32,84
   advmeta-benchmark --section=metatest --rows=maml:32:1,aq:84:1
+  advmeta-benchmark --section=metatest --rows=maml:32:1,maml:84:1 --torch
 
 With no --variants or --conv_impls it measures what `launch.train` runs by
 default: the `auto` speed settings resolved for the backend found
@@ -20,9 +21,11 @@ Markdown into the folder --out; `--tiny` runs it at toy sizes.
 Prints a Markdown table and writes JSON to --out. Each train and attack
 configuration runs in a fresh subprocess, so that its peak memory is its own.
 `--variants` trades memory and precision (remat, pN: N tasks at a time, bf16,
-first_order); `--torch` adds the plain PyTorch baseline
-(`advmeta_jax/benchmarks/torch_baseline.py`) for maml and aq, and the ratio of tasks/s to
-it. `--section=conv` times conv4's four convolutions one by one (forward and
+first_order); `--torch` adds the PyTorch step for maml and aq in each of
+`--torch_variants` (the plain loop of `advmeta_jax/benchmarks/torch_baseline.py` and the
+faster ways to write it in `torch_variants.py`), and the ratio of tasks/s to
+the fastest; with `--section=metatest`, the same meta-test workload in
+PyTorch (`torch_metatest.py`) and the ratio of episodes/s. `--section=conv` times conv4's four convolutions one by one (forward and
 backward, each `--conv_impls` formulation and PyTorch's `conv2d`);
 `--section=attacks` the images per second of each of `--attacks`;
 `--section=metatest` the meta-test's episodes per second (adapt, attack the
@@ -81,9 +84,19 @@ flags.DEFINE_list("variants", list(D.variants),
                   "rematerialized rounds: --parallel_tasks).")
 flags.DEFINE_integer("attack_steps", D.attack_steps, "PGD steps of the aq/tafl training "
                      "attack (section=train).")
-flags.DEFINE_bool("torch", D.torch, "Also run the plain PyTorch second-order "
-                  "MAML/AQ baseline (advmeta_jax/benchmarks/torch_baseline.py) on each "
-                  "configuration, when torch is importable.")
+flags.DEFINE_bool("torch", D.torch, "Also run the PyTorch second-order "
+                  "MAML/AQ step in each of --torch_variants on each "
+                  "configuration (section=metatest: the PyTorch meta-test "
+                  "of the maml conv4 PGD rows), when torch is importable.")
+flags.DEFINE_list("torch_variants", list(D.torch_variants), "PyTorch "
+                  "variants of --torch (advmeta_jax/benchmarks/"
+                  "torch_variants.py): plain (torch_baseline.py), tuned "
+                  "(memory format and threads timed), func_vmap (torch.func "
+                  "grad + vmap), grouped (tasks as groups of a grouped "
+                  "convolution), two_process (2 processes x 1 thread), "
+                  "compiled (torch.compile of the torch.func grouped step; "
+                  "minutes of compilation). section=metatest runs plain, "
+                  "grouped and func_vmap of them.")
 flags.DEFINE_integer("torch_threads", D.torch_threads, "torch.set_num_threads of the "
                      "baseline.")
 flags.DEFINE_integer("steps", D.steps, "Timed steps (after one warm-up step).")
@@ -109,6 +122,8 @@ flags.DEFINE_string("single_torch", None, "Internal: time the PyTorch "
                     "baseline on one configuration (JSON).")
 flags.DEFINE_string("single_metatest", None, "Internal: time one meta-test "
                     "row (JSON).")
+flags.DEFINE_string("single_torch_metatest", None, "Internal: time one "
+                    "meta-test row in PyTorch (JSON).")
 FLAGS = flags.FLAGS
 
 
