@@ -79,6 +79,7 @@ from advmeta_jax.benchmarks.measure import current_rss_bytes
 from advmeta_jax.benchmarks.measure import device_name
 from advmeta_jax.benchmarks.measure import machine
 from advmeta_jax.benchmarks.measure import matmul_peak_flops
+from advmeta_jax.benchmarks.measure import memory_kind
 from advmeta_jax.benchmarks.measure import peak_memory_bytes
 from advmeta_jax.benchmarks.measure import save_and_print
 from advmeta_jax.benchmarks.measure import torch_available
@@ -206,7 +207,6 @@ def run_single(cfg: dict) -> dict:
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
   rss_after_steps = current_rss_bytes()
-  device = jax.devices()[0]
   mem = peak_memory_bytes()
   peaks = {d: matmul_peak_flops(dtype=d) for d in ("float32", "bfloat16")}
   peak = peaks[config.model.compute_dtype]
@@ -219,8 +219,7 @@ def run_single(cfg: dict) -> dict:
           "matmul_peak_flops_float32": peaks["float32"],
           "matmul_peak_flops_bfloat16": peaks["bfloat16"],
           "mfu": flops / step_s / peak, "peak_memory_bytes": mem,
-          "memory_kind": "peak RSS" if device.platform == "cpu"
-                         else "peak device memory",
+          "memory_kind": memory_kind(),
           "xla_program_bytes": program_bytes,
           "runtime_rss_bytes": runtime_rss,
           "rss_after_steps_bytes": rss_after_steps,
@@ -291,8 +290,7 @@ def run_attack_single(cfg: dict) -> dict:
   return {**cfg, "compile_s": compile_s, "call_s": call_s,
           "images_per_s": n / call_s, "device": device_name(),
           "peak_memory_bytes": peak_memory_bytes(),
-          "memory_kind": "peak RSS" if jax.devices()[0].platform == "cpu"
-                         else "peak device memory",
+          "memory_kind": memory_kind(),
           "load_average_1m": os.getloadavg()[0]}
 
 

@@ -52,6 +52,12 @@ def peak_memory_bytes() -> float:
   return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
+def memory_kind() -> str:
+  """What `peak_memory_bytes` measures here, as the tables name it."""
+  return "peak RSS" if jax.devices()[0].platform == "cpu" else (
+      "peak device memory")
+
+
 def device_name() -> str:
   device = jax.devices()[0]
   return f"{device.platform}: {device.device_kind}"

@@ -26,6 +26,7 @@ import numpy as np
 from advmeta_jax import training
 from advmeta_jax.benchmarks.configs import step_config
 from advmeta_jax.benchmarks.measure import device_name
+from advmeta_jax.benchmarks.measure import memory_kind
 from advmeta_jax.benchmarks.measure import peak_memory_bytes
 from advmeta_jax.core import episodes
 from advmeta_jax.core import models
@@ -89,8 +90,7 @@ def run_metatest_single(cfg: dict) -> dict:
           "accuracy_finite": bool(np.isfinite(r.accuracy).all()
                                   and np.isfinite(first.accuracy).all()),
           "peak_memory_bytes": peak_memory_bytes(),
-          "memory_kind": "peak RSS" if jax.devices()[0].platform == "cpu"
-                         else "peak device memory",
+          "memory_kind": memory_kind(),
           "device": device_name(), "load_average_1m": os.getloadavg()[0]}
 
 
