@@ -4,7 +4,8 @@ A run's `Config` is six frozen sections, each field declared once with its
 default, its help text and its check (`setting(...)` metadata):
 
     data    the episodes: dataset, image size, N-way K-shot Q-query
-    model   conv4's width and compute dtype
+    model   the backbone, its width, its BatchNorm at meta-test and the
+            compute dtype
     meta    the learner (--learner, --robust), inner loop, meta-optimizer,
             seed and the learners' own hyperparameters (ADML, TAFL,
             TRADES, Gaussian noise, R2-D2's head)
@@ -67,8 +68,8 @@ def register_choices(kind: str, names: Callable[[], Sequence[str]], *,
                      describe: Optional[Callable[[str], str]] = None) -> None:
   """Registers the values a setting of `kind` allows ("dataset", "learner",
   "robust", "tafl_reduction", "trades_kl_on", "r2d2_head", "fce",
-  "conv_impl", "compute_dtype", "train_attack"), read when a config is
-  checked or flags are defined; `describe(name)` gives a line of help per
+  "batchnorm", "conv_impl", "compute_dtype", "train_attack"), read when a
+  config is checked or flags are defined; `describe(name)` gives a line of help per
   value."""
   _CHOICES[kind] = names
   if describe is not None:
@@ -77,8 +78,9 @@ def register_choices(kind: str, names: Callable[[], Sequence[str]], *,
 
 def register_check(kind: str, fn: Callable[..., Any]) -> None:
   """Registers the function behind a check that needs a registry: "eps"
-  (`(text, name) -> float`), "budget" (`(text, name) -> (norm, ε)`), "image_size" (`(size) -> feature map size`) and
-  "learner" (`(learner, robust) -> entry`, refusing a bad combination)."""
+  (`(text, name) -> float`), "budget" (`(text, name) -> (norm, ε)`), "image_size" (`(size) -> feature map size`),
+  "learner" (`(learner, robust) -> entry`, refusing a bad combination) and
+  "batchnorm" (`(mode, backbone, learner entry) -> None`, the same)."""
   _CHECKS[kind] = fn
 
 
@@ -231,6 +233,15 @@ class ModelConfig(Section):
       "64-160-320-640; rounded): 1 is the papers' network, less a thinner "
       "one for quick runs. conv4 and conv4_strided refuse it (--filters "
       "sets theirs).", check=positive_float, kind=float)
+  batchnorm: str = setting(
+      "batch", "What BatchNorm normalizes with at meta-test. batch: the "
+      "statistics of the batch in front of it (the support set, the query "
+      "set), as in training (transductive, as the MAML code); running: the "
+      "running averages (momentum 0.1) of the training batches' statistics, "
+      "as MetaOptNet's eval() (each image on its own). running applies to "
+      "the learners without an inner loop (matchingnet, metaoptnet, "
+      "protonet, r2d2) on every backbone but conv4_strided.",
+      choices=_choices_of("batchnorm"))
   compute_dtype: str = setting(
       "float32", "Convolution input dtype (float32 accumulation and "
       "parameters either way): bfloat16 halves activation memory and is "
@@ -558,6 +569,9 @@ class Config:
           f"parallel_tasks must be 0 (the whole batch) or a divisor of "
           f"task_batch_size={b}, got {p!r}.")
     entry = _registered("learner")(self.meta.learner, self.meta.robust)
+    if self.model.batchnorm != "batch":
+      _registered("batchnorm")(self.model.batchnorm, self.model.backbone,
+                               entry)
     given = [f"--{k}" for k in ("train_attack", "train_eps")
              if getattr(self.attack, k)]
     if given and entry.default_attack() is None:

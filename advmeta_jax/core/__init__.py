@@ -19,5 +19,6 @@ _config.register_choices("conv_impl", lambda: models.CONV_IMPLS)
 _config.register_choices("backbone", models.backbone_names,
                          describe=lambda n: models.get_backbone(n).description)
 _config.register_check("backbone_width", models.check_backbone_width)
+_config.register_choices("batchnorm", lambda: models.BATCHNORM_MODES)
 _config.register_choices("compute_dtype", lambda: models.COMPUTE_DTYPES)
 _config.register_check("image_size", models.feature_map_size)

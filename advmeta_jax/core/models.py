@@ -147,8 +147,31 @@ class Conv3x3(nn.Module):
     return conv(x, kernel, self.compute_dtype)
 
 
+# `--batchnorm`: what BatchNorm normalizes with at meta-test ("batch": the
+# statistics of the batch in front of it, as in training; "running": the
+# running averages of training, PyTorch's `eval()`).
+BATCHNORM_MODES = ("batch", "running")
+# The flax collection a training forward pass writes each BatchNorm's batch
+# statistics to when it is mutable (`make_batch_stats_fn`), and the names of
+# the running averages in a BatchNorm's parameters at meta-test
+# (`with_running_stats`, PyTorch's buffer names).
+BATCH_STATS = "batch_stats"
+RUNNING_MEAN = "running_mean"
+RUNNING_VAR = "running_var"
+# PyTorch's BatchNorm momentum: running = (1 − m)·running + m·batch.
+BATCHNORM_MOMENTUM = 0.1
+
+
 class TransductiveBatchNorm(nn.Module):
-  """BatchNorm over (N, H, W) with the statistics of the current batch only."""
+  """BatchNorm over (N, H, W) with the statistics of the current batch only,
+  unless its parameters hold running averages (`RUNNING_MEAN`,
+  `RUNNING_VAR`, put there by `with_running_stats` for the meta-test of a
+  `--batchnorm=running` run): then it normalizes with them, as PyTorch's
+  BatchNorm2d in `eval()` mode, and each image independently of the others.
+
+  With the collection `BATCH_STATS` mutable (`make_batch_stats_fn`), a
+  batch-statistics pass also writes the batch's mean and unbiased variance
+  (what PyTorch's running variance averages) there, `stop_gradient`ed."""
   epsilon: float = 1e-5
 
   @nn.compact
@@ -156,8 +179,17 @@ class TransductiveBatchNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    mean = jnp.mean(x, axis=(0, 1, 2))
-    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    if self.has_variable("params", RUNNING_MEAN):
+      mean = self.get_variable("params", RUNNING_MEAN).astype(x.dtype)
+      var = self.get_variable("params", RUNNING_VAR).astype(x.dtype)
+    else:
+      mean = jnp.mean(x, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+      if self.is_mutable_collection(BATCH_STATS):
+        n = x.shape[0] * x.shape[1] * x.shape[2]
+        self.put_variable(BATCH_STATS, "mean", jax.lax.stop_gradient(mean))
+        self.put_variable(BATCH_STATS, "var", jax.lax.stop_gradient(
+            var * (n / max(n - 1, 1))))
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
     return y * scale.astype(x.dtype) + bias.astype(x.dtype)
 
@@ -318,6 +350,8 @@ class Backbone(NamedTuple):
     uses_filters: its channels come from `--filters`; otherwise they are
       fixed by its reference code and `--backbone_width` scales them.
     reference: where its architecture comes from.
+    running_stats: its BatchNorm can normalize with running averages at
+      meta-test (`--batchnorm=running`; `TransductiveBatchNorm`).
   """
   name: str
   description: str
@@ -325,6 +359,7 @@ class Backbone(NamedTuple):
   embedding_dim: Callable[[int, int, float], int]
   uses_filters: bool
   reference: str
+  running_stats: bool = True
 
 
 BACKBONE_REGISTRY: Dict[str, Backbone] = {}
@@ -365,7 +400,8 @@ register_backbone(Backbone(
     "positions: the TAFL authors' code.",
     lambda n, f, w, impl, dt: StridedConv4(n, f, impl, dt),
     lambda f, s, w: 8 * f, True,
-    "evan69/MAML-Def-Repo maml/models/conv_net.py (MMAML's ConvModel)"))
+    "evan69/MAML-Def-Repo maml/models/conv_net.py (MMAML's ConvModel)",
+    running_stats=False))
 register_backbone(Backbone(
     "conv4_64", "conv4 with 64 filters whatever --filters says (x "
     "--backbone_width): ProtoNet's and MetaOptNet's ProtoNetEmbedding.",
@@ -442,6 +478,22 @@ def check_backbone_width(backbone: str, width) -> None:
         "--backbone_width.")
 
 
+def check_running_batchnorm(backbone: str) -> None:
+  """Refuses `--batchnorm=running` for a backbone whose BatchNorm keeps no
+  running averages.
+
+  Raises:
+    ConfigError: naming the backbones that keep them.
+  """
+  if not get_backbone(backbone).running_stats:
+    able = ", ".join(n for n, b in BACKBONE_REGISTRY.items()
+                     if b.running_stats)
+    raise ConfigError(
+        f"batchnorm='running' applies to the backbones {able}, not "
+        f"{backbone!r} (BatchNorm without scale or offset, always of the "
+        "batch's statistics): use batchnorm='batch'.")
+
+
 def _check_trunk(filters: int, conv_impl: str, image_size: int,
                  compute_dtype: str = "float32",
                  backbone: str = "conv4", width: float = 1.0) -> None:
@@ -477,6 +529,55 @@ def make_apply_fn(model: nn.Module) -> Callable[[dict, Array], Array]:
   def apply_fn(params, images):
     return model.apply({"params": params}, images)
   return apply_fn
+
+
+@functools.lru_cache(maxsize=None)
+def make_batch_stats_fn(model: nn.Module) -> Callable[[dict, Array], dict]:
+  """Returns the pure function `(params, images) -> stats` of `model`: the
+  statistics each BatchNorm normalizes `images` with in a training forward
+  pass, `{module path...: {"mean": [C], "var": [C]}}` (the variance
+  unbiased, as PyTorch's running variance averages it), `stop_gradient`ed.
+  Equal models get the same function object (`make_apply_fn`)."""
+  def stats_fn(params, images):
+    _, variables = model.apply({"params": params}, images,
+                               mutable=[BATCH_STATS])
+    return variables[BATCH_STATS]
+  return stats_fn
+
+
+def init_running_stats(stats_fn: Callable[[dict, Array], dict], params,
+                       image_shape: Sequence[int]):
+  """The running averages before training, as PyTorch's: mean 0 and
+  variance 1 for every BatchNorm `stats_fn` (`make_batch_stats_fn`)
+  reports."""
+  shapes = jax.eval_shape(stats_fn, params,
+                          jnp.zeros((2, *image_shape), jnp.float32))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: (jnp.zeros if path[-1].key == "mean" else jnp.ones)(
+          s.shape, s.dtype), shapes)
+
+
+def update_running_stats(running, batch, momentum: float = BATCHNORM_MOMENTUM):
+  """PyTorch's update of BatchNorm's running averages by one batch's
+  statistics: (1 − momentum)·running + momentum·batch, leaf by leaf."""
+  return jax.tree.map(lambda r, b: (1.0 - momentum) * r + momentum * b,
+                      running, batch)
+
+
+def with_running_stats(params, running):
+  """`params` with each BatchNorm's running averages beside its scale and
+  offset (`RUNNING_MEAN`, `RUNNING_VAR`), so that `apply(params, x)`
+  normalizes with them (`TransductiveBatchNorm`); `params` itself when
+  `running` is None."""
+  if running is None:
+    return params
+  merged = dict(params)
+  for name, value in running.items():
+    if isinstance(value, dict):
+      merged[name] = with_running_stats(params[name], value)
+    else:
+      merged[{"mean": RUNNING_MEAN, "var": RUNNING_VAR}[name]] = value
+  return merged
 
 
 def num_params(params) -> int:

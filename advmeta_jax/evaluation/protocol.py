@@ -40,7 +40,9 @@ from advmeta_jax.evaluation.metatest import TestCase
 
 @dataclasses.dataclass
 class Run:
-  """A trained learner: its name in the tables, its config and parameters."""
+  """A trained learner: its name in the tables, its config and parameters
+  (with the BatchNorm running averages of a `--batchnorm=running` run,
+  `TrainState.meta_test_params`)."""
   name: str
   config: Config
   params: Any
@@ -55,7 +57,7 @@ def load_run(workdir: str, *, name: Optional[str] = None,
   if data_dir:
     config = config.replace(data_dir=data_dir)
   state = training.restore_run(workdir, config, step)
-  return Run(name or config.learner_label, config, state.params,
+  return Run(name or config.learner_label, config, state.meta_test_params,
              int(state.step))
 
 

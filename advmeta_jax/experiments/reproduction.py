@@ -85,7 +85,7 @@ def train_and_test(config: Config, workdir: str, *,
                          progress=progress)
   if not config.eval_episodes:
     return TrainTestResult(state)
-  result = evaluation.meta_test_config(config, state.params, "test",
+  result = evaluation.meta_test_config(config, state.meta_test_params, "test",
                                        data=test_split)
   if config.loop.tensorboard:
     writer = training.SummaryWriter(os.path.join(workdir, "tb"))
@@ -245,7 +245,7 @@ def _train_rows(configs, workdir: str, seeds: int, train_data, *,
                                   else ""))
       state = training.train(config, rundir, train_split=train_data,
                              progress=progress)
-      runs.append(Run(row, config, state.params))
+      runs.append(Run(row, config, state.meta_test_params))
     by_seed.append(runs)
   return by_seed
 
@@ -435,7 +435,7 @@ def sensitivity_sweep(base: Config, workdir: str, *,
       log(f"== TAFL γ={gamma:g} k={k:g} in {rundir}")
       state = training.train(config, rundir, train_split=train_data,
                              progress=progress)
-      runs[i, j] = Run(f"γ={gamma:g},k={k:g}", config, state.params)
+      runs[i, j] = Run(f"γ={gamma:g},k={k:g}", config, state.meta_test_params)
       robust[i, j], robust_ci[i, j], clean[i, j] = _score(
           runs[i, j], attack, val_data or test_data,
           num_episodes=num_episodes, inner_steps=inner_steps, seed=seed,

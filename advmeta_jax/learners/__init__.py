@@ -28,6 +28,7 @@ from advmeta_jax.learners.registry import get
 from advmeta_jax.learners.registry import Learner
 from advmeta_jax.learners.registry import names
 from advmeta_jax.learners.registry import Pieces
+from advmeta_jax.learners.registry import check_batchnorm
 from advmeta_jax.learners.registry import register
 from advmeta_jax.learners.registry import robust_learners
 from advmeta_jax.learners.registry import ROBUST_LOSSES
@@ -49,3 +50,4 @@ _config.register_choices("fce", lambda: fce.FCE_VARIANTS)
 _config.register_choices("trades_kl_on", lambda: trades.KL_SETS)
 _config.register_choices("r2d2_head", lambda: tuple(r2d2.HEADS))
 _config.register_check("learner", get)
+_config.register_check("batchnorm", check_batchnorm)

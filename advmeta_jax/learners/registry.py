@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import jax
 
 from advmeta_jax.config import autotune
+from advmeta_jax.core import models
 from advmeta_jax.learners import adaptations
 from advmeta_jax.learners import objectives
 from advmeta_jax.learners import trades  # registers the "trades" objective
@@ -55,8 +56,8 @@ Array = jax.Array
 ROBUST_LOSSES = ("none",) + tuple(
     name for name, o in objectives.OBJECTIVES.items() if o.robust)
 
-__all__ = ["Bound", "Learner", "Pieces", "ROBUST_LOSSES", "get", "names",
-           "register", "robust_learners"]
+__all__ = ["Bound", "Learner", "Pieces", "ROBUST_LOSSES", "check_batchnorm",
+           "get", "names", "register", "robust_learners"]
 
 
 class Pieces(NamedTuple):
@@ -209,3 +210,22 @@ def get(name: str, robust: str = "none") -> Learner:
         f"{', '.join(robust_learners())} (maml with robust=aq/tafl is the "
         "aq/tafl learner). Use robust='none' with this learner.")
   return Learner(name, entry.adaptation, objectives.get(robust), robust)
+
+
+def check_batchnorm(mode: str, backbone: str, entry: Learner) -> None:
+  """Refuses `--batchnorm=running` (`models.BATCHNORM_MODES`) for a learner
+  with an inner loop (its running averages would have to follow every
+  inner step, and its test-time steps adapt to the support's statistics)
+  or a backbone without running averages.
+
+  Raises:
+    ConfigError: naming what `running` applies to.
+  """
+  if mode == "batch":
+    return
+  if not entry.metric:
+    able = ", ".join(n for n in names() if _REGISTRY[n].metric)
+    raise ConfigError(
+        f"batchnorm={mode!r} applies to the learners without an inner loop "
+        f"({able}), not {entry.name!r}: use batchnorm='batch'.")
+  models.check_running_batchnorm(backbone)

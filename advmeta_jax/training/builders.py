@@ -85,6 +85,17 @@ class Built:
   apply_fn: Callable
   learner: learners.Bound
   image_shape: Tuple[int, int, int]
+  # `--batchnorm=running`: the model's batch statistics in a training forward
+  # pass (`models.make_batch_stats_fn`), which the train step averages into
+  # the running averages; None with `--batchnorm=batch`.
+  batch_stats_fn: Optional[Callable] = None
+
+  def initial_batch_stats(self, params):
+    """The running averages before training (None without them)."""
+    if self.batch_stats_fn is None:
+      return None
+    return models.init_running_stats(self.batch_stats_fn, params,
+                                     self.image_shape)
 
 
 def image_shape(config: Config) -> Tuple[int, int, int]:
@@ -108,7 +119,9 @@ def build(config: Config) -> Built:
   if entry.objective.check_attack is not None:
     entry.objective.check_attack(attack)
   bound = entry.bind(apply_fn, attack, config)
-  return Built(config, model, apply_fn, bound, shape)
+  stats_fn = (models.make_batch_stats_fn(model)
+              if config.model.batchnorm == "running" else None)
+  return Built(config, model, apply_fn, bound, shape, stats_fn)
 
 
 # (dataset, data_dir) -> {split: class names} of the splits loaded so far.

@@ -4,7 +4,8 @@
       config.json      the run's `config.Config` (nested sections)
       metrics.jsonl    one JSON line of training metrics per logged step
       checkpoints/<step>/
-        state/         the `TrainState` (params, optimizer state, step)
+        state/         the `TrainState` (params, optimizer state, step, and
+                       the BatchNorm running averages of --batchnorm=running)
         config/        the config the state was trained with (JSON)
 
 The orbax `CheckpointManager` owns the save interval
@@ -234,7 +235,7 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
     raise NonFiniteLossError(
         f"the parameters of step {step} are not finite: that checkpoint is "
         "not saved, and the run stops.")
-  items = {"state": ocp.args.StandardSave(state)}
+  items = {"state": ocp.args.StandardSave(_on_disk(state))}
   if config is not None:
     items["config"] = ocp.args.JsonSave(config.to_dict())
   try:
@@ -253,6 +254,16 @@ def save(mgr, state, config: Optional[Config] = None) -> None:
         + (f"The checkpoint of step {kept} is kept. " if kept is not None
            else "No checkpoint was saved before. ")
         + "Free some space and run the same command to resume.") from None
+
+
+def _on_disk(state):
+  """The state as it is written: its fields by name, without `batch_stats`
+  when it is None (`--batchnorm=batch`), so those checkpoints have the
+  layout of the ones written before the field existed, and both read."""
+  fields = state._asdict()
+  if fields.get("batch_stats", 0) is None:
+    del fields["batch_stats"]
+  return fields
 
 
 def _size(nbytes: int) -> str:
@@ -290,8 +301,8 @@ def restore(mgr, target, step: Optional[int] = None, *,
 
   Args:
     mgr: the manager.
-    target: a pytree like the saved state (its leaves give shape, dtype and
-      sharding).
+    target: a state like the saved one (a `TrainState`; its leaves give
+      shape, dtype and sharding).
     step: the step to restore (default: the newest).
     fall_back: when the newest checkpoint cannot be read, warn, move it
       aside to `<step>.corrupt` and try the next older one (only with
@@ -301,11 +312,11 @@ def restore(mgr, target, step: Optional[int] = None, *,
     DataError: with `fall_back`, no checkpoint could be read.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _on_disk(target))
   def read(s):
     with _one_line_errors():
-      return mgr.restore(s, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))["state"]
+      return type(target)(**mgr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))["state"])
   if step is not None or not fall_back:
     step = mgr.latest_step() if step is None else step
     return None if step is None else read(step)

@@ -101,7 +101,8 @@ def train(config: Config, workdir: str, *,
         episodes.make_source(train_split, jax.local_devices()[0]), mesh)
     # The step runs the resolved config (`auto` speed settings for the
     # backend); config.json keeps what was asked.
-    step_fn = jitted_train_iteration(built.learner, built.config, mesh)
+    step_fn = jitted_train_iteration(built.learner, built.config, mesh,
+                                     built.batch_stats_fn)
     state = _run_steps(config, workdir, manager, state, source, step_fn,
                        resumed=resumed, progress=progress and primary,
                        primary=primary, step_callback=step_callback)
@@ -156,7 +157,8 @@ def _initial_state(built: Built, manager, mesh) -> Tuple[TrainState, bool]:
   init_key, _ = run_keys(config.meta.seed)
   params = models.init_params(built.model, init_key, built.image_shape)
   state = sharding_lib.replicate(
-      init_state(params, config_optimizer(config)), mesh)
+      init_state(params, config_optimizer(config),
+                 built.initial_batch_stats(params)), mesh)
   restored = checkpoints.restore(manager, state, fall_back=True)
   if restored is None:
     return state, False

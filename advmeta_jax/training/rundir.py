@@ -151,8 +151,8 @@ def restore_run(workdir: str, config: Config,
   """The train state of a finished or interrupted run in `workdir`."""
   exp = build(config.validate())
   optimizer = config_optimizer(config)
-  target = init_state(models.init_params(exp.model, jax.random.key(0),
-                                         exp.image_shape), optimizer)
+  params = models.init_params(exp.model, jax.random.key(0), exp.image_shape)
+  target = init_state(params, optimizer, exp.initial_batch_stats(params))
   manager = checkpoints.manager(workdir)
   try:
     available = list(manager.all_steps())

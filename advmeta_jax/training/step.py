@@ -29,6 +29,7 @@ import optax
 from advmeta_jax import learners
 from advmeta_jax.config import Config
 from advmeta_jax.core import episodes
+from advmeta_jax.core import models
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.learners import objectives
 from advmeta_jax.training import sharding as sharding_lib
@@ -37,10 +38,21 @@ Array = jax.Array
 
 
 class TrainState(NamedTuple):
-  """The whole state of meta-training (a pytree, checkpointed as is)."""
+  """The whole state of meta-training (a pytree, checkpointed as is):
+  the step, the parameters, the optimizer's state and, with
+  `--batchnorm=running`, the BatchNorm running averages
+  (`models.init_running_stats`; None otherwise)."""
   step: Array
   params: Any
   opt_state: Any
+  batch_stats: Any = None
+
+  @property
+  def meta_test_params(self):
+    """The parameters the meta-test runs: `params`, with the running
+    averages beside each BatchNorm's scale and offset when there are
+    (`models.with_running_stats`)."""
+    return models.with_running_stats(self.params, self.batch_stats)
 
 
 def make_optimizer(meta_lr: float, *, halve_every: int = 0,
@@ -65,9 +77,10 @@ def config_optimizer(config: Config) -> optax.GradientTransformation:
                         weight_decay=m.meta_weight_decay)
 
 
-def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+def init_state(params, optimizer: optax.GradientTransformation,
+               batch_stats=None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params))
+                    opt_state=optimizer.init(params), batch_stats=batch_stats)
 
 
 def _rounds(parallel_tasks: int, b: int):
@@ -214,9 +227,38 @@ def batch_value_and_grad(learner: learners.Bound,
   return fn
 
 
+def update_running_stats(batch_stats_fn, params, tasks: episodes.Task,
+                         running, *, parallel_tasks: int = 0):
+  """The BatchNorm running averages after one step's tasks, as MetaOptNet's
+  training step moves them: its embedding is called on the support, then on
+  the query, and each call moves PyTorch's running averages by momentum 0.1
+  towards that batch's mean and unbiased variance. Here each task is a
+  batch of its own (the learners normalize per task), so a call's
+  statistics are those of the tasks' supports (then queries) averaged over
+  the B tasks: two updates per step, at the step's parameters θ before its
+  update, from the clean images.
+
+  Args:
+    batch_stats_fn: `models.make_batch_stats_fn(model)`.
+    params: θ.
+    tasks: the step's tasks (`[B, ...]`).
+    running: the running averages (`models.init_running_stats`).
+    parallel_tasks: tasks at a time (`map_over_tasks`).
+  """
+  b = tasks.query_labels.shape[0]
+  per_task = lambda t, _: (batch_stats_fn(params, t.support_images),
+                           batch_stats_fn(params, t.query_images))
+  support, query = map_over_tasks(per_task, tasks, jnp.zeros((b,)),
+                                  parallel_tasks=parallel_tasks)
+  for stats in (support, query):
+    running = models.update_running_stats(
+        running, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats))
+  return jax.lax.stop_gradient(running)
+
+
 def make_train_step(learner: learners.Bound,
                     optimizer: optax.GradientTransformation, *,
-                    parallel_tasks: int = 0):
+                    parallel_tasks: int = 0, batch_stats_fn=None):
   """The meta-train step `(state, tasks, key) -> (state, metrics)`.
 
   Pure and un-jitted. The meta-gradient is the gradient of the batch outer
@@ -226,7 +268,9 @@ def make_train_step(learner: learners.Bound,
   Then "loss" is the sum of the phases' losses, each at the parameters it
   updated, "grad_norm" the norm of all their gradients, and the other
   metrics are those of the last phase. `parallel_tasks` bounds the tasks
-  adapted at once (memory; `batch_value_and_grad`).
+  adapted at once (memory; `batch_value_and_grad`). With `batch_stats_fn`
+  (`models.make_batch_stats_fn`, for `--batchnorm=running`) the step also
+  moves the state's BatchNorm running averages (`update_running_stats`).
   """
   phases = learner.update_phases()
   value_and_grads = [batch_value_and_grad(learner, combine, parallel_tasks)
@@ -242,18 +286,27 @@ def make_train_step(learner: learners.Bound,
       loss = loss + phase_loss
       sq_norm = sq_norm + optax.tree.norm(grads, squared=True)
     metrics = {"loss": loss, "grad_norm": jnp.sqrt(sq_norm), **aux}
-    return TrainState(state.step + 1, params, opt_state), metrics
+    batch_stats = state.batch_stats
+    if batch_stats_fn is not None:
+      batch_stats = update_running_stats(batch_stats_fn, state.params, tasks,
+                                         batch_stats,
+                                         parallel_tasks=parallel_tasks)
+    return TrainState(state.step + 1, params, opt_state,
+                      batch_stats), metrics
 
   return train_step
 
 
 @functools.lru_cache(maxsize=None)
-def jitted_train_iteration(learner: learners.Bound, config: Config, mesh):
+def jitted_train_iteration(learner: learners.Bound, config: Config, mesh,
+                           batch_stats_fn=None):
   """The jitted, sharded train iteration of `train`; cached, so runs with the
-  same config in one process (reproductions, tests) compile it once."""
+  same config in one process (reproductions, tests) compile it once.
+  `batch_stats_fn`: as `make_train_step`'s."""
   return jit_train_iteration(make_train_iteration(
       make_train_step(learner, config_optimizer(config),
-                      parallel_tasks=config.loop.parallel_tasks),
+                      parallel_tasks=config.loop.parallel_tasks,
+                      batch_stats_fn=batch_stats_fn),
       config, sharding_lib.task_sharding(mesh)), mesh)
 
 
