@@ -127,6 +127,8 @@ BAD_INPUT = [
      'error: inner_grad_clip must be a finite number >= 0, got -1.0.'),
     ('python -m launch.train --workdir=$TMP/m3 --backbone=conv4 --backbone_width=0.5',
      "error: backbone_width=0.5 scales the fixed-width backbones (conv4_64, conv4_wide, resnet12); backbone='conv4' takes its channels from --filters: drop --backbone_width."),
+    ('python -m launch.train --workdir=$TMP/m4 --batchnorm=running',
+     "error: batchnorm='running' applies to the learners without an inner loop (matchingnet, metaoptnet, protonet, r2d2), not 'maml': use batchnorm='batch'."),
     ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r5 --test_q_query=0',
      'error: test_q_query must be a positive integer, got 0.'),
     ('python -m launch.train --workdir=$TMP/r2 --r2d2_head=ridge',

@@ -20,10 +20,13 @@ MiniImageNet/CIFAR-FS, 64 for Omniglot. The metric learners (ProtoNet,
 Matching Networks) use the same network without the head
 (`make_conv4_embedding`): it maps images to their flattened last feature map.
 
-BatchNorm, in one place: it always normalises with the mean and variance of the
+BatchNorm, in one place: it normalises with the mean and variance of the
 batch in front of it (the support set during adaptation, the query set when the
-query is classified), per task under `jax.vmap`. There are no running averages,
-exactly as in the reference MAML code; this is transductive. The learned scale
+query is classified), per task under `jax.vmap`, exactly as in the reference
+MAML code; this is transductive. With `--batchnorm=running` the meta-test
+normalises with running averages kept beside the parameters instead
+(`TransductiveBatchNorm`, `make_batch_stats_fn`, `with_running_stats`;
+docs/conventions.md). The learned scale
 and offset are ordinary parameters and are adapted in the inner loop like every
 other parameter. The convolutions have no bias: BatchNorm's offset follows
 them, so a bias would be a parameter with an exactly zero gradient.
