@@ -32,6 +32,7 @@ from advmeta_jax.errors import ConfigError, DataError, Interrupted
 from advmeta_jax.errors import NonFiniteLossError
 from advmeta_jax.config import autotune
 from advmeta_jax.training import checkpoints
+from advmeta_jax.training import executables
 from advmeta_jax.training import rundir
 from advmeta_jax.training import sharding as sharding_lib
 from advmeta_jax.training.builders import build
@@ -71,6 +72,7 @@ def train(config: Config, workdir: str, *,
     ConfigError, DataError: bad config or data, before any compilation.
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
   """
+  began = time.perf_counter()
   config.validate()
   built = build(config)
   train_split = _checked_split(config, built, train_split)
@@ -100,11 +102,15 @@ def train(config: Config, workdir: str, *,
     source = sharding_lib.replicate(
         episodes.make_source(train_split, jax.local_devices()[0]), mesh)
     # The step runs the resolved config (`auto` speed settings for the
-    # backend); config.json keeps what was asked.
-    step_fn = jitted_train_iteration(built.learner, built.config, mesh)
+    # backend); config.json keeps what was asked. A relaunch loads its
+    # executable when the compilation cache is on (executables.py).
+    step_fn = executables.Cached(
+        jitted_train_iteration(built.learner, built.config, mesh),
+        (built.config, mesh), list(mesh.devices.flat))
     state = _run_steps(config, workdir, manager, state, source, step_fn,
                        resumed=resumed, progress=progress and primary,
-                       primary=primary, step_callback=step_callback)
+                       primary=primary, step_callback=step_callback,
+                       began=began)
   finally:
     _close(manager, lock)
   return sharding_lib.to_local(state, mesh)
@@ -162,6 +168,30 @@ def _initial_state(built: Built, manager, mesh) -> Tuple[TrainState, bool]:
     return state, False
   logging.info("resumed from the checkpoint at step %d", int(restored.step))
   return restored, True
+
+
+def seconds_since_process_start() -> Optional[float]:
+  """How long ago this process started (from /proc), or None where that
+  cannot be read."""
+  try:
+    with open("/proc/self/stat") as f:
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError, AttributeError):
+    return None
+
+
+def _log_first_step(began: float) -> None:
+  """Logs when the first step of this launch started (its program compiled
+  or loaded, and dispatched): the startup a relaunch's caches shorten."""
+  launch = seconds_since_process_start()
+  with tqdm.tqdm.external_write_mode():   # a line of its own, not the bar's
+      logging.info("first step started %s%.1f s after training began",
+                 "" if launch is None else
+                 f"{launch:.1f} s after the process started, ",
+                 time.perf_counter() - began)
 
 
 def _to_python(metrics) -> Dict[str, float]:
@@ -267,8 +297,8 @@ class _MetricsLog:
 
 def _run_steps(config: Config, workdir: str, manager, state: TrainState,
                source, step_fn, *, resumed: bool, progress: bool,
-               primary: bool, step_callback: Optional[StepCallback]
-               ) -> TrainState:
+               primary: bool, step_callback: Optional[StepCallback],
+               began: Optional[float] = None) -> TrainState:
   """Steps `state` to `config.loop.num_steps`: logs every `log_every`, saves
   every `checkpoint_every`, at the end and when asked to stop."""
   loop, start = config.loop, int(state.step)
@@ -288,6 +318,8 @@ def _run_steps(config: Config, workdir: str, manager, state: TrainState,
     with stop:
       for done in range(start + 1, loop.num_steps + 1):
         state, metrics = step_fn(state, source)   # state is donated
+        if done == start + 1 and began is not None:
+          _log_first_step(began)
         losses.dispatched(done, metrics)
         log.step()
         log_now = done % loop.log_every == 0 or done == loop.num_steps
