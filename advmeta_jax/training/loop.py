@@ -188,7 +188,7 @@ def _log_first_step(began: float) -> None:
   or loaded, and dispatched): the startup a relaunch's caches shorten."""
   launch = seconds_since_process_start()
   with tqdm.tqdm.external_write_mode():   # a line of its own, not the bar's
-      logging.info("first step started %s%.1f s after training began",
+    logging.info("first step started %s%.1f s after training began",
                  "" if launch is None else
                  f"{launch:.1f} s after the process started, ",
                  time.perf_counter() - began)
