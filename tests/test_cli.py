@@ -65,8 +65,9 @@ def test_a_relaunch_in_the_same_cache_compiles_nothing_before_its_first_step(
     tmp_path, restore_cache_dir, digits_train, caplog):
   """Two launches of one run into new workdirs, with what a process keeps in
   memory forgotten in between: the first stores the train iteration; the
-  second loads it and finds every other program (initialization, the
-  keys' splits) in XLA's cache: no compile, no miss."""
+  second (one step longer, its summaries on) loads it and finds every other
+  program (initialization, the keys' splits) in XLA's cache: no compile, no
+  miss."""
   del restore_cache_dir
   caplog.set_level(logging.INFO)
   cache = tmp_path / "xla"
@@ -83,8 +84,9 @@ def test_a_relaunch_in_the_same_cache_compiles_nothing_before_its_first_step(
   jax.monitoring.register_event_listener(listen)
   caplog.clear()
   try:
-    training.train(config, str(tmp_path / "second"),
-                   train_split=digits_train, progress=False)
+    training.train(tiny_config(num_steps=2, eval_episodes=0),
+                   str(tmp_path / "second"), train_split=digits_train,
+                   progress=False)
   finally:
     jax.monitoring.unregister_event_listener(listen)
   messages = [r.getMessage() for r in caplog.records]

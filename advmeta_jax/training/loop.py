@@ -13,6 +13,7 @@ run is bitwise the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -106,7 +107,7 @@ def train(config: Config, workdir: str, *,
     # executable when the compilation cache is on (executables.py).
     step_fn = executables.Cached(
         jitted_train_iteration(built.learner, built.config, mesh),
-        (built.config, mesh), list(mesh.devices.flat))
+        (iteration_config(built.config), mesh), list(mesh.devices.flat))
     state = _run_steps(config, workdir, manager, state, source, step_fn,
                        resumed=resumed, progress=progress and primary,
                        primary=primary, step_callback=step_callback,
@@ -114,6 +115,23 @@ def train(config: Config, workdir: str, *,
   finally:
     _close(manager, lock)
   return sharding_lib.to_local(state, mesh)
+
+
+# The settings that the train iteration does not read: when to log, save and
+# stop, where the data is, and the meta-test's.
+_NOT_IN_THE_ITERATION = ("num_steps", "log_every", "tensorboard",
+                         "checkpoint_every", "keep_checkpoints", "data_dir",
+                         "cache_dir")
+
+
+def iteration_config(config: Config) -> Config:
+  """`config` with the settings the train iteration does not read at their
+  defaults: runs that differ only in them (a longer run, another log
+  interval) share a stored iteration (executables.py)."""
+  defaults = type(config.loop)()
+  loop = dataclasses.replace(config.loop, **{
+      name: getattr(defaults, name) for name in _NOT_IN_THE_ITERATION})
+  return dataclasses.replace(config, loop=loop, eval=type(config.eval)())
 
 
 def _close(manager, lock) -> None:
