@@ -23,6 +23,7 @@ def restore_cache_dir():
   jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
   compilation_cache.reset_cache()
   executables._LOADED.clear()  # pylint: disable=protected-access
+  executables.enable(False)
 
 
 def test_launches_use_a_persistent_compilation_cache(tmp_path, monkeypatch,
@@ -95,3 +96,6 @@ def test_a_relaunch_in_the_same_cache_compiles_nothing_before_its_first_step(
   asked = events.count("/jax/compilation_cache/compile_requests_use_cache")
   assert asked > 0    # the eager programs went to the cache...
   assert events.count("/jax/compilation_cache/cache_hits") == asked  # ...and hit
+  # Only the launchers turn it on: Python callers of training.train trace.
+  executables.enable(False)
+  assert executables.cache_dir() is None

@@ -16,8 +16,12 @@ gave back does not serialize again whole, so after an edit of the package
 that leaves the program the same, relaunches trace it as without this cache
 (and load it from XLA's).
 
-It is used only with the compilation cache on and in a one-process run;
-anything that fails (an unreadable entry, a folder that cannot be written)
+It is used only where a launcher turned it on (`enable`, which the command
+-line programs call with the compilation cache: their learners, objectives
+and backbones are this package's, whose source the key covers; a library
+user's own registered code is not in the key, so `training.train` called
+from Python traces as usual), with the compilation cache on and in a
+one-process run; anything that fails (an unreadable entry, a folder that cannot be written)
 is a warning, and the iteration compiles as without it.
 """
 
@@ -37,16 +41,24 @@ import jax
 SUBDIR = "train_iteration"
 _FORMAT = "advmeta_jax train iteration v1"
 _LOADED: Dict[str, Callable] = {}   # key -> executable, within this process
+_ENABLED = [False]                  # set by `enable` (the launchers)
 # JAX settings that do not change a program: where and what to log or cache.
 _SETTINGS_IGNORED = ("cache", "log", "explain", "traceback", "dump", "pprint")
 _VERSIONS_OF = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "ml_dtypes")
 
 
+def enable(on: bool = True) -> None:
+  """Turns the stored train iterations on (the launchers do, with XLA's
+  compilation cache) or off (the default for `training.train` called from
+  Python)."""
+  _ENABLED[0] = bool(on)
+
+
 def cache_dir() -> Optional[str]:
-  """The folder of the stored iterations, or None: XLA's compilation cache
-  is off, or the run has several processes."""
+  """The folder of the stored iterations, or None: not `enable`d, XLA's
+  compilation cache is off, or the run has several processes."""
   base = jax.config.jax_compilation_cache_dir
-  if not base or jax.process_count() > 1:
+  if not _ENABLED[0] or not base or jax.process_count() > 1:
     return None
   return os.path.join(base, SUBDIR)
 
