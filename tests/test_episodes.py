@@ -16,6 +16,7 @@ from sklearn import datasets as sk_datasets
 
 from advmeta_jax.core import episodes
 from advmeta_jax.datasets import base
+from advmeta_jax.datasets import digits as digits_lib
 from advmeta_jax.errors import ConfigError, DataError
 
 
@@ -182,6 +183,16 @@ def _digit_of_image():
   table = {im.tobytes(): int(t) for im, t in zip(images, raw.target)}
   assert len(table) == len(images)       # no two digit images are identical
   return table
+
+
+def test_digits_are_read_as_scikit_learn_loads_them():
+  """The digits' file is read without importing scikit-learn (a second of a
+  launch's start), into the arrays `sklearn.datasets.load_digits` gives."""
+  images, target = digits_lib._sklearn_digits()  # pylint: disable=protected-access
+  raw = sk_datasets.load_digits()
+  assert images.dtype == raw.images.dtype and target.dtype == raw.target.dtype
+  np.testing.assert_array_equal(images, raw.images)
+  np.testing.assert_array_equal(target, raw.target)
 
 
 def test_digits_splits_never_mix(digits_train, digits_test):

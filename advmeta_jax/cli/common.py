@@ -49,6 +49,8 @@ def enable_compilation_cache(path=None) -> Optional[str]:
   if path is None:
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
         default_compilation_cache_dir())
+  from advmeta_jax.training import executables  # pylint: disable=g-import-not-at-top
+  executables.enable(bool(path))
   if not path:
     return None
   path = os.path.expanduser(path)
@@ -58,6 +60,7 @@ def enable_compilation_cache(path=None) -> Optional[str]:
       raise PermissionError(f"{path} is not writable")
   except OSError as e:
     logging.warning("no compilation cache (%s); every program compiles.", e)
+    executables.enable(False)
     return None
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", path)

@@ -48,7 +48,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats as scipy_stats
 
 from advmeta_jax.errors import ConfigError
 
@@ -116,6 +115,7 @@ def lower_confidence_bound(successes, trials, alpha: float) -> np.ndarray:
   proportion: the α quantile of Beta(k, n − k + 1), 0 for k = 0 (the
   authors' `_lower_confidence_bound`, statsmodels' `method="beta"` at
   2α)."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
   k = np.asarray(successes, np.float64)
   n = np.asarray(trials, np.float64)
   with np.errstate(invalid="ignore"):
@@ -146,6 +146,7 @@ def certify_counts(selection_counts, estimation_counts, *, alpha: float,
     alpha: the failure probability α.
     sigma: the noise's σ.
   """
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
   selection = np.asarray(selection_counts)
   estimation = np.asarray(estimation_counts)
   top = np.argmax(selection, axis=-1)
@@ -163,6 +164,7 @@ def predict_counts(counts, *, alpha: float) -> np.ndarray:
   """PREDICT from the counts of its n draws: the top class, or `ABSTAIN`
   where the binomial test of the top two counts (n1 of n1 + n2 at p = 1/2,
   two-sided, `scipy.stats.binomtest`) has a p-value above α."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
   counts = np.asarray(counts)
   out = np.full(counts.shape[0], ABSTAIN, np.int64)
   for i, row in enumerate(counts):

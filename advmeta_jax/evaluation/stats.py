@@ -29,7 +29,6 @@ import math
 from typing import Optional, Tuple
 
 import numpy as np
-from scipy import special
 
 LEVEL = 0.95
 RESAMPLES = 10_000
@@ -43,6 +42,7 @@ def _sample(values) -> np.ndarray:
 
 def t_quantile(q: float, df: float) -> float:
   """The `q` quantile of Student's t with `df` degrees of freedom."""
+  from scipy import special  # pylint: disable=g-import-not-at-top
   return float(special.stdtrit(df, q))
 
 
@@ -197,6 +197,7 @@ def paired_t_power(difference: float, sd: float, n: int,
   df = n - 1
   crit = t_quantile(1 - alpha / 2, df)
   nc = abs(difference) * math.sqrt(n) / sd
+  from scipy import special  # pylint: disable=g-import-not-at-top
   return float(1 - special.nctdtr(df, nc, crit) + special.nctdtr(df, nc, -crit))
 
 
@@ -213,6 +214,7 @@ def samples_needed(difference: float, sd: float, power: float = 0.8,
     return None
   if sd <= 0:
     return 2
+  from scipy import special  # pylint: disable=g-import-not-at-top
   z = special.ndtri(1 - alpha / 2) + special.ndtri(power)
   n = max(2, int(math.ceil((z * sd / abs(difference)) ** 2)))
   if n > max_n:

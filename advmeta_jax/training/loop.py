@@ -13,6 +13,7 @@ run is bitwise the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ from advmeta_jax.errors import ConfigError, DataError, Interrupted
 from advmeta_jax.errors import NonFiniteLossError
 from advmeta_jax.config import autotune
 from advmeta_jax.training import checkpoints
+from advmeta_jax.training import executables
 from advmeta_jax.training import rundir
 from advmeta_jax.training import sharding as sharding_lib
 from advmeta_jax.training.builders import build
@@ -71,6 +73,7 @@ def train(config: Config, workdir: str, *,
     ConfigError, DataError: bad config or data, before any compilation.
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
   """
+  began = time.perf_counter()
   config.validate()
   built = build(config)
   train_split = _checked_split(config, built, train_split)
@@ -100,15 +103,36 @@ def train(config: Config, workdir: str, *,
     source = sharding_lib.replicate(
         episodes.make_source(train_split, jax.local_devices()[0]), mesh)
     # The step runs the resolved config (`auto` speed settings for the
-    # backend); config.json keeps what was asked.
-    step_fn = jitted_train_iteration(built.learner, built.config, mesh,
-                                     built.batch_stats_fn)
+    # backend); config.json keeps what was asked. A relaunch loads its
+    # executable when a launcher turned that on (executables.py).
+    step_fn = executables.Cached(
+        jitted_train_iteration(built.learner, built.config, mesh,
+                               built.batch_stats_fn),
+        (iteration_config(built.config), mesh), list(mesh.devices.flat))
     state = _run_steps(config, workdir, manager, state, source, step_fn,
                        resumed=resumed, progress=progress and primary,
-                       primary=primary, step_callback=step_callback)
+                       primary=primary, step_callback=step_callback,
+                       began=began)
   finally:
     _close(manager, lock)
   return sharding_lib.to_local(state, mesh)
+
+
+# The settings that the train iteration does not read: when to log, save and
+# stop, where the data is, and the meta-test's.
+_NOT_IN_THE_ITERATION = ("num_steps", "log_every", "tensorboard",
+                         "checkpoint_every", "keep_checkpoints", "data_dir",
+                         "cache_dir")
+
+
+def iteration_config(config: Config) -> Config:
+  """`config` with the settings the train iteration does not read at their
+  defaults: runs that differ only in them (a longer run, another log
+  interval) share a stored iteration (executables.py)."""
+  defaults = type(config.loop)()
+  loop = dataclasses.replace(config.loop, **{
+      name: getattr(defaults, name) for name in _NOT_IN_THE_ITERATION})
+  return dataclasses.replace(config, loop=loop, eval=type(config.eval)())
 
 
 def _close(manager, lock) -> None:
@@ -164,6 +188,30 @@ def _initial_state(built: Built, manager, mesh) -> Tuple[TrainState, bool]:
     return state, False
   logging.info("resumed from the checkpoint at step %d", int(restored.step))
   return restored, True
+
+
+def seconds_since_process_start() -> Optional[float]:
+  """How long ago this process started (from /proc), or None where that
+  cannot be read."""
+  try:
+    with open("/proc/self/stat") as f:
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError, AttributeError):
+    return None
+
+
+def _log_first_step(began: float) -> None:
+  """Logs when the first step of this launch started (its program compiled
+  or loaded, and dispatched): the startup a relaunch's caches shorten."""
+  launch = seconds_since_process_start()
+  with tqdm.tqdm.external_write_mode():   # a line of its own, not the bar's
+    logging.info("first step started %s%.1f s after training began",
+                 "" if launch is None else
+                 f"{launch:.1f} s after the process started, ",
+                 time.perf_counter() - began)
 
 
 def _to_python(metrics) -> Dict[str, float]:
@@ -269,8 +317,8 @@ class _MetricsLog:
 
 def _run_steps(config: Config, workdir: str, manager, state: TrainState,
                source, step_fn, *, resumed: bool, progress: bool,
-               primary: bool, step_callback: Optional[StepCallback]
-               ) -> TrainState:
+               primary: bool, step_callback: Optional[StepCallback],
+               began: Optional[float] = None) -> TrainState:
   """Steps `state` to `config.loop.num_steps`: logs every `log_every`, saves
   every `checkpoint_every`, at the end and when asked to stop."""
   loop, start = config.loop, int(state.step)
@@ -290,6 +338,8 @@ def _run_steps(config: Config, workdir: str, manager, state: TrainState,
     with stop:
       for done in range(start + 1, loop.num_steps + 1):
         state, metrics = step_fn(state, source)   # state is donated
+        if done == start + 1 and began is not None:
+          _log_first_step(began)
         losses.dispatched(done, metrics)
         log.step()
         log_now = done % loop.log_every == 0 or done == loop.num_steps

@@ -35,22 +35,31 @@ class SummaryWriter:
     self.logdir = logdir
     self._writer = None
     self._protos = None
-    try:
-      # pylint: disable=g-import-not-at-top
-      from tensorboard.compat.proto import event_pb2
-      from tensorboard.compat.proto import summary_pb2
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter
-      # pylint: enable=g-import-not-at-top
-      os.makedirs(logdir, exist_ok=True)
-      self._protos = (event_pb2, summary_pb2)
-      self._writer = EventFileWriter(logdir)
-      if resumed_at is not None:
-        self._add(event_pb2.Event(
-            wall_time=time.time(), step=int(resumed_at) + 1,
-            session_log=event_pb2.SessionLog(
-                status=event_pb2.SessionLog.START)))
-    except Exception as e:  # pylint: disable=broad-except
-      self._fail(e)
+    # Opened at the first use: its imports (0.2-0.3 s) come after a
+    # launch's first step, not before it.
+    self._resumed_at, self._unopened = resumed_at, True
+
+  def _open(self) -> bool:
+    """Opens the event file at the first call; whether it is writable."""
+    if self._unopened:
+      self._unopened = False
+      try:
+        # pylint: disable=g-import-not-at-top
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        # pylint: enable=g-import-not-at-top
+        os.makedirs(self.logdir, exist_ok=True)
+        self._protos = (event_pb2, summary_pb2)
+        self._writer = EventFileWriter(self.logdir)
+        if self._resumed_at is not None:
+          self._add(event_pb2.Event(
+              wall_time=time.time(), step=int(self._resumed_at) + 1,
+              session_log=event_pb2.SessionLog(
+                  status=event_pb2.SessionLog.START)))
+      except Exception as e:  # pylint: disable=broad-except
+        self._fail(e)
+    return self._writer is not None
 
   def _fail(self, error: Exception) -> None:
     logging.warning("TensorBoard summaries in %s stopped (%s: %s); "
@@ -69,7 +78,7 @@ class SummaryWriter:
   def scalars(self, step: int, values: Mapping[str, float], *,
               prefix: str = "") -> None:
     """One point per finite number of `values`, tagged `prefix + name`."""
-    if self._writer is None:
+    if not self._open():
       return
     event_pb2, summary_pb2 = self._protos
     points = [summary_pb2.Summary.Value(tag=prefix + name,
@@ -82,14 +91,14 @@ class SummaryWriter:
                                 summary=summary_pb2.Summary(value=points)))
 
   def flush(self) -> None:
-    if self._writer is not None:
+    if self._open():
       try:
         self._writer.flush()
       except Exception as e:  # pylint: disable=broad-except
         self._fail(e)
 
   def close(self) -> None:
-    if self._writer is not None:
+    if self._open():
       try:
         self._writer.close()
       except Exception as e:  # pylint: disable=broad-except
