@@ -13,7 +13,6 @@ run is bitwise the same run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -42,6 +41,7 @@ from advmeta_jax.training.builders import load_split
 from advmeta_jax.training.checkpoints import CHECKPOINT_DIR
 from advmeta_jax.training.checkpoints import METRICS_FILE
 from advmeta_jax.training.step import init_state
+from advmeta_jax.training.step import iteration_config
 from advmeta_jax.training.step import jitted_train_iteration
 from advmeta_jax.training.step import config_optimizer
 from advmeta_jax.training.step import run_keys
@@ -116,23 +116,6 @@ def train(config: Config, workdir: str, *,
   finally:
     _close(manager, lock)
   return sharding_lib.to_local(state, mesh)
-
-
-# The settings that the train iteration does not read: when to log, save and
-# stop, where the data is, and the meta-test's.
-_NOT_IN_THE_ITERATION = ("num_steps", "log_every", "tensorboard",
-                         "checkpoint_every", "keep_checkpoints", "data_dir",
-                         "cache_dir")
-
-
-def iteration_config(config: Config) -> Config:
-  """`config` with the settings the train iteration does not read at their
-  defaults: runs that differ only in them (a longer run, another log
-  interval) share a stored iteration (executables.py)."""
-  defaults = type(config.loop)()
-  loop = dataclasses.replace(config.loop, **{
-      name: getattr(defaults, name) for name in _NOT_IN_THE_ITERATION})
-  return dataclasses.replace(config, loop=loop, eval=type(config.eval)())
 
 
 def _close(manager, lock) -> None:

@@ -19,6 +19,7 @@ reduction order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -297,17 +298,44 @@ def make_train_step(learner: learners.Bound,
   return train_step
 
 
-@functools.lru_cache(maxsize=None)
+# The settings that the train iteration does not read: when to log, save and
+# stop, where the data is, and the meta-test's.
+_NOT_IN_THE_ITERATION = ("num_steps", "log_every", "tensorboard",
+                         "checkpoint_every", "keep_checkpoints", "data_dir",
+                         "cache_dir")
+
+
+def iteration_config(config: Config) -> Config:
+  """`config` with the settings the train iteration does not read at their
+  defaults: runs that differ only in them (a longer run, another log
+  interval) share a stored iteration (executables.py)."""
+  defaults = type(config.loop)()
+  loop = dataclasses.replace(config.loop, **{
+      name: getattr(defaults, name) for name in _NOT_IN_THE_ITERATION})
+  return dataclasses.replace(config, loop=loop, eval=type(config.eval)())
+
+
 def jitted_train_iteration(learner: learners.Bound, config: Config, mesh,
                            batch_stats_fn=None):
-  """The jitted, sharded train iteration of `train`; cached, so runs with the
-  same config in one process (reproductions, tests) compile it once.
-  `batch_stats_fn`: as `make_train_step`'s."""
+  """The jitted, sharded train iteration of `train`; cached on the settings
+  it reads (`iteration_config`), so runs in one process (reproductions,
+  tests) that differ only in their length, logging or meta-test trace and
+  compile it once. `batch_stats_fn`: as `make_train_step`'s."""
+  return _jitted_train_iteration(learner, iteration_config(config), mesh,
+                                 batch_stats_fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_train_iteration(learner: learners.Bound, config: Config, mesh,
+                            batch_stats_fn=None):
   return jit_train_iteration(make_train_iteration(
       make_train_step(learner, config_optimizer(config),
                       parallel_tasks=config.loop.parallel_tasks,
                       batch_stats_fn=batch_stats_fn),
       config, sharding_lib.task_sharding(mesh)), mesh)
+
+
+jitted_train_iteration.cache_clear = _jitted_train_iteration.cache_clear
 
 
 def run_keys(seed: int) -> Tuple[Array, Array]:
