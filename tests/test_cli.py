@@ -71,6 +71,9 @@ def test_a_relaunch_in_the_same_cache_compiles_nothing_before_its_first_step(
   miss."""
   del restore_cache_dir
   caplog.set_level(logging.INFO)
+  # absl's own logger too: a launcher run earlier in this worker may have
+  # set its verbosity above INFO.
+  caplog.set_level(logging.INFO, logger="absl")
   cache = tmp_path / "xla"
   common.enable_compilation_cache(str(cache))
   compilation_cache.reset_cache()

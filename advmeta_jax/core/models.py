@@ -68,6 +68,15 @@ import jax.numpy as jnp
 
 from advmeta_jax.errors import ConfigError
 from advmeta_jax.core.hybrid_conv import conv3x3_hybrid
+# `--batchnorm`, the running averages' names, start, update and merge
+# (re-exported here beside the BatchNorm that uses them).
+from advmeta_jax.core.batchnorm import BATCH_STATS
+from advmeta_jax.core.batchnorm import BATCHNORM_MODES  # pylint: disable=unused-import
+from advmeta_jax.core.batchnorm import init_running_stats  # pylint: disable=unused-import
+from advmeta_jax.core.batchnorm import RUNNING_MEAN
+from advmeta_jax.core.batchnorm import RUNNING_VAR
+from advmeta_jax.core.batchnorm import update_running_stats  # pylint: disable=unused-import
+from advmeta_jax.core.batchnorm import with_running_stats  # pylint: disable=unused-import
 
 CONV_IMPLS = ("matmul", "xla", "hybrid")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -150,21 +159,6 @@ class Conv3x3(nn.Module):
     return conv(x, kernel, self.compute_dtype)
 
 
-# `--batchnorm`: what BatchNorm normalizes with at meta-test ("batch": the
-# statistics of the batch in front of it, as in training; "running": the
-# running averages of training, PyTorch's `eval()`).
-BATCHNORM_MODES = ("batch", "running")
-# The flax collection a training forward pass writes each BatchNorm's batch
-# statistics to when it is mutable (`make_batch_stats_fn`), and the names of
-# the running averages in a BatchNorm's parameters at meta-test
-# (`with_running_stats`, PyTorch's buffer names).
-BATCH_STATS = "batch_stats"
-RUNNING_MEAN = "running_mean"
-RUNNING_VAR = "running_var"
-# PyTorch's BatchNorm momentum: running = (1 − m)·running + m·batch.
-BATCHNORM_MOMENTUM = 0.1
-
-
 class TransductiveBatchNorm(nn.Module):
   """BatchNorm over (N, H, W) with the statistics of the current batch only,
   unless its parameters hold running averages (`RUNNING_MEAN`,
@@ -188,7 +182,8 @@ class TransductiveBatchNorm(nn.Module):
     else:
       mean = jnp.mean(x, axis=(0, 1, 2))
       var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-      if self.is_mutable_collection(BATCH_STATS):
+      if (self.is_mutable_collection(BATCH_STATS)
+          and not self.is_initializing()):
         n = x.shape[0] * x.shape[1] * x.shape[2]
         self.put_variable(BATCH_STATS, "mean", jax.lax.stop_gradient(mean))
         self.put_variable(BATCH_STATS, "var", jax.lax.stop_gradient(
@@ -546,41 +541,6 @@ def make_batch_stats_fn(model: nn.Module) -> Callable[[dict, Array], dict]:
                                mutable=[BATCH_STATS])
     return variables[BATCH_STATS]
   return stats_fn
-
-
-def init_running_stats(stats_fn: Callable[[dict, Array], dict], params,
-                       image_shape: Sequence[int]):
-  """The running averages before training, as PyTorch's: mean 0 and
-  variance 1 for every BatchNorm `stats_fn` (`make_batch_stats_fn`)
-  reports."""
-  shapes = jax.eval_shape(stats_fn, params,
-                          jnp.zeros((2, *image_shape), jnp.float32))
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: (jnp.zeros if path[-1].key == "mean" else jnp.ones)(
-          s.shape, s.dtype), shapes)
-
-
-def update_running_stats(running, batch, momentum: float = BATCHNORM_MOMENTUM):
-  """PyTorch's update of BatchNorm's running averages by one batch's
-  statistics: (1 − momentum)·running + momentum·batch, leaf by leaf."""
-  return jax.tree.map(lambda r, b: (1.0 - momentum) * r + momentum * b,
-                      running, batch)
-
-
-def with_running_stats(params, running):
-  """`params` with each BatchNorm's running averages beside its scale and
-  offset (`RUNNING_MEAN`, `RUNNING_VAR`), so that `apply(params, x)`
-  normalizes with them (`TransductiveBatchNorm`); `params` itself when
-  `running` is None."""
-  if running is None:
-    return params
-  merged = dict(params)
-  for name, value in running.items():
-    if isinstance(value, dict):
-      merged[name] = with_running_stats(params[name], value)
-    else:
-      merged[{"mean": RUNNING_MEAN, "var": RUNNING_VAR}[name]] = value
-  return merged
 
 
 def num_params(params) -> int:

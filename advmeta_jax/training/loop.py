@@ -298,6 +298,16 @@ class _MetricsLog:
       self.summaries.close()
 
 
+def _progress_bar(num_steps: int, start: int) -> Optional[tqdm.tqdm]:
+  """The steps' progress bar (refreshed every 30 s when stderr is not a
+  terminal), or None when no step is left."""
+  if start >= num_steps:
+    return None
+  return tqdm.tqdm(total=num_steps, initial=start, unit="step",
+                   dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
 def _run_steps(config: Config, workdir: str, manager, state: TrainState,
                source, step_fn, *, resumed: bool, progress: bool,
                primary: bool, step_callback: Optional[StepCallback],
@@ -305,11 +315,7 @@ def _run_steps(config: Config, workdir: str, manager, state: TrainState,
   """Steps `state` to `config.loop.num_steps`: logs every `log_every`, saves
   every `checkpoint_every`, at the end and when asked to stop."""
   loop, start = config.loop, int(state.step)
-  bar = None
-  if progress and start < loop.num_steps:
-    bar = tqdm.tqdm(total=loop.num_steps, initial=start, unit="step",
-                    dynamic_ncols=True,
-                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
+  bar = _progress_bar(loop.num_steps, start) if progress else None
   summaries = (SummaryWriter(os.path.join(workdir, TB_DIR),
                              resumed_at=start if resumed else None)
                if primary and loop.tensorboard else None)
