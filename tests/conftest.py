@@ -42,10 +42,11 @@ def duplicated_names(path) -> list:
 
 def pytest_configure(config):
   """Refuses to run a suite in which a test file defines a name twice; the
-  unit tier compiles with `jax_disable_most_optimizations` (see below)."""
+  unit and integration tiers compile with `jax_disable_most_optimizations`
+  (see below), the slow tier as users' runs do."""
   expr = config.option.markexpr or ""
   if "slow" not in expr.replace("not slow", ""):
-    unit_tier_compiles_unoptimized()
+    tiers_compile_unoptimized()
   for path in sorted(pathlib.Path(__file__).parent.glob("test_*.py")):
     twice = duplicated_names(path)
     if twice:
@@ -66,11 +67,12 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
 
 
-def unit_tier_compiles_unoptimized():
-  """XLA compiles the unit tier's tiny programs with most optimizations off
-  (`jax_disable_most_optimizations`, also for the launchers it starts), as
-  flax's own tests do: measured here, the compile-bound tests take about 30%
-  less time. Tests that run many steps (a model trained in a fixture) and the
+def tiers_compile_unoptimized():
+  """XLA compiles the unit and integration tiers' tiny programs with most
+  optimizations off (`jax_disable_most_optimizations`, also for the
+  launchers and notebook kernels they start), as flax's own tests do:
+  measured here, the compile-bound unit tests take about 30% less time, and
+  the integration tier 8.3 minutes instead of 12. Tests that run many steps (a model trained in a fixture) and the
   equality tests of the speed settings turn them back on
   (`optimizations_on` below), as does the test of the max-pool miscompile.
   Two tolerances did not hold without them: the hybrid convolution against

@@ -138,7 +138,7 @@ def test_auto_gives_the_loss_and_meta_gradient_of_every_explicit_setting():
   speed = lambda c: (c.loop.conv_impl, c.loop.parallel_tasks, c.loop.remat)
   cpu = speed(autotune.resolve(base, backend="cpu", num_devices=1))
   gpu = speed(autotune.resolve(base, backend="gpu", num_devices=1))
-  settings = {cpu, gpu, ("matmul", 0, True), ("xla", 1, False)}
+  settings = {cpu, gpu, ("xla", 1, False)}
   assert {s[0] for s in settings} == set(models.CONV_IMPLS), settings
   assert {s[1] for s in settings} == {0, 1}, settings
   assert {s[2] for s in settings} == {False, True}, settings

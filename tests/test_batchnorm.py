@@ -240,6 +240,7 @@ def test_a_checkpoint_without_running_averages_reads_as_before(tmp_path):
   assert set(saved) == {"step", "params", "opt_state"}
 
 
+@pytest.mark.integration   # a whole run, resumed or relaunched
 def test_the_running_averages_survive_a_checkpoint_and_a_resume(
     tmp_path, digits_train):
   """Trained 2 steps straight, or 1 step then resumed to 2: the same

@@ -62,6 +62,7 @@ def _forget_compiled_programs():
   models.make_apply_fn.cache_clear()
 
 
+@pytest.mark.integration   # a whole run, resumed or relaunched
 def test_a_relaunch_in_the_same_cache_compiles_nothing_before_its_first_step(
     tmp_path, restore_cache_dir, digits_train, caplog):
   """Two launches of one run into new workdirs, with what a process keeps in

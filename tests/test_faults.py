@@ -56,6 +56,7 @@ def _largest_file(directory):
   return max(files, key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.integration   # a whole run, resumed or relaunched
 def test_truncated_newest_checkpoint_falls_back_and_loses_nothing(
     tmp_path, digits_train, caplog):
   workdir = tmp_path / "run"
@@ -247,6 +248,7 @@ def test_evaluation_refuses_a_checkpoint_of_another_config(
     training.restore_run(str(workdir), _tiny(num_steps=1, filters=16))
 
 
+@pytest.mark.integration   # a whole run, resumed or relaunched
 def test_disk_full_during_a_save_stops_cleanly(tmp_path, digits_train,
                                                monkeypatch):
   workdir = tmp_path / "run"

@@ -129,30 +129,39 @@ def two_runs(tiny_model):
           protocol.Run("aq", config.replace(learner="aq"), p1)]
 
 
+# Every support mode, both query modes and the KDE's clean/adv; all six
+# cases run end to end in the integration tier (ADML's Table 1, shrunk, and
+# the analysis notebook).
+CASES = evaluation.parse_cases("clean/clean,clean/adv,adv/clean,mixed/adv")
+
+
 @pytest.fixture(scope="module")
-def six_case_cells(two_runs, digits_test):
+def case_cells(two_runs, digits_test):
   return protocol.evaluate_runs(
-      two_runs, cases=evaluation.ALL_CASES, attack_specs=(FGSM,),
+      two_runs, cases=CASES, attack_specs=(FGSM,),
       num_episodes=4, inner_steps=1, curves=True, adversarial_curves=True,
       data=digits_test,
       log=lambda _: None)
 
 
-def test_six_cases_give_six_cells_per_learner(six_case_cells):
+def test_the_cases_give_a_cell_each_per_learner(case_cells):
+  assert [c.name for c in evaluation.ALL_CASES] == [
+      "clean/clean", "clean/adv", "adv/clean", "adv/adv", "mixed/clean",
+      "mixed/adv"]
   per_learner = {}
-  for cell in six_case_cells:
+  for cell in case_cells:
     per_learner.setdefault(cell.run, []).append(cell.case.name)
-  assert per_learner == {name: [c.name for c in evaluation.ALL_CASES]
+  assert per_learner == {name: [c.name for c in CASES]
                          for name in ("maml", "aq")}
-  for cell in six_case_cells:
+  for cell in case_cells:
     assert cell.result.num_episodes == 4
     assert cell.result.step_accuracy.shape == (4, 2)   # before + 1 step
     if cell.case.query == "clean":
       np.testing.assert_array_equal(cell.result.loss, cell.result.clean_loss)
 
 
-def test_reports_are_written(six_case_cells, tmp_path):
-  report = reports.write_reports(six_case_cells, str(tmp_path), curves=True,
+def test_reports_are_written(case_cells, tmp_path):
+  report = reports.write_reports(case_cells, str(tmp_path), curves=True,
                                  kde=True, kde_threshold=0.1)
   assert isinstance(report, reports.Report)
   written = report.files
@@ -162,9 +171,9 @@ def test_reports_are_written(six_case_cells, tmp_path):
   pngs = sorted(tmp_path.glob("*.png"))   # curves, KDE, ECDF
   assert len(pngs) == 3 and all(p.stat().st_size > 5000 for p in pngs)
   rows = json.loads((tmp_path / "results.json").read_text())["cells"]
-  assert len(rows) == 12
+  assert len(rows) == 8
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
-  assert len(csv_lines) == 13
+  assert len(csv_lines) == 9
   text = (tmp_path / "report.md").read_text()
   assert text == report.markdown + "\n"
   assert "| maml |" in text and "mixed/adv (fgsm ε=8/255)" in text
