@@ -6,6 +6,7 @@ for the unit tier.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,9 @@ import pytest
 from tests.test_launch import REPO
 
 pytestmark = pytest.mark.integration
+
+# An absl INFO record (possibly after a progress bar's carriage return).
+_ABSL_INFO = re.compile(r"I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+\.py:\d+\]")
 
 TINY = ("--filters=8", "--q_query=3", "--task_batch_size=2",
         "--inner_steps=1", "--num_steps=3", "--log_every=1",
@@ -45,9 +49,12 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path):
     errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
     assert len(errors) == 1, result.stderr[-3000:]
     assert "no space left on the device" in errors[0], errors[0]
-    # Measured: 8 lines (absl's info lines, one ignored-exception line from a
-    # finalizer, the progress bar, the error) instead of hundreds.
-    assert len(result.stderr.splitlines()) <= 12, result.stderr[-3000:]
+    # Besides absl's info lines (the run's settings, a stored iteration
+    # loaded, when the first step started): 8 lines measured (the progress
+    # bar and its blank redraws, one ignored-exception line from a
+    # finalizer, the error) instead of hundreds.
+    other = [l for l in result.stderr.splitlines() if not _ABSL_INFO.search(l)]
+    assert len(other) <= 10, result.stderr[-3000:]
     # Space freed: the same command finishes the run.
     subprocess.run(["mount", "-o", "remount,size=64m", str(target)],
                    check=True)
