@@ -232,6 +232,28 @@ def _torch_rrfeatures(torch, channels):
   return RRFeatures()
 
 
+def copy_resnet12_params(torch, ref, params) -> dict:
+  """Copies our ResNet-12's `params` into MetaOptNet's torch `ref`; returns
+  its BatchNorm modules by our names (`block{i}/bn{j}`,
+  `block{i}/shortcut_bn`)."""
+  to_torch = lambda a: torch.tensor(np.asarray(a))
+  bns = {}
+  with torch.no_grad():
+    for i, block in enumerate(ref.layers):
+      p = params[f"block{i}"]
+      for j in range(3):
+        getattr(block, f"conv{j + 1}").weight.copy_(
+            _kernel(torch, p[f"conv{j}"]["kernel"]))
+        bns[f"block{i}/bn{j}"] = getattr(block, f"bn{j + 1}")
+      block.downsample[0].weight.copy_(_kernel(torch, p["shortcut_kernel"]))
+      bns[f"block{i}/shortcut_bn"] = block.downsample[1]
+    for name, bn in bns.items():
+      p = params[name.split("/")[0]][name.split("/")[1]]
+      bn.weight.copy_(to_torch(p["scale"]))
+      bn.bias.copy_(to_torch(p["bias"]))
+  return bns
+
+
 def _kernel(torch, k):
   """A JAX HWIO kernel as PyTorch's OIHW weight."""
   return torch.tensor(np.asarray(k).transpose(3, 2, 0, 1).copy())
@@ -254,20 +276,8 @@ def test_resnet12_matches_metaoptnets_code_in_torch():
       lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape),
       params)
   ref = _torch_resnet12(torch, channels)
+  copy_resnet12_params(torch, ref, params)
   with torch.no_grad():
-    for i, block in enumerate(ref.layers):
-      p = params[f"block{i}"]
-      for j in range(3):
-        getattr(block, f"conv{j + 1}").weight.copy_(
-            _kernel(torch, p[f"conv{j}"]["kernel"]))
-        bn = getattr(block, f"bn{j + 1}")
-        bn.weight.copy_(torch.tensor(np.asarray(p[f"bn{j}"]["scale"])))
-        bn.bias.copy_(torch.tensor(np.asarray(p[f"bn{j}"]["bias"])))
-      block.downsample[0].weight.copy_(_kernel(torch, p["shortcut_kernel"]))
-      block.downsample[1].weight.copy_(
-          torch.tensor(np.asarray(p["shortcut_bn"]["scale"])))
-      block.downsample[1].bias.copy_(
-          torch.tensor(np.asarray(p["shortcut_bn"]["bias"])))
     ref.train()
     out = ref(torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy()))
   # PyTorch flattens NCHW, the JAX model NHWC.

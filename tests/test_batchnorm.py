@@ -302,7 +302,7 @@ def test_pytorch_batchnorm_train_then_eval_gives_the_same_averages_and_outputs()
   averages (one task); `eval()` then embeds the query as the meta-test
   here does."""
   torch = pytest.importorskip("torch")
-  from tests.test_backbones import _kernel  # pylint: disable=g-import-not-at-top
+  from tests.test_backbones import copy_resnet12_params  # pylint: disable=g-import-not-at-top
   from tests.test_backbones import _torch_resnet12  # pylint: disable=g-import-not-at-top
   channels = (3, 5, 6, 8)
   model = wide.ResNet12(None, channels, conv_impl="xla")
@@ -323,21 +323,8 @@ def test_pytorch_batchnorm_train_then_eval_gives_the_same_averages_and_outputs()
                      query[0])
 
   ref = _torch_resnet12(torch, channels)
-  to_torch = lambda a: torch.tensor(np.asarray(a))
-  bns = {}
+  bns = copy_resnet12_params(torch, ref, params)
   with torch.no_grad():
-    for i, block in enumerate(ref.layers):
-      p = params[f"block{i}"]
-      for j in range(3):
-        getattr(block, f"conv{j + 1}").weight.copy_(
-            _kernel(torch, p[f"conv{j}"]["kernel"]))
-        bns[f"block{i}/bn{j}"] = getattr(block, f"bn{j + 1}")
-      block.downsample[0].weight.copy_(_kernel(torch, p["shortcut_kernel"]))
-      bns[f"block{i}/shortcut_bn"] = block.downsample[1]
-      for name, bn in bns.items():
-        if name.startswith(f"block{i}/"):
-          bn.weight.copy_(to_torch(p[name.split("/")[1]]["scale"]))
-          bn.bias.copy_(to_torch(p[name.split("/")[1]]["bias"]))
     nchw = lambda x: torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy())
     ref.train()
     ref(nchw(support[0]))
