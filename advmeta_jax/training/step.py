@@ -308,7 +308,8 @@ _NOT_IN_THE_ITERATION = ("num_steps", "log_every", "tensorboard",
 def iteration_config(config: Config) -> Config:
   """`config` with the settings the train iteration does not read at their
   defaults: runs that differ only in them (a longer run, another log
-  interval) share a stored iteration (executables.py)."""
+  interval) share the jitted iteration in memory (`jitted_train_iteration`)
+  and the stored one of a relaunch (executables.py)."""
   defaults = type(config.loop)()
   loop = dataclasses.replace(config.loop, **{
       name: getattr(defaults, name) for name in _NOT_IN_THE_ITERATION})
