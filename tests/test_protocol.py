@@ -121,6 +121,30 @@ def test_same_seed_gives_every_learner_the_same_episodes(test_source):
   assert not np.allclose(a.loss, c.loss)
 
 
+def test_episodes_at_once_changes_no_result(test_source):
+  """The meta-test's episodes one at a time, in rounds of two (the last
+  round short) or all vmapped give the same adapted and attacked results."""
+  model = models.make_conv4(num_classes=5, filters=4, image_size=16,
+                            conv_impl="hybrid")   # per-episode kernels
+  params = models.init_params(model, jax.random.key(0), (16, 16, 1))
+  adaptation = adaptations.gradient_adaptation(models.make_apply_fn(model),
+                                               inner_lr=0.1)
+  kwargs = dict(case=TestCase("clean", "adv"), n_way=5, k_shot=1, q_query=2,
+                inner_steps=1, num_episodes=3, batch_size=3,
+                attack=evaluation.default_test_attack("pgd", "8/255",
+                                                     num_steps=1).build())
+  runs = [evaluation.run_case(adaptation, params, test_source,
+                              episodes_at_once=n, **kwargs) for n in (0, 1, 2)]
+  for other in runs[1:]:
+    np.testing.assert_array_equal(other.accuracy, runs[0].accuracy)
+    np.testing.assert_allclose(other.loss, runs[0].loss, rtol=1e-5)
+    np.testing.assert_allclose(other.clean_loss, runs[0].clean_loss,
+                               rtol=1e-5)
+  assert evaluation.resolve_episodes_at_once(None) == 1   # the cpu entry
+  with pytest.raises(ConfigError, match="episodes_at_once must be"):
+    evaluation.resolve_episodes_at_once(-1)
+
+
 @pytest.fixture(scope="module")
 def two_runs(tiny_model):
   _, (p0, p1) = tiny_model

@@ -44,6 +44,10 @@ class Entry:
     tasks_per_device: parallel_tasks per device: the tasks adapted at once
       are this times the number of devices (0: the whole task batch).
     remat: rematerialize the inner steps.
+    episodes_at_once: meta-test episodes evaluated at once within a call of
+      `evaluation.run_case` (0: the whole call vmapped; n: rounds of n
+      episodes in a `lax.map`). Speed and memory only: every episode is
+      computed from its own key either way.
     source: one line: where the docs justify the entry, or why it is
       unmeasured.
   """
@@ -51,6 +55,7 @@ class Entry:
   tasks_per_device: int
   remat: bool
   source: str
+  episodes_at_once: int = 0
 
 
 TABLE: Dict[str, Entry] = {
@@ -58,6 +63,7 @@ TABLE: Dict[str, Entry] = {
     # jax 0.10.2; PyTorch 2.13.0+cpu.
     "cpu": Entry(
         conv_impl="hybrid", tasks_per_device=1, remat=True,
+        episodes_at_once=1,
         source=("measured with `python -m launch.benchmark`: "
                 "docs/performance.md, \"Defaults by backend (auto)\"")),
 }

@@ -42,6 +42,7 @@ from advmeta_jax.evaluation.metatest import ONE_SHOT_CASES
 from advmeta_jax.evaluation.metatest import parse_cases
 from advmeta_jax.evaluation.metatest import PRESETS
 from advmeta_jax.evaluation.metatest import QUERY_MODES
+from advmeta_jax.evaluation.metatest import resolve_episodes_at_once
 from advmeta_jax.evaluation.metatest import run_case
 from advmeta_jax.evaluation.metatest import STAGE_PREFIX
 from advmeta_jax.evaluation.metatest import SUPPORT_MODES

@@ -44,6 +44,7 @@ import optax
 from advmeta_jax.core import losses
 from advmeta_jax.learners import adaptations
 from advmeta_jax import attacks
+from advmeta_jax.config import autotune
 from advmeta_jax.training import builders
 from advmeta_jax.core import episodes
 from advmeta_jax.errors import ConfigError
@@ -328,11 +329,30 @@ def _check_protocol_args(inner_steps, num_episodes, batch_size):
     raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size}.")
 
 
+def resolve_episodes_at_once(episodes_at_once: Optional[int]) -> int:
+  """`episodes_at_once`, or the backend's value when None
+  (`autotune.backend_entry().episodes_at_once`: one at a time on the CPU,
+  the whole call vmapped on an accelerator)."""
+  if episodes_at_once is None:
+    return autotune.backend_entry().episodes_at_once
+  if int(episodes_at_once) != episodes_at_once or episodes_at_once < 0:
+    raise ConfigError(f"episodes_at_once must be an integer >= 0 (0: every "
+                      f"episode of a call at once), got {episodes_at_once}.")
+  return int(episodes_at_once)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_case(adaptation: adaptations.Adaptation, case: TestCase,
                    attack: Optional[Attack], n_way: int, k_shot: int,
-                   q_query: int, inner_steps: int, curves: bool):
+                   q_query: int, inner_steps: int, curves: bool,
+                   episodes_at_once: int = 0):
   """The jitted `(params, keys, source) -> per-episode metrics` of a case.
+
+  The call's episodes run `episodes_at_once` at a time: 0 (or as many as
+  the call holds) vmaps them all; n maps over rounds of n (`lax.map`, each
+  round vmapped). On the CPU one at a time is the fastest: each episode's
+  adapted kernels then make plain convolutions (docs/performance.md,
+  "Meta-test vs PyTorch (CPU)").
 
   Cached, so learners that share an `Adaptation` (every MAML-style learner of
   one architecture) and an attack compile each case once per process.
@@ -346,7 +366,10 @@ def _compiled_case(adaptation: adaptations.Adaptation, case: TestCase,
       return evaluate_case(adaptation, params, task, attack_key, case=case,
                            attack=attack, inner_steps=inner_steps,
                            n_way=n_way, curves=curves)
-    return jax.vmap(one)(keys)
+    if episodes_at_once == 0 or episodes_at_once >= keys.shape[0]:
+      return jax.vmap(one)(keys)
+    return jax.lax.map(one, keys, batch_size=(
+        None if episodes_at_once == 1 else episodes_at_once))
   return run_batch
 
 
@@ -354,7 +377,8 @@ def run_case(adaptation: adaptations.Adaptation, params,
              source: episodes.EpisodeSource, *, case: TestCase,
              attack: Optional[Attack], n_way: int, k_shot: int, q_query: int,
              inner_steps: int, num_episodes: int, batch_size: int = 20,
-             seed: int = 0, curves: bool = False) -> MetaTestResult:
+             seed: int = 0, curves: bool = False,
+             episodes_at_once: Optional[int] = None) -> MetaTestResult:
   """Meta-tests `params` under one test case on `num_episodes` tasks.
 
   Args:
@@ -367,23 +391,26 @@ def run_case(adaptation: adaptations.Adaptation, params,
     n_way, k_shot, q_query: the episode shape.
     inner_steps: test-time adaptation steps.
     num_episodes: number of tasks (600 in MAML/ADML, 2000 for a final table).
-    batch_size: tasks run in parallel (a memory knob; results do not depend
-      on it).
+    batch_size: tasks per compiled call (results do not depend on it).
     seed: selects the episodes and the attacks' random starts.
     curves: also record the query loss/accuracy before and after every inner
       step.
+    episodes_at_once: episodes of a call computed at once (0: all of them,
+      vmapped; n: rounds of n); None: the backend's value
+      (`resolve_episodes_at_once`). Speed and memory only.
 
   Returns:
     A `MetaTestResult`.
   """
   _check_protocol_args(inner_steps, num_episodes, batch_size)
+  episodes_at_once = resolve_episodes_at_once(episodes_at_once)
   if case.support == "mixed":
     mixed_support_mask(jnp.zeros((n_way * k_shot,), jnp.int32), n_way, k_shot)
   if case.needs_attack and attack is None:
     raise ConfigError(f"test case {case} needs an attack; none was given.")
   batch_size = min(batch_size, num_episodes)
   run_batch = _compiled_case(adaptation, case, attack, n_way, k_shot, q_query,
-                             inner_steps, curves)
+                             inner_steps, curves, episodes_at_once)
   chunks: List[Dict[str, np.ndarray]] = []
   for start in range(0, num_episodes, batch_size):
     keys = episode_keys(seed, start, batch_size)  # fixed shape: one compile
