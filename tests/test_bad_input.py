@@ -128,7 +128,7 @@ BAD_INPUT = [
     ('python -m launch.train --workdir=$TMP/m3 --backbone=conv4 --backbone_width=0.5',
      "error: backbone_width=0.5 scales the fixed-width backbones (conv4_64, conv4_wide, resnet12); backbone='conv4' takes its channels from --filters: drop --backbone_width."),
     ('python -m launch.train --workdir=$TMP/m4 --batchnorm=running',
-     "error: batchnorm='running' applies to the learners without an inner loop (matchingnet, metaoptnet, protonet, r2d2), not 'maml': use batchnorm='batch'."),
+     "error: batchnorm='running' applies to the learners whose body stays fixed while adapting (anil, matchingnet, metaoptnet, protonet, r2d2), not 'maml', whose inner loop moves it: use batchnorm='batch'."),
     ('python -m launch.reproduce --experiment=digits_robust --workdir=$TMP/r5 --test_q_query=0',
      'error: test_q_query must be a positive integer, got 0.'),
     ('python -m launch.train --workdir=$TMP/r2 --r2d2_head=ridge',

@@ -4,9 +4,10 @@ at meta-test as its `eval()` mode uses them.
 
 The running averages against NumPy after one step, the eval-mode network
 against a hand normalization and its independence from the rest of the
-batch, the default `batch` unchanged, the averages through a checkpoint and
-a resumed run, the refusals, and (where torch is installed) PyTorch's
-BatchNorm2d in train mode then eval mode.
+batch, the default `batch` unchanged, ANIL (whose inner loop leaves the
+body at θ) trained and meta-tested with them, the averages through a
+checkpoint and a resumed run, the refusals, and (where torch is installed)
+PyTorch's BatchNorm2d in train mode then eval mode.
 """
 
 import functools
@@ -20,9 +21,12 @@ import numpy as np
 import optax
 import pytest
 
+from advmeta_jax import attacks
+from advmeta_jax import learners
 from advmeta_jax import training
 from advmeta_jax.config import Config
 from advmeta_jax.core import episodes
+from advmeta_jax.core import losses
 from advmeta_jax.core import models
 from advmeta_jax.core import wide
 from advmeta_jax.errors import ConfigError
@@ -117,9 +121,16 @@ def test_the_running_averages_after_one_step_are_pytorchs_update():
   # The train step's update (the whole step runs it in the tests below).
   updated = jax.jit(lambda p, t, r: step_lib.update_running_stats(
       built.batch_stats_fn, p, t, r))(params, tasks, running)
+  _assert_one_step_from_the_start(updated, built.model, params, tasks)
 
+
+def _assert_one_step_from_the_start(updated, model, params, tasks):
+  """`updated` (running averages from mean 0 and variance 1) is
+  0.9·(0.9·init + 0.1·S) + 0.1·Q for every BatchNorm of `model`, S and Q
+  the tasks' averaged support and query statistics (NumPy, from the
+  BatchNorms' inputs at `params`)."""
   def averaged(images):   # {path:mean|var: the tasks' average}
-    per_task = [_batchnorm_inputs(built.model, params, x) for x in images]
+    per_task = [_batchnorm_inputs(model, params, x) for x in images]
     out = {}
     for path in per_task[0]:
       stats = [_numpy_stats(t[path]) for t in per_task]
@@ -130,7 +141,7 @@ def test_the_running_averages_after_one_step_are_pytorchs_update():
   support = averaged(tasks.support_images)
   query = averaged(tasks.query_images)
   got = _by_path(updated)
-  assert set(got) == set(support)
+  assert got and set(got) == set(support)
   for name, value in got.items():
     init = 0.0 if name.endswith("mean") else 1.0
     expected = 0.9 * (0.9 * init + 0.1 * support[name]) + 0.1 * query[name]
@@ -209,6 +220,86 @@ def test_batch_is_the_default_keeps_no_state_and_trains_the_same():
   chex.assert_trees_all_equal(without.params, with_.params)
 
 
+def test_anil_trains_with_the_batchs_statistics_and_moves_the_averages():
+  """ANIL's inner loop adapts the head only, so its body's BatchNorms see
+  each support and query once, at θ, as a metric learner's: under
+  `running` a train step normalizes with the batches' statistics (the loss
+  and parameters of `batch`) and moves the averages as
+  0.9·(0.9·init + 0.1·S) + 0.1·Q. So does ANIL around AQ's objective."""
+  for robust in ("none", "aq"):
+    config = _config(learner="anil", robust=robust)
+    built, params = _built_and_params(config)
+    assert "head" in params and built.learner.learner.fixed_body
+    plain = training.build(config.replace(batchnorm="batch"))
+    optimizer = optax.adam(1e-3)
+    tasks, key = _tasks(), jax.random.key(2)
+    without, m_without = jax.jit(training.make_train_step(
+        plain.learner, optimizer))(training.init_state(params, optimizer),
+                                   tasks, key)
+    with_, m_with = jax.jit(training.make_train_step(
+        built.learner, optimizer, batch_stats_fn=built.batch_stats_fn))(
+            training.init_state(params, optimizer,
+                                built.initial_batch_stats(params)),
+            tasks, key)
+    np.testing.assert_array_equal(m_with["loss"], m_without["loss"])
+    chex.assert_trees_all_equal(without.params, with_.params)
+    _assert_one_step_from_the_start(with_.batch_stats, built.model, params,
+                                    tasks)
+
+
+def _alone(fn, *arrays):
+  """`fn` of each image (and its label) alone, concatenated."""
+  return jnp.concatenate([fn(*(a[i:i + 1] for a in arrays))
+                          for i in range(arrays[0].shape[0])])
+
+
+def test_anil_meta_tests_in_eval_mode_in_its_inner_loop_and_under_attack():
+  """At meta-test ANIL runs `meta_test_params`: its inner step is the
+  gradient of the support loss with each support image normalized alone
+  (eval mode), the body (running averages included) stays as it is, the
+  adapted query logits and FGSM's query and support images of an image are
+  the same alone or in the batch. The default `batch` is transductive."""
+  config = _config(learner="anil")
+  built, params = _built_and_params(config)
+  running = jax.tree.map(   # non-trivial running averages
+      lambda r: r + 0.2 * jax.random.uniform(jax.random.key(4), r.shape),
+      built.initial_batch_stats(params))
+  eval_params = training.TrainState(jnp.zeros((), jnp.int32), params, None,
+                                    running).meta_test_params
+  xs, ys, xq, yq = jax.tree.map(lambda a: a[0], _tasks(1))
+  adaptation = built.learner.adaptation
+
+  def steps(p):   # (the inner step's change of the head, by hand)
+    adapted, _ = adaptation.adapt(p, xs, ys, num_steps=1)
+    by_hand = jax.grad(lambda head: losses.cross_entropy(_alone(
+        lambda x: adaptation.logits({**p, "head": head}, x), xs), ys))(
+            p["head"])
+    return adapted, jax.tree.map(lambda a, b: a - b, adapted["head"],
+                                 p["head"]), by_hand
+
+  adapted, moved, grad = jax.jit(steps)(eval_params)
+  chex.assert_trees_all_close(
+      moved, jax.tree.map(lambda g: -config.meta.inner_lr * g, grad),
+      rtol=1e-4, atol=1e-7)
+  assert np.any(np.asarray(moved["kernel"]) != 0)
+  chex.assert_trees_all_equal({k: v for k, v in adapted.items() if k != "head"},
+                              {k: v for k, v in eval_params.items()
+                               if k != "head"})
+  query = lambda x: adaptation.logits(adapted, x)
+  np.testing.assert_allclose(_alone(query, xq), query(xq), rtol=1e-5,
+                             atol=1e-5)
+  support = lambda x: adaptation.initial_logits(eval_params, xs, ys, x)
+  fgsm = lambda f: lambda x, y: attacks.fgsm(f, x, y, eps=8 / 255)
+  for logits_fn, x, y in ((query, xq, yq), (support, xs, ys)):
+    together, alone = jax.jit(lambda x, y: (
+        fgsm(logits_fn)(x, y), _alone(fgsm(logits_fn), x, y)))(x, y)
+    assert np.mean(np.asarray(together) != np.asarray(alone)) < 1e-3
+  # Transductive (the default): the inner step is not the one-image one.
+  _, moved, grad = jax.jit(steps)(params)
+  assert not np.allclose(moved["kernel"],
+                         -config.meta.inner_lr * grad["kernel"], rtol=1e-2)
+
+
 class _StateBefore(NamedTuple):
   """`TrainState` as versions before `batch_stats` had it."""
   step: Any
@@ -271,10 +362,18 @@ def test_the_running_averages_survive_a_checkpoint_and_a_resume(
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(learner="maml"),
-     "batchnorm='running' applies to the learners without an inner loop "
-     "(matchingnet, metaoptnet, protonet, r2d2), not 'maml': use "
+     "batchnorm='running' applies to the learners whose body stays fixed "
+     "while adapting (anil, matchingnet, metaoptnet, protonet, r2d2), not "
+     "'maml', whose inner loop moves it: use batchnorm='batch'."),
+    (dict(learner="maml", robust="aq"), "not 'maml', whose inner loop"),
+    (dict(learner="maml_ad"), "not 'maml_ad', whose inner loop"),
+    (dict(learner="adml"), "not 'adml', whose inner loop"),
+    (dict(learner="aq"), "not 'aq', whose inner loop"),
+    (dict(learner="tafl"), "not 'tafl', whose inner loop moves it: use "
      "batchnorm='batch'."),
-    (dict(learner="tafl"), "not 'tafl': use batchnorm='batch'."),
+    (dict(learner="anil", backbone="conv4_strided", backbone_width=1.0),
+     "applies to the backbones conv4, conv4_64, conv4_wide, resnet12, not "
+     "'conv4_strided'"),
     (dict(backbone="conv4_strided", backbone_width=1.0),
      "batchnorm='running' applies to the backbones conv4, conv4_64, "
      "conv4_wide, resnet12, not 'conv4_strided'"),
@@ -287,12 +386,17 @@ def test_a_bad_combination_is_one_line(overrides, message):
   assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_every_backbone_but_the_strided_one_and_every_metric_learner():
-  for learner in ("protonet", "matchingnet", "r2d2", "metaoptnet"):
+def test_every_backbone_but_the_strided_one_and_every_fixed_body_learner():
+  for learner in ("protonet", "matchingnet", "r2d2", "metaoptnet", "anil"):
     for backbone in ("conv4", "conv4_64", "conv4_wide", "resnet12"):
       Config.make(learner=learner, backbone=backbone,
                   batchnorm="running").validate()
-  Config.make(learner="protonet", robust="aq", batchnorm="running").validate()
+  for learner in ("protonet", "anil"):
+    for robust in ("aq", "tafl", "trades", "gaussian"):
+      Config.make(learner=learner, robust=robust,
+                  batchnorm="running").validate()
+  fixed = [n for n in learners.names() if learners.get(n).fixed_body]
+  assert fixed == ["anil", "matchingnet", "metaoptnet", "protonet", "r2d2"]
 
 
 def test_pytorch_batchnorm_train_then_eval_gives_the_same_averages_and_outputs():

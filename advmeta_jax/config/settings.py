@@ -238,8 +238,8 @@ class ModelConfig(Section):
       "statistics of the batch in front of it (the support set, the query "
       "set), as in training (transductive, as the MAML code); running: the "
       "running averages (momentum 0.1) of the training batches' statistics, "
-      "as MetaOptNet's eval() (each image on its own). running applies to "
-      "the learners without an inner loop (matchingnet, metaoptnet, "
+      "as MetaOptNet's eval() (each image on its own), for the learners whose "
+      "body stays fixed while adapting (anil, matchingnet, metaoptnet, "
       "protonet, r2d2) on every backbone but conv4_strided.",
       choices=_choices_of("batchnorm"))
   compute_dtype: str = setting(

@@ -348,7 +348,8 @@ def _gradient(build_fn):
 class Kind(NamedTuple):
   """A registered adaptation: its name, how a run's config builds its model
   and the adaptation over that model's function, and whether the model is
-  conv4's embedding without a head (`metric`). Both read the config with its
+  conv4's embedding without a head (`metric`), and whether the adaptation
+  leaves the body at θ (`fixed_body`). Both read the config with its
   `auto` speed settings resolved (config/autotune.py).
 
   Attributes:
@@ -357,24 +358,34 @@ class Kind(NamedTuple):
     make_model: `(config, image_size) -> flax module` (conv4, its embedding,
       FCE Matching Networks or R2-D2's model).
     metric: the model outputs embeddings, not N logits.
+    fixed_body: the adaptation never changes the body (every parameter but
+      the head): a metric learner's (no inner loop) and ANIL's (an inner
+      loop on the head only). Its BatchNorms see the support and the query
+      once each, at θ, so `--batchnorm=running` applies (learners.registry
+      `check_batchnorm`). False (the default, as for MAML): the inner loop
+      moves the body.
   """
   name: str
   build: Callable[[Callable, Any], Adaptation]
   make_model: Callable[[Any, int], Any] = _classifier_model
   metric: bool = False
+  fixed_body: bool = False
 
 
 KINDS: Dict[str, Kind] = {
     "gradient": Kind("gradient", _gradient(gradient_adaptation)),
-    "head": Kind("head", _gradient(head_adaptation)),
+    "head": Kind("head", _gradient(head_adaptation), fixed_body=True),
     "prototype": Kind("prototype", lambda embed, config: prototype_adaptation(
-        embed, n_way=config.data.n_way), _embedding_model, metric=True),
-    "matching": Kind("matching", _matching, _matching_model, metric=True),
+        embed, n_way=config.data.n_way), _embedding_model, metric=True,
+                      fixed_body=True),
+    "matching": Kind("matching", _matching, _matching_model, metric=True,
+                     fixed_body=True),
     "ridge": Kind("ridge", lambda embed, config: ridge_adaptation(
         embed, n_way=config.data.n_way, head=config.meta.r2d2_head),
-                  _ridge_model, metric=True),
+                  _ridge_model, metric=True, fixed_body=True),
     "svm": Kind("svm", lambda embed, config: svm_adaptation(
-        embed, n_way=config.data.n_way), _svm_model, metric=True),
+        embed, n_way=config.data.n_way), _svm_model, metric=True,
+                fixed_body=True),
 }
 
 

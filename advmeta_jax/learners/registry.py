@@ -111,6 +111,12 @@ class Learner(NamedTuple):
     """Whether the model is conv4's embedding without a head."""
     return self.adaptation.metric
 
+  @property
+  def fixed_body(self) -> bool:
+    """Whether adapting to a support leaves the body at θ (the metric
+    learners and ANIL; `adaptations.Kind.fixed_body`)."""
+    return self.adaptation.fixed_body
+
   def default_attack(self) -> Optional[Tuple[str, str]]:
     """`(attack, eps)` of the training attack when none is configured."""
     return self.objective.default_attack
@@ -214,18 +220,22 @@ def get(name: str, robust: str = "none") -> Learner:
 
 def check_batchnorm(mode: str, backbone: str, entry: Learner) -> None:
   """Refuses `--batchnorm=running` (`models.BATCHNORM_MODES`) for a learner
-  with an inner loop (its running averages would have to follow every
-  inner step, and its test-time steps adapt to the support's statistics)
-  or a backbone without running averages.
+  whose inner loop moves the body (its running averages would have to follow
+  every inner step, and its test-time steps adapt to the support's
+  statistics) or a backbone without running averages. The learners whose
+  body stays at θ (`Learner.fixed_body`: the metric learners, and ANIL,
+  whose inner loop adapts the head only) see each support and query once
+  through the body, as MetaOptNet's training does.
 
   Raises:
     ConfigError: naming what `running` applies to.
   """
   if mode == "batch":
     return
-  if not entry.metric:
-    able = ", ".join(n for n in names() if _REGISTRY[n].metric)
+  if not entry.fixed_body:
+    able = ", ".join(n for n in names() if _REGISTRY[n].fixed_body)
     raise ConfigError(
-        f"batchnorm={mode!r} applies to the learners without an inner loop "
-        f"({able}), not {entry.name!r}: use batchnorm='batch'.")
+        f"batchnorm={mode!r} applies to the learners whose body stays fixed "
+        f"while adapting ({able}), not {entry.name!r}, whose inner loop "
+        "moves it: use batchnorm='batch'.")
   models.check_running_batchnorm(backbone)
