@@ -27,8 +27,8 @@ MAML code; this is transductive. With `--batchnorm=running` the meta-test
 normalises with running averages kept beside the parameters instead
 (`TransductiveBatchNorm`, `make_batch_stats_fn`, `with_running_stats`;
 docs/conventions.md). The learned scale
-and offset are ordinary parameters and are adapted in the inner loop like every
-other parameter. The convolutions have no bias: BatchNorm's offset follows
+and offset are ordinary parameters: MAML's inner loop adapts them like every
+other body parameter (ANIL's adapts only the head). The convolutions have no bias: BatchNorm's offset follows
 them, so a bias would be a parameter with an exactly zero gradient.
 
 Convolution is available in three formulations behind one API (`conv_impl`):
