@@ -205,6 +205,8 @@ def test_accelerator_suite_runs_tiny_and_writes_its_files(tmp_path):
   assert "| maml | conv4 | 84 | 1 | pgd |" in md
   assert data["entry"]["conv_impl"] in benchmark.models.CONV_IMPLS
   assert f'"{data["backend"]}": Entry(' in data["entry_text"]
+  assert data["entry"]["episodes_at_once"] == 0   # the one meta-test row's
+  assert "episodes_at_once=0" in data["entry_text"]
   assert data["entry_text"] in md
 
 
@@ -258,7 +260,37 @@ def test_the_metatest_section_times_adapt_attack_and_score(tmp_path, capsys):
   payload = benchmark.run(benchmark.Options(
       section="metatest", rows=("maml:16:1",), n_way=3, q_query=2,
       filters=4, eval_inner_steps=1, episodes_batch=2, steps=1, pgd_steps=2,
-      out=str(out)))
-  (r,) = payload["metatest_results"]
-  assert r["episodes_per_s"] > 0 and r["accuracy_finite"]
-  assert "| maml | conv4 | 16 | 1 | pgd |" in capsys.readouterr().out
+      episodes_at_once=("auto", "0"), out=str(out)))
+  rows = payload["metatest_results"]
+  assert [r["resolved"]["episodes_at_once"] for r in rows] == [1, 0]
+  assert all(r["episodes_per_s"] > 0 and r["accuracy_finite"] for r in rows)
+  printed = capsys.readouterr().out
+  assert "| maml | conv4 | 16 | 1 | pgd |" in printed
+  assert "| 2 | 1 |" in printed and "| 2 | 0 |" in printed
+
+
+def test_the_suite_entry_takes_the_fastest_rows():
+  """`choose_entry`: conv_impl, parallel_tasks and remat of the fastest
+  MAML 84×84 1-shot B = 4 train row, episodes_at_once of the fastest MAML
+  84×84 1-shot PGD meta-test row."""
+  from advmeta_jax.benchmarks import accelerator_suite  # pylint: disable=g-import-not-at-top
+  def train(impl, tasks_per_s):
+    return dict(kind="train", learner="maml", nominal_size=84, k_shot=1,
+                compute_dtype="float32", first_order=False, batch_label="B=4",
+                tasks_per_s=tasks_per_s, step_s=4 / tasks_per_s,
+                conv_impl=impl, variant="base",
+                resolved=dict(conv_impl=impl, parallel_tasks=0, remat=False))
+  def meta(at_once, episodes_per_s):
+    return dict(learner="maml", nominal_size=84, k_shot=1, attack="pgd",
+                episodes_per_s=episodes_per_s,
+                resolved=dict(episodes_at_once=at_once))
+  entry = accelerator_suite.choose_entry(
+      [train("xla", 100.0), train("matmul", 150.0)],
+      [meta(0, 9.0), meta(1, 12.0)])
+  assert (entry["conv_impl"], entry["episodes_at_once"]) == ("matmul", 1)
+  entry = accelerator_suite.choose_entry([train("xla", 1.0)],
+                                         [meta(0, 9.0), meta(1, 2.0)])
+  assert (entry["conv_impl"], entry["episodes_at_once"]) == ("xla", 0)
+  assert accelerator_suite.choose_entry([train("xla", 1.0)])[
+      "episodes_at_once"] == 0
+  assert accelerator_suite.choose_entry([]) is None

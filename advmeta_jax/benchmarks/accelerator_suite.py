@@ -66,9 +66,10 @@ def _train(learner, size, shot, impl, variant, b=4, backbone="conv4",
                         backbone=backbone, robust=robust))
 
 
-def _metatest(learner, size, shot, attack, backbone="conv4"):
+def _metatest(learner, size, shot, attack, backbone="conv4", at_once=None):
   return ("metatest", dict(learner=learner, size=size, k_shot=shot,
-                           attack=attack, backbone=backbone))
+                           attack=attack, backbone=backbone,
+                           episodes_at_once=at_once))
 
 
 def _attack(name, size):
@@ -88,7 +89,8 @@ PLAN: Tuple[tuple, ...] = (
     _train("aq", 84, 1, "xla", "base"),
     _train("tafl", 84, 1, "xla", "base"),
     _attack("pgd", 84),
-    _metatest("maml", 84, 1, "pgd"),
+    _metatest("maml", 84, 1, "pgd", at_once=0),
+    _metatest("maml", 84, 1, "pgd", at_once=1),
     _train("protonet", 84, 1, "xla", "base", backbone="resnet12"),
     _train("protonet", 84, 1, "xla", "base", backbone="resnet12",
            robust="aq"),
@@ -123,7 +125,7 @@ PLAN: Tuple[tuple, ...] = (
 # The rows of a tiny run (indices into PLAN): matmul and xla, a memory
 # variant, a robust learner (AQ; TAFL's step is AQ's with weights) and
 # AutoAttack. Each row is a process of its own, so the tiny run stays short.
-TINY_ROWS = (0, 1, 7, 10, 23)
+TINY_ROWS = (0, 1, 7, 10, 24)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +183,8 @@ def row_config(row: tuple, shape: Shape) -> Tuple[str, dict]:
         filters=shape.filters, eval_inner_steps=shape.eval_inner_steps,
         episodes_batch=shape.episodes_batch, calls=shape.attack_calls,
         pgd_steps=shape.pgd_steps, apgd_steps=shape.autoattack_steps,
-        square_queries=shape.autoattack_queries)
+        square_queries=shape.autoattack_queries,
+        episodes_at_once=f.get("episodes_at_once"))
     return "single_metatest", dict(cfg, nominal_size=f["size"])
   hparams = benchmark.attack_hparams(
       f["attack"], pgd_steps=shape.pgd_steps, cw_steps=shape.cw_steps,
@@ -204,9 +207,25 @@ def _commit() -> str:
     return "unknown"
 
 
-def choose_entry(results: Sequence[dict]) -> Optional[dict]:
+def _episodes_at_once(metatest_results: Sequence[dict]) -> int:
+  """`episodes_at_once` of the fastest MAML conv4 84×84 1-shot PGD meta-test
+  row (nominal size); 0 (the call vmapped) without one."""
+  rows = [r for r in metatest_results if "error" not in r
+          and r["learner"] == "maml" and r.get("nominal_size") == 84
+          and r.get("backbone", "conv4") == "conv4" and r["k_shot"] == 1
+          and r["attack"] == "pgd"]
+  if not rows:
+    return 0
+  best = max(rows, key=lambda r: r["episodes_per_s"])
+  return int(best["resolved"]["episodes_at_once"])
+
+
+def choose_entry(results: Sequence[dict],
+                 metatest_results: Sequence[dict] = ()) -> Optional[dict]:
   """The `autotune.TABLE` entry of the fastest float32 second-order MAML
-  84×84 1-shot B = 4 row (nominal sizes), or None without one."""
+  84×84 1-shot B = 4 row (nominal sizes), or None without one; its
+  `episodes_at_once` from the fastest of the MAML 84×84 1-shot PGD
+  meta-test rows."""
   rows = [r for r in results if r.get("kind") == "train" and "error" not in r
           and r["learner"] == "maml" and r["nominal_size"] == 84
           and r.get("backbone", "conv4") == "conv4"
@@ -221,6 +240,7 @@ def choose_entry(results: Sequence[dict]) -> Optional[dict]:
   return dict(
       conv_impl=res["conv_impl"], tasks_per_device=int(res["parallel_tasks"]),
       remat=bool(res["remat"]),
+      episodes_at_once=_episodes_at_once(metatest_results),
       figure=(f"maml 84x84 1-shot B=4: {benchmark.resolved_label(best)} "
               f"{best['step_s']:.4f} s/step ({others})"))
 
@@ -232,6 +252,7 @@ def entry_text(backend: str, entry: dict, commit: str, device: str) -> str:
       f'        conv_impl="{entry["conv_impl"]}", '
       f'tasks_per_device={entry["tasks_per_device"]}, '
       f'remat={entry["remat"]},\n'
+      f'        episodes_at_once={entry["episodes_at_once"]},\n'
       f'        source=("`python -m launch.benchmark --suite=accelerator '
       f'--out=DIR`, commit {commit}, {device}: {entry["figure"]}")),')
 
@@ -329,7 +350,10 @@ def _describe(row: tuple) -> str:
     return (f"{_learner(f)} {f['size']} {f['k_shot']}-shot "
             f"B={f['task_batch_size']} {f['conv_impl']} {f['variant']}")
   if kind == "metatest":
-    return f"meta-test {_learner(f)} {f['size']} {f['k_shot']}-shot {f['attack']}"
+    at_once = f.get("episodes_at_once")
+    return (f"meta-test {_learner(f)} {f['size']} {f['k_shot']}-shot "
+            f"{f['attack']}" + ("" if at_once is None
+                                else f" {at_once} at once"))
   return f"{f['attack']} {f['size']}"
 
 
@@ -370,7 +394,7 @@ def run(out_dir: str, *, tiny: bool = False,
   backend = jax.default_backend()
   device = benchmark.device_name()  # pylint: disable=protected-access
   commit = _commit()
-  entry = choose_entry(train_results)
+  entry = choose_entry(train_results, metatest_results)
   payload = {
       "machine": benchmark.machine(), "device": device, "backend": backend,
       "jax": jax.__version__, "commit": commit, "tiny": tiny,

@@ -123,6 +123,8 @@ class Options:
   metatest_attacks: Sequence[str] = ("pgd",)   # section metatest
   eval_inner_steps: int = 10
   episodes_batch: int = 20
+  # section metatest: "auto" (the backend's value) or a count (0: all)
+  episodes_at_once: Sequence[str] = ("auto",)
   apgd_steps: int = 100
   square_queries: int = 5000
 
@@ -526,6 +528,14 @@ def _metatest_torch(o: Options, cfg: dict, into: list) -> None:
                      f"{r['episodes_per_s']:.2f} episodes/s"), into)
 
 
+def _count(name: str, value: str) -> int:
+  """A flag's entry that must be an integer >= 0."""
+  if not str(value).isdigit():
+    raise ConfigError(f"--{name} takes auto or integers >= 0, got "
+                      f"{value!r}.")
+  return int(value)
+
+
 def metatest_section(o: Options) -> dict:
   """Meta-test episodes/s of each learner × size × shots × attack
   (`metatest_speed.py`), each in its own process; with `o.torch` the
@@ -534,18 +544,23 @@ def metatest_section(o: Options) -> dict:
   results, torch_results = [], []
   combos = (parse_rows(o.rows) if o.rows else
             itertools.product(o.learners, o.sizes, o.shots))
+  at_once = [None if a == "auto" else _count("episodes_at_once", a)
+             for a in o.episodes_at_once]
   for (learner, size, shot), attack in itertools.product(
       list(combos), o.metatest_attacks):
-    cfg = metatest_speed.row(
-        learner, int(size), int(shot), attack, backbone=o.backbone,
-        n_way=o.n_way, q_query=o.q_query, filters=o.filters,
-        eval_inner_steps=o.eval_inner_steps, episodes_batch=o.episodes_batch,
-        calls=o.steps, pgd_steps=o.pgd_steps, apgd_steps=o.apgd_steps,
-        square_queries=o.square_queries, conv_impl=o.conv_impls[0])
-    _run_and_print("single_metatest", cfg, lambda r: (
-        f"{metatest_speed.label(r)}: {r['episodes_per_s']:.2f} episodes/s "
-        f"({r['call_s']:.3f} s per {r['episodes_batch']}, first call "
-        f"{r['first_call_s']:.1f} s)"), results)
+    for a in at_once:
+      cfg = metatest_speed.row(
+          learner, int(size), int(shot), attack, backbone=o.backbone,
+          n_way=o.n_way, q_query=o.q_query, filters=o.filters,
+          eval_inner_steps=o.eval_inner_steps,
+          episodes_batch=o.episodes_batch, calls=o.steps,
+          pgd_steps=o.pgd_steps, apgd_steps=o.apgd_steps,
+          square_queries=o.square_queries, conv_impl=o.conv_impls[0],
+          episodes_at_once=a)
+      _run_and_print("single_metatest", cfg, lambda r: (
+          f"{metatest_speed.label(r)}: {r['episodes_per_s']:.2f} episodes/s "
+          f"({r['call_s']:.3f} s per {r['episodes_batch']}, first call "
+          f"{r['first_call_s']:.1f} s)"), results)
     _metatest_torch(o, cfg, torch_results)
   if o.torch and not torch_available():
     print("--torch: torch is not importable here; no baseline.",

@@ -66,6 +66,7 @@ def run_metatest_single(cfg: dict) -> dict:
   source = random_source(cfg["size"])
   attack = test_attack(cfg).build()
   batch = cfg["episodes_batch"]
+  at_once = metatest.resolve_episodes_at_once(cfg.get("episodes_at_once"))
 
   def call(seed):
     return metatest.run_case(
@@ -73,7 +74,7 @@ def run_metatest_single(cfg: dict) -> dict:
         case=metatest.TestCase("clean", "adv"), attack=attack,
         n_way=cfg["n_way"], k_shot=cfg["k_shot"], q_query=cfg["q_query"],
         inner_steps=cfg["eval_inner_steps"], num_episodes=batch,
-        batch_size=batch, seed=seed)
+        batch_size=batch, seed=seed, episodes_at_once=at_once)
 
   t = time.perf_counter()
   first = call(0)
@@ -84,7 +85,8 @@ def run_metatest_single(cfg: dict) -> dict:
     r = call(i + 1)
     times.append(time.perf_counter() - t)
   call_s = float(np.median(times))
-  return {**cfg, "resolved": {"conv_impl": exp.config.loop.conv_impl},
+  return {**cfg, "resolved": {"conv_impl": exp.config.loop.conv_impl,
+                              "episodes_at_once": at_once},
           "first_call_s": first_s, "call_s": call_s,
           "episodes_per_s": batch / call_s,
           "accuracy_finite": bool(np.isfinite(r.accuracy).all()
@@ -99,14 +101,16 @@ def row(learner: str, size: int, shot: int, attack: str, *,
         q_query: int = 15, filters: int = 32, eval_inner_steps: int = 10,
         episodes_batch: int = 20, calls: int = 3, pgd_steps: int = 20,
         apgd_steps: int = 100, square_queries: int = 5000,
-        conv_impl: str = "auto") -> dict:
-  """The configuration of one meta-test row (JSON-able)."""
+        conv_impl: str = "auto", episodes_at_once=None) -> dict:
+  """The configuration of one meta-test row (JSON-able); `episodes_at_once`
+  None is the backend's value (`metatest.resolve_episodes_at_once`)."""
   return dict(learner=learner, robust=robust, backbone=backbone, size=size,
               k_shot=shot, n_way=n_way, q_query=q_query, filters=filters,
               inner_steps=1, eval_inner_steps=eval_inner_steps,
               episodes_batch=episodes_batch, calls=calls, attack=attack,
               pgd_steps=pgd_steps, apgd_steps=apgd_steps,
-              square_queries=square_queries, conv_impl=conv_impl)
+              square_queries=square_queries, conv_impl=conv_impl,
+              episodes_at_once=episodes_at_once)
 
 
 def label(r: dict) -> str:
@@ -128,9 +132,9 @@ def table(results, torch_results=()) -> str:
       fastest[key(r)] = r
   extra = bool(torch_results)
   lines = ["| learner | backbone | image | shot | attack | episodes/s | "
-           "s per call | episodes per call | first call s | peak mem GiB |"
-           + (" impl | × torch |" if extra else ""),
-           "|---|---|---|---|---|---|---|---|---|---|"
+           "s per call | episodes per call | at once | first call s | "
+           "peak mem GiB |" + (" impl | × torch |" if extra else ""),
+           "|---|---|---|---|---|---|---|---|---|---|---|"
            + ("---|---|" if extra else "")]
   for r in list(results) + list(torch_results):
     mem = r.get("peak_memory_bytes")
@@ -138,11 +142,12 @@ def table(results, torch_results=()) -> str:
     if "error" in r:
       lines.append(f"| {r['learner']} | {r.get('backbone', 'conv4')} | "
                    f"{r['size']} | {r['k_shot']} | {r['attack']} | failed: "
-                   f"{r['error']} | | | | |" + (" | |" if extra else ""))
+                   f"{r['error']} | | | | | |" + (" | |" if extra else ""))
       continue
     line = (f"| {r['learner']} | {r.get('backbone', 'conv4')} | {r['size']} | "
             f"{r['k_shot']} | {r['attack']} | {r['episodes_per_s']:.2f} | "
             f"{r['call_s']:.3f} | {r['episodes_batch']} | "
+            f"{r.get('resolved', {}).get('episodes_at_once', '–')} | "
             f"{r['first_call_s']:.1f} | {mem} |")
     if extra:
       ref = fastest.get(key(r))

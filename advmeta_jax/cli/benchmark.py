@@ -111,6 +111,10 @@ flags.DEFINE_integer("eval_inner_steps", D.eval_inner_steps, "Adaptation "
                      "steps at meta-test (section=metatest).")
 flags.DEFINE_integer("episodes_batch", D.episodes_batch, "Episodes per "
                      "meta-test call (section=metatest; --eval_batch_size).")
+flags.DEFINE_list("episodes_at_once", list(D.episodes_at_once), "Episodes "
+                  "of a meta-test call computed at once (section=metatest): "
+                  "auto (the backend's value: 1 on the CPU), 0 (all, "
+                  "vmapped) or a count; a list measures each.")
 flags.DEFINE_integer("apgd_steps", D.apgd_steps, "APGD/FAB iterations of "
                      "AutoAttack (section=metatest).")
 flags.DEFINE_integer("square_queries", D.square_queries, "Square's queries "
