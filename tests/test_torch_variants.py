@@ -209,6 +209,20 @@ def test_the_pytorch_rows_time_their_steps_and_report_their_fields():
     assert r["episodes_per_s"] > 0 and r["accuracy_finite"]
 
 
+def test_the_pytorch_autoattack_metatest_row_runs_in_the_plain_way():
+  """An AutoAttack meta-test row in PyTorch (torchattacks' standard
+  ensemble against each adapted episode; its targeted DLR loss needs four
+  classes or more), tiny; the other ways refuse it."""
+  pytest.importorskip("torchattacks")
+  row = metatest_speed.row("maml", 16, 1, "autoattack", n_way=5, q_query=2,
+                           filters=4, eval_inner_steps=1, episodes_batch=2,
+                           calls=1, apgd_steps=2, square_queries=4)
+  r = torch_metatest.benchmark(row, "plain", threads=1)
+  assert r["episodes_per_s"] > 0 and r["accuracy_finite"]
+  with pytest.raises(Exception, match="autoattack in plain"):
+    torch_metatest.benchmark(row, "grouped", threads=1)
+
+
 def test_the_tables_compare_with_the_fastest_pytorch_variant():
   base = dict(learner="maml", size=32, k_shot=1, flops_per_step=1e9,
               peak_memory_bytes=2**30, torch_version="2.13.0+cpu",

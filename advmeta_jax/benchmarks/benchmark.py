@@ -516,12 +516,15 @@ def check_torch_variants(names: Sequence[str]) -> None:
 
 def _metatest_torch(o: Options, cfg: dict, into: list) -> None:
   """The PyTorch meta-test (`torch_metatest.py`) of a maml conv4 PGD row,
-  in each of `o.torch_variants` it has, each in its own process."""
+  in each of `o.torch_variants` it has, or of an AutoAttack row in `plain`
+  (torchattacks), each in its own process."""
   if not (o.torch and torch_available() and cfg["learner"] == "maml"
-          and cfg["backbone"] == "conv4" and cfg["attack"] == "pgd"):
+          and cfg["backbone"] == "conv4"
+          and cfg["attack"] in ("pgd", "autoattack")):
     return
   for variant in o.torch_variants:
-    if variant in torch_metatest.VARIANTS:
+    if variant in torch_metatest.VARIANTS and (
+        cfg["attack"] == "pgd" or variant == "plain"):
       _run_and_print("single_torch_metatest", dict(
           cfg, torch_variant=variant, torch_threads=o.torch_threads),
           lambda r: (f"{metatest_speed.label(r)} {_torch_impl(r)}: "

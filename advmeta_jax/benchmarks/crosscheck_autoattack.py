@@ -192,6 +192,26 @@ def torch_model(params):
   return SmallCNN().eval()
 
 
+def torchattacks_standard(model, *, eps: float, num_classes: int,
+                          seed: int = 0, num_steps: int = 100,
+                          num_queries: int = 5000, norm: str = "Linf"):
+  """torchattacks' `AutoAttack` "standard" with the reference's settings:
+  its members default to 10 iterations and a rescaled Square schedule, so
+  they are set to `num_steps` iterations and `num_queries` queries without
+  rescaling."""
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  ensemble = torchattacks.AutoAttack(model, norm=norm, eps=eps,
+                                     version="standard",
+                                     n_classes=num_classes, seed=seed)
+  members = ensemble._autoattack.attacks  # pylint: disable=protected-access
+  for member in members:
+    if hasattr(member, "steps"):
+      member.steps = num_steps
+  members[-1].n_queries = num_queries
+  members[-1].rescale_schedule = False
+  return ensemble
+
+
 def torchattacks_robust_accuracies(model, x, y, *, eps: float,
                                    num_classes: int, seed: int = 0,
                                    num_steps: int = 100,
@@ -215,17 +235,9 @@ def torchattacks_robust_accuracies(model, x, y, *, eps: float,
   fabt = lambda: torchattacks.FAB(model, steps=num_steps, n_restarts=1,
                                   multi_targeted=True, n_classes=num_classes,
                                   **common)
-  ensemble = torchattacks.AutoAttack(model, norm=norm, eps=eps,
-                                     version="standard",
-                                     n_classes=num_classes, seed=seed)
-  # Its members default to 10 iterations and a rescaled Square schedule: use
-  # the reference's standard settings.
-  members = ensemble._autoattack.attacks  # pylint: disable=protected-access
-  for member in members:
-    if hasattr(member, "steps"):
-      member.steps = num_steps
-  members[-1].n_queries = num_queries
-  members[-1].rescale_schedule = False
+  ensemble = torchattacks_standard(model, eps=eps, num_classes=num_classes,
+                                   seed=seed, num_steps=num_steps,
+                                   num_queries=num_queries, norm=norm)
   runs = {"apgd-ce": apgd(), "apgd-t": apgdt(), "fab-t": fabt(),
           "square": square(), "autoattack": ensemble}
   out = {}

@@ -8,7 +8,13 @@ differentiated through it at test time), then L∞ PGD (`pgd_steps` steps of
 ε/4 from a uniform random start in the ε-ball, the loss the sum of the
 query's cross-entropies, as `attacks.pgd`) against the adapted weights,
 then the cross-entropy and accuracy of the clean and of the attacked query
-under the adapted weights. Three ways:
+under the adapted weights. A row whose attack is "autoattack" runs
+torchattacks' AutoAttack standard (`crosscheck_autoattack.
+torchattacks_standard`: `apgd_steps` iterations, `square_queries` Square
+queries, ε 8/255) in place of PGD, the `plain` way only; torchattacks
+attacks only the points still classified correctly after each stage, so its
+work, unlike `advmeta_jax`'s fixed-shape stages, shrinks with the model's
+accuracy. Three ways:
 
     plain      episode after episode, autograd (what evaluation code does)
     grouped    every episode of a call at once, folded into channels:
@@ -95,6 +101,37 @@ def _plain(params, episodes, starts, *, inner_lr, steps, pgd_steps):
   return torch.stack(clean), torch.stack(adv)
 
 
+def _plain_autoattack(params, episodes, *, inner_lr, steps, apgd_steps,
+                      square_queries, seed=0):
+  """`_plain` with torchattacks' AutoAttack standard in place of PGD."""
+  from advmeta_jax.benchmarks import crosscheck_autoattack  # pylint: disable=g-import-not-at-top
+  torch = _torch()
+  xs, ys, xq, yq = episodes
+  clean, adv = [], []
+  for e in range(xs.shape[0]):
+    adapted = adapt(params, xs[e], ys[e], inner_lr=inner_lr, steps=steps)
+    model = _adapted_module(adapted)
+    attack = crosscheck_autoattack.torchattacks_standard(
+        model, eps=EPS, num_classes=int(yq.max()) + 1, seed=seed + e,
+        num_steps=apgd_steps, num_queries=square_queries)
+    x_adv = attack(xq[e], yq[e])
+    with torch.no_grad():
+      clean.append(model(xq[e]))
+      adv.append(model(x_adv))
+  return torch.stack(clean), torch.stack(adv)
+
+
+def _adapted_module(params):
+  """conv4 at adapted weights as the `nn.Module` torchattacks expects."""
+  torch = _torch()
+
+  class Adapted(torch.nn.Module):
+    def forward(self, x):
+      return torch_baseline.conv4(params, x)
+
+  return Adapted().eval()
+
+
 def _grouped(params, episodes, starts, *, inner_lr, steps, pgd_steps):
   xs, ys, xq, yq = episodes
   theta = [p.detach().unsqueeze(0).repeat(xs.shape[0], *(1,) * p.dim())
@@ -174,11 +211,23 @@ def benchmark(cfg: Dict, variant: str, threads: int = 2) -> Dict:
       filters=cfg["filters"], channels=3, image_size=cfg["size"],
       num_classes=cfg["n_way"])]
 
+  if cfg["attack"] not in ("pgd", "autoattack") or (
+      cfg["attack"] == "autoattack" and variant != "plain"):
+    raise ConfigError(f"the PyTorch meta-test runs pgd in {list(VARIANTS)} "
+                      f"and autoattack in plain, not {cfg['attack']!r} in "
+                      f"{variant!r}.")
+
   def call(seed):
     episodes, starts = random_episodes(cfg, seed)
-    clean, adv = run_episodes(variant, params, episodes, starts,
-                              steps=cfg["eval_inner_steps"],
-                              pgd_steps=cfg["pgd_steps"])
+    if cfg["attack"] == "autoattack":
+      clean, adv = _plain_autoattack(
+          params, episodes, inner_lr=0.01, steps=cfg["eval_inner_steps"],
+          apgd_steps=cfg["apgd_steps"], square_queries=cfg["square_queries"],
+          seed=seed)
+    else:
+      clean, adv = run_episodes(variant, params, episodes, starts,
+                                steps=cfg["eval_inner_steps"],
+                                pgd_steps=cfg["pgd_steps"])
     with torch.no_grad():
       return _scores(clean, episodes[3]), _scores(adv, episodes[3])
 

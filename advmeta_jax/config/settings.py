@@ -444,8 +444,8 @@ class EvalConfig(Section):
       check=non_negative_int)
   eval_inner_steps: int = setting(10, "Inner steps at meta-test time.",
                                   check=positive_int)
-  eval_batch_size: int = setting(20, "Meta-test tasks adapted in parallel "
-                                 "(memory knob).", check=positive_int)
+  eval_batch_size: int = setting(20, "Meta-test tasks per compiled call "
+                                 "(no result depends on it).", check=positive_int)
 
 
 SECTIONS: Dict[str, type] = {
