@@ -15,6 +15,10 @@ and a run may resume on another backend. An explicit value
 (`--conv_impl=matmul`, `--parallel_tasks=2`, `--remat` / `--noremat`) is
 used as given.
 
+Each entry also holds the meta-test's `episodes_at_once` (how many of a
+call's episodes are computed at once), which `evaluation.run_case` reads when
+its caller gives none; it too changes only speed and memory (tested).
+
 `resolve(config)` returns the config with every `auto` replaced; `build`
 (training/builders.py) resolves before building, and `train` logs the resolved
 values. The config.json of a run keeps `auto`, so a run resumed on another
