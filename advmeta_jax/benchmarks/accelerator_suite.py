@@ -99,6 +99,7 @@ PLAN: Tuple[tuple, ...] = (
     _metatest("maml", 84, 5, "pgd"),
     _metatest("protonet", 84, 1, "pgd", backbone="resnet12"),
     _metatest("maml", 32, 1, "autoattack"),
+    _metatest("maml", 32, 5, "pgd"),
     _train("maml", 84, 1, "matmul", "base", b=LARGE_B[84]),
     _train("maml", 32, 1, "matmul", "base"),
     _train("maml", 84, 5, "matmul", "base"),
@@ -125,7 +126,7 @@ PLAN: Tuple[tuple, ...] = (
 # The rows of a tiny run (indices into PLAN): matmul and xla, a memory
 # variant, a robust learner (AQ; TAFL's step is AQ's with weights) and
 # AutoAttack. Each row is a process of its own, so the tiny run stays short.
-TINY_ROWS = (0, 1, 7, 10, 24)
+TINY_ROWS = (0, 1, 7, 10, 25)
 
 
 @dataclasses.dataclass(frozen=True)
