@@ -101,8 +101,8 @@ def _plain(params, episodes, starts, *, inner_lr, steps, pgd_steps):
   return torch.stack(clean), torch.stack(adv)
 
 
-def _plain_autoattack(params, episodes, *, inner_lr, steps, apgd_steps,
-                      square_queries, seed=0):
+def _plain_autoattack(params, episodes, *, n_way, inner_lr, steps,
+                      apgd_steps, square_queries, seed=0):
   """`_plain` with torchattacks' AutoAttack standard in place of PGD."""
   from advmeta_jax.benchmarks import crosscheck_autoattack  # pylint: disable=g-import-not-at-top
   torch = _torch()
@@ -112,7 +112,7 @@ def _plain_autoattack(params, episodes, *, inner_lr, steps, apgd_steps,
     adapted = adapt(params, xs[e], ys[e], inner_lr=inner_lr, steps=steps)
     model = _adapted_module(adapted)
     attack = crosscheck_autoattack.torchattacks_standard(
-        model, eps=EPS, num_classes=int(yq.max()) + 1, seed=seed + e,
+        model, eps=EPS, num_classes=n_way, seed=seed + e,
         num_steps=apgd_steps, num_queries=square_queries)
     x_adv = attack(xq[e], yq[e])
     with torch.no_grad():
@@ -221,7 +221,7 @@ def benchmark(cfg: Dict, variant: str, threads: int = 2) -> Dict:
     episodes, starts = random_episodes(cfg, seed)
     if cfg["attack"] == "autoattack":
       clean, adv = _plain_autoattack(
-          params, episodes, inner_lr=0.01, steps=cfg["eval_inner_steps"],
+          params, episodes, n_way=cfg["n_way"], inner_lr=0.01, steps=cfg["eval_inner_steps"],
           apgd_steps=cfg["apgd_steps"], square_queries=cfg["square_queries"],
           seed=seed)
     else:
